@@ -1,0 +1,285 @@
+"""The one comparison core: tolerances, element errors, the worst element.
+
+Every check (layers, function pairs, callables, backend-vs-backend) ends
+here. For each element of each input or parameter ``T`` the gradient under
+test ``a`` is compared with a reference ``n`` whose own error is estimated as
+``e`` (finite-difference truncation and rounding noise; 0 for an exact
+reference). The element fails when
+
+    |a - n| > atol + rtol * |n| + floor * S_T + cross * S + noise_factor * e
+
+where ``S_T = max |n|`` over the tensor, ``S`` the largest ``S_T`` of the
+check, and ``rtol``, ``floor``, ``cross`` come from :data:`TOLERANCES`, keyed
+by the dtype of the gradient under test (a float32 gradient is compared with
+a float64 reference, so its tolerance reflects float32 rounding only):
+
+* ``rtol * |n|`` -- the element's own relative error;
+* ``floor * S_T`` -- rounding in a tensor is relative to its largest entries,
+  so near-zero entries next to large ones (a saturated unit beside an active
+  one) are not held to a relative standard they cannot meet;
+* ``cross * S`` -- a tensor whose true gradient is zero (a parameter the
+  output ignores) may carry rounding residue of the scale of the others;
+* ``noise_factor * e`` -- a gap smaller than the reference's own noise is
+  not a failure.
+
+The reported ``rel_err`` is ``|a - n| / max(|n|, floor * S_T)``, which stays
+meaningful for tiny and huge gradients alike. The worst element is the one
+with the largest ``|a - n| / tolerance``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping
+
+import numpy as np
+
+from .errors import ShapeMismatch, SpecError
+from .verdict import CheckResult, InputSummary, Location, Worst
+
+__all__ = ["Tolerance", "TOLERANCES", "tolerance_for", "Comparison", "compare_gradients"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Tolerance:
+    """The tolerance rule for gradients of one dtype (see the module docstring)."""
+
+    rtol: float
+    floor: float
+    cross: float
+    atol: float = 0.0
+    noise_factor: float = 2.0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+#: Keyed by the dtype of the gradient under test. float64: a 1e-3 relative
+#: error in one element (a typical "almost right" derivative) is 100x over
+#: rtol, while rounding in a float64 backward is ~1e-13. float32: rounding in
+#: a float32 backward reaches ~1e-4 relative on reductions and cancelling
+#: sums; 2e-3 keeps a 1% error five times over the line.
+TOLERANCES: dict[str, Tolerance] = {
+    "float64": Tolerance(rtol=1e-5, floor=1e-8, cross=1e-9),
+    "float32": Tolerance(rtol=2e-3, floor=2e-4, cross=1e-4),
+    "float16": Tolerance(rtol=2e-2, floor=4e-3, cross=2e-3),
+    "bfloat16": Tolerance(rtol=1e-1, floor=2e-2, cross=1e-2),
+}
+
+
+def tolerance_for(dtype, *, rtol: float | None = None, atol: float | None = None) -> Tolerance:
+    """The :data:`TOLERANCES` entry for ``dtype``, with ``rtol``/``atol`` overrides.
+
+    Integer and unknown dtypes use the float64 rule. ``atol`` is absolute
+    (in the gradient's units) and is added to the rule.
+    """
+    name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    base = TOLERANCES.get(name, TOLERANCES["float64"])
+    for label, value in (("rtol", rtol), ("atol", atol)):
+        if value is not None and (not np.isfinite(value) or value < 0):
+            raise SpecError(f"{label} must be a finite number >= 0, got {value!r}")
+    return dataclasses.replace(
+        base,
+        rtol=base.rtol if rtol is None else float(rtol),
+        atol=base.atol if atol is None else float(atol),
+    )
+
+
+class Comparison:
+    """Element-wise comparison of gradients under test with a reference.
+
+    Build it with the analytic gradients and the tolerance; feed the
+    reference tensor by tensor (:meth:`base_tolerance` is available before
+    the reference is complete, for adaptive finite differences); then
+    :meth:`result` gives the :class:`CheckResult`. Cost: O(number of
+    elements).
+    """
+
+    def __init__(self, analytic: Mapping[str, np.ndarray], tol: Tolerance):
+        self.analytic = {k: np.asarray(v) for k, v in analytic.items()}
+        self.tol = tol
+        # Until the reference is known, the analytic magnitude stands in for
+        # the tensor scale (only used to decide where to refine).
+        self._scale_est = {k: _maxabs(v) for k, v in self.analytic.items()}
+        self._glob_est = max(self._scale_est.values(), default=0.0)
+
+    def base_tolerance(self, name: str, numeric, scale: float | None = None, glob: float | None = None):
+        """Tolerance without the noise allowance, at reference value(s) ``numeric``."""
+        t = self.tol
+        s = self._scale_est[name] if scale is None else scale
+        g = self._glob_est if glob is None else glob
+        return t.atol + t.rtol * np.abs(numeric) + t.floor * s + t.cross * g
+
+    def judge(self, name: str, flat_index: int, numeric: float, error: float) -> int:
+        """Provisional verdict on one element, for adaptive finite differences.
+
+        :data:`~gradverify.numeric.OK` when the gap and the reference's
+        noise are both under the base tolerance;
+        :data:`~gradverify.numeric.FAIL` when the gap exceeds the tolerance
+        by more than ten times the noise; otherwise
+        :data:`~gradverify.numeric.REFINE` (the verdict depends on the noise).
+        """
+        from .numeric import FAIL, OK, REFINE
+
+        a = float(self.analytic[name].reshape(-1)[flat_index])
+        tb = float(self.base_tolerance(name, numeric))
+        gap = abs(a - numeric)
+        if not np.isfinite(error):
+            return REFINE
+        if gap <= tb and error <= tb:
+            return OK
+        if gap - tb > 10.0 * error + self.tol.noise_factor * error:
+            return FAIL
+        return REFINE
+
+    def result(
+        self,
+        numeric: Mapping[str, np.ndarray],
+        error: Mapping[str, np.ndarray] | None = None,
+        *,
+        kind: str,
+        reference: str = "fd",
+        kinks: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
+        constants: Mapping[str, np.ndarray] | None = None,
+        warnings: tuple[str, ...] = (),
+        **meta,
+    ) -> CheckResult:
+        """Compare and build the verdict.
+
+        Args:
+            numeric: reference gradients by name (same names as analytic).
+            error: estimated absolute error of each reference (0 if None).
+            kind: what was checked (``"layer"``, ``"pair"``...).
+            reference: label of the reference.
+            kinks: name -> (kink mask, left, right) one-sided derivatives
+                where a kink was diagnosed.
+            constants: inputs that were not differentiated (shown as such).
+            warnings: messages carried into the result.
+            **meta: mode, evaluations, seed, seconds, dtype.
+        """
+        t = self.tol
+        scales = {k: _maxabs(np.asarray(numeric[k])) for k in self.analytic}
+        glob = max(scales.values(), default=0.0)
+        failures = 0
+        best: tuple[float, Worst] | None = None
+        summaries = []
+        locations = []
+        weak = 0
+        for name, a in self.analytic.items():
+            n = np.asarray(numeric[name], dtype=np.float64)
+            if n.shape != a.shape:
+                raise ShapeMismatch(f"reference gradient for {name!r} has shape {n.shape}, expected {a.shape}")
+            e = np.zeros_like(n) if error is None else np.asarray(error[name], dtype=np.float64)
+            a64 = a.astype(np.float64)
+            gap = np.abs(a64 - n)
+            tb = self.base_tolerance(name, n, scales[name], glob)
+            tol = tb + t.noise_factor * e
+            ok = gap <= tol
+            kink_mask = np.zeros(a.shape, dtype=bool)
+            if kinks and name in kinks:
+                mask, left, right = kinks[name]
+                jump = np.abs(right - left)
+                kink_mask = mask & ~ok & (jump > tb)
+                lo = np.minimum(left, right) - tb
+                hi = np.maximum(left, right) + tb
+                inside = (a64 >= lo) & (a64 <= hi)
+                for idx in zip(*np.nonzero(kink_mask)):
+                    locations.append(
+                        Location(name, tuple(int(i) for i in idx), float(left[idx]), float(right[idx]), float(a64[idx]))
+                    )
+                # A kink with a valid subgradient is not a failure; one
+                # outside the one-sided interval is measured against it.
+                nearest = np.where(np.abs(a64 - left) < np.abs(a64 - right), left, right)
+                n = np.where(kink_mask, nearest, n)
+                gap = np.where(kink_mask, np.abs(a64 - n), gap)
+                ok = np.where(kink_mask, inside, ok)
+                tol = np.where(kink_mask & inside, np.maximum(tol, gap), tol)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                denom = np.maximum(np.abs(n), t.floor * scales[name])
+                rel = np.where(gap == 0, 0.0, np.where(denom > 0, gap / denom, np.inf))
+                ratio = np.where(gap == 0, 0.0, np.where(tol > 0, gap / tol, np.inf))
+            bad = ~ok
+            nbad = int(np.count_nonzero(bad))
+            failures += nbad
+            weak += int(np.count_nonzero(ok & (gap > tb)))
+            summaries.append(
+                InputSummary(
+                    name, tuple(a.shape), a.dtype.name, True, nbad,
+                    float(gap.max()) if gap.size else 0.0, float(rel.max()) if rel.size else 0.0,
+                )
+            )
+            if a.size:
+                flat = int(np.argmax(ratio))
+                idx = tuple(int(i) for i in np.unravel_index(flat, a.shape))
+                w = Worst(name, idx, float(a64[idx]), float(n[idx]), float(gap[idx]), float(rel[idx]),
+                          float(tol[idx]), float(e[idx]))
+                r = float(ratio[idx])
+                if best is None or r > best[0]:
+                    best = (r, w)
+        for name, c in (constants or {}).items():
+            c = np.asarray(c)
+            summaries.append(InputSummary(name, tuple(c.shape), c.dtype.name, False))
+        msgs = list(warnings)
+        if weak:
+            msgs.append(
+                f"{weak} element(s) agreed only within the reference's estimated noise; "
+                "their verdict is weaker than the tolerance suggests"
+            )
+        if failures:
+            status = "fail"
+        elif locations:
+            status = "nondiff"
+        else:
+            status = "pass"
+        return CheckResult(
+            passed=status != "fail",
+            status=status,
+            kind=kind,
+            worst=None if best is None else best[1],
+            failures=failures,
+            inputs=tuple(summaries),
+            nondifferentiable=tuple(locations),
+            warnings=tuple(msgs),
+            reference=reference,
+            tolerance=t.to_dict(),
+            **meta,
+        )
+
+
+def _maxabs(a) -> float:
+    a = np.asarray(a)
+    if a.size == 0:
+        return 0.0
+    m = float(np.max(np.abs(a)))
+    return m if np.isfinite(m) else 0.0
+
+
+def compare_gradients(
+    analytic: Mapping[str, np.ndarray],
+    reference: Mapping[str, np.ndarray],
+    *,
+    reference_name: str = "reference",
+    rtol: float | None = None,
+    atol: float | None = None,
+) -> CheckResult:
+    """Compare two gradient sets computed by exact methods (no finite differences).
+
+    For example a hand-written backward against the reference engine, or
+    PyTorch against JAX. Uses the same tolerance rule as every check, with a
+    zero noise allowance, keyed by the dtype of ``analytic``. Cost: O(number
+    of elements).
+    """
+    from .layers import validate_gradients
+
+    names = list(analytic)
+    if set(names) != set(reference):
+        missing = sorted(set(reference) - set(names))
+        extra = sorted(set(names) - set(reference))
+        raise SpecError(f"gradient sets name different inputs: missing {missing}, unexpected {extra}")
+    ref = {k: np.asarray(reference[k]) for k in names}
+    ana = validate_gradients({k: analytic[k] for k in names}, {k: v for k, v in ref.items()}, what="analytic")
+    ref = validate_gradients(ref, ref, what=reference_name)
+    dtype = np.result_type(*[v.dtype for v in ana.values()]) if ana else np.dtype(np.float64)
+    comp = Comparison(ana, tolerance_for(dtype, rtol=rtol, atol=atol))
+    return comp.result(ref, None, kind="gradients", reference=reference_name, mode="exact", evaluations=0,
+                       seed=None, dtype=np.dtype(dtype).name)

@@ -1,0 +1,348 @@
+"""Adapters: every kind of code under test becomes one shape, a :class:`Target`.
+
+A target knows the arrays to differentiate with respect to (``point``: name
+-> array, perturbed in place by the finite differences), the constants it
+does not differentiate (integer inputs such as indices), how to evaluate
+the output at the current point, and how to get the analytic gradient of
+``<u, output>`` for a cotangent ``u``. The numpy object protocol, function
+pairs and numpy callables with a ``vjp`` are adapted here; the checks in
+:mod:`gradverify.api` are one loop over this shape.
+
+The adapters protect the check from the code under test: they hand over
+copies (a forward that writes into its input, or a backward that writes
+into ``dy``, cannot corrupt the check) and say so in ``warnings``; they
+evaluate the finite differences in float64 where the code accepts it, so a
+float32 gradient is measured against a float64 oracle.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from .errors import (
+    MissingGradient,
+    NoDifferentiableInputs,
+    NonFiniteError,
+    ProtocolError,
+    ShapeMismatch,
+    SpecError,
+)
+
+__all__ = ["Target", "LayerTarget", "FunctionTarget", "as_input_arrays", "validate_gradients"]
+
+
+def _is_differentiable(a: np.ndarray) -> bool:
+    return a.dtype.kind == "f"
+
+
+def _to_array(value: Any, name: str) -> np.ndarray:
+    if value is None:
+        raise SpecError(f"input {name!r} is None; pass an array")
+    try:
+        arr = np.array(value)  # always a copy: the caller's arrays are never touched
+    except Exception as exc:  # noqa: BLE001 - report what to fix
+        raise SpecError(f"input {name!r} cannot be converted to a numpy array: {exc}") from None
+    if arr.dtype == object:
+        raise SpecError(f"input {name!r} is not numeric (an object array of {type(value).__name__}); pass a numpy array")
+    if arr.dtype.kind == "c":
+        raise SpecError(f"input {name!r} is complex; gradverify checks real-valued inputs")
+    if arr.dtype.kind in "USV":
+        raise SpecError(f"input {name!r} has non-numeric dtype {arr.dtype}")
+    if arr.size == 0:
+        raise SpecError(f"input {name!r} is empty (shape {arr.shape}); give it at least one element")
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        raise NonFiniteError(f"input {name!r} contains NaN or inf; check the point, not only the gradient")
+    return arr
+
+
+def as_input_arrays(inputs: Any, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Normalise ``inputs`` (one array, a sequence, or a dict) to name -> array copies."""
+    if isinstance(inputs, Mapping):
+        if not inputs:
+            raise SpecError("inputs is an empty dict; give at least one input")
+        return {str(k): _to_array(v, str(k)) for k, v in inputs.items()}
+    if isinstance(inputs, np.ndarray) or np.isscalar(inputs):
+        inputs = (inputs,)
+    try:
+        seq = list(inputs)
+    except TypeError:
+        raise SpecError(f"inputs must be an array, a sequence of arrays or a dict, got {type(inputs).__name__}") from None
+    if not seq:
+        raise SpecError("inputs is empty; give at least one input array")
+    if names is None or len(names) < len(seq):
+        names = [str(i) for i in range(len(seq))]
+    return {names[i]: _to_array(v, names[i]) for i, v in enumerate(seq)}
+
+
+def validate_gradients(
+    grads: Mapping[str, Any], like: Mapping[str, np.ndarray], *, what: str = "backward"
+) -> dict[str, np.ndarray]:
+    """Check that each gradient exists, has its input's shape, a real float dtype and finite values."""
+    out = {}
+    for name, ref in like.items():
+        if name not in grads or grads[name] is None:
+            raise MissingGradient(
+                f"{what} returned no gradient for {name!r} (got None or nothing); "
+                f"return an array of shape {tuple(np.shape(ref))} (zeros if it does not affect the output)"
+            )
+        g = grads[name]
+        try:
+            g = np.asarray(g)
+        except Exception as exc:  # noqa: BLE001
+            raise ProtocolError(f"{what} gradient for {name!r} is not array-like: {exc}") from None
+        if g.dtype.kind != "f":
+            want = np.asarray(ref).dtype
+            raise ProtocolError(
+                f"{what} gradient for {name!r} has dtype {g.dtype}; return a real floating-point array "
+                f"({want.name if want.kind == 'f' else 'float64'}, like {name!r})"
+            )
+        if g.shape != np.shape(ref):
+            raise ShapeMismatch(
+                f"{what} gradient for {name!r} has shape {g.shape}, but {name!r} has shape {tuple(np.shape(ref))}; "
+                "a gradient must have the shape of what it differentiates (sum over broadcast axes?)"
+            )
+        if not np.all(np.isfinite(g)):
+            bad = tuple(int(i) for i in np.argwhere(~np.isfinite(g))[0])
+            raise NonFiniteError(f"{what} gradient for {name!r} is not finite at index {bad} (value {g[bad]})")
+        out[name] = g
+    return out
+
+
+def _check_output(y: Any, what: str) -> np.ndarray:
+    try:
+        arr = np.asarray(y)
+    except Exception as exc:  # noqa: BLE001
+        raise ProtocolError(f"{what} returned {type(y).__name__}, which is not array-like: {exc}") from None
+    if arr.dtype.kind not in "fiu":
+        raise ProtocolError(f"{what} returned an array of dtype {arr.dtype}; it must return real floating-point values")
+    if not np.all(np.isfinite(arr)):
+        bad = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
+        raise NonFiniteError(
+            f"{what} produced a non-finite value at output index {bad} ({arr[bad]}); "
+            "the gradient cannot be checked at a point where the function is NaN or inf"
+        )
+    return arr
+
+
+class Target:
+    """What a check differentiates. See the module docstring.
+
+    Attributes:
+        kind: ``"layer"``, ``"pair"`` or ``"function"``.
+        point: name -> array the finite differences perturb in place.
+        originals: name -> the arrays in the caller's dtype (for the analytic pass).
+        constants: name -> array of inputs not differentiated.
+        warnings: hazards found while running the code (in-place mutation...).
+    """
+
+    kind = "target"
+
+    def __init__(self):
+        self.point: dict[str, np.ndarray] = {}
+        self.originals: dict[str, np.ndarray] = {}
+        self.constants: dict[str, np.ndarray] = {}
+        self.warnings: list[str] = []
+
+    def evaluate(self) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def analytic(self, cotangent: np.ndarray) -> dict[str, np.ndarray]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _warn(self, msg: str) -> None:
+        if msg not in self.warnings:
+            self.warnings.append(msg)
+
+
+class LayerTarget(Target):
+    """The numpy object protocol: ``params``, ``forward(x)``, ``backward(dy)``, ``grads``.
+
+    The input is named ``"x"`` (``"input"`` if a parameter is called ``x``).
+    Parameters are perturbed in their own storage (so a layer that reads
+    ``self.W`` rather than ``self.params["W"]`` is still measured) and
+    restored bit for bit; the input is evaluated in float64.
+    """
+
+    kind = "layer"
+
+    def __init__(self, layer: Any, x: np.ndarray):
+        super().__init__()
+        for method in ("forward", "backward"):
+            if not callable(getattr(layer, method, None)):
+                raise ProtocolError(
+                    f"{type(layer).__name__} has no {method}() method; a numpy layer needs params (a dict), "
+                    "forward(x) -> y and backward(dy) -> dx that sets grads"
+                )
+        params = getattr(layer, "params", None)
+        if params is None:
+            params = {}
+        if not isinstance(params, Mapping):
+            raise ProtocolError(f"{type(layer).__name__}.params must be a dict of name -> array, got {type(params).__name__}")
+        self.layer = layer
+        self.params = params
+        self.input_name = "input" if "x" in params else "x"
+        if x.dtype.kind == "f":
+            self.point[self.input_name] = x.astype(np.float64)
+            self.originals[self.input_name] = x
+        else:
+            self.constants[self.input_name] = x
+        self.param_names = []
+        for name, value in params.items():
+            if not isinstance(value, np.ndarray):
+                raise ProtocolError(
+                    f"parameter {name!r} of {type(layer).__name__} is a {type(value).__name__}; "
+                    "params must hold numpy arrays (they are perturbed in place)"
+                )
+            if value.dtype.kind != "f":
+                self.constants[str(name)] = value
+                continue
+            if not value.flags.writeable:
+                raise ProtocolError(f"parameter {name!r} is read-only; the check perturbs parameters in place")
+            if value.size == 0:
+                continue
+            self.point[str(name)] = value
+            self.originals[str(name)] = value
+            self.param_names.append(str(name))
+        self._x = x
+        self._checked_mutation = False
+
+    def evaluate(self) -> np.ndarray:
+        return np.asarray(self.layer.forward(self.point[self.input_name].copy())) if self.input_name in self.point \
+            else np.asarray(self.layer.forward(self._x.copy()))
+
+    def analytic(self, cotangent: np.ndarray) -> dict[str, np.ndarray]:
+        x_arg = self._x.copy()
+        y = _check_output(self.layer.forward(x_arg), f"{type(self.layer).__name__}.forward")
+        if not np.array_equal(x_arg, self._x):
+            self._warn("forward modifies its input x in place; in a network this corrupts the previous layer's "
+                       "output (the check handed over a copy)")
+        if y.shape != cotangent.shape:
+            raise ShapeMismatch(f"forward returned shape {y.shape} on this call but {cotangent.shape} before")
+        dy = cotangent.copy()
+        dx = self.layer.backward(dy)
+        if not np.array_equal(dy, cotangent):
+            self._warn("backward modifies the dy it was given in place; in a network this corrupts the "
+                       "gradient other layers receive (the check handed over a copy)")
+        grads = {}
+        if self.input_name in self.point:
+            grads[self.input_name] = dx
+        layer_grads = getattr(self.layer, "grads", None)
+        if self.param_names:
+            if not isinstance(layer_grads, Mapping):
+                raise MissingGradient(
+                    f"{type(self.layer).__name__}.backward did not set grads (a dict with one entry per params key: "
+                    f"{self.param_names})"
+                )
+            for name in self.param_names:
+                if name not in layer_grads:
+                    raise MissingGradient(
+                        f"{type(self.layer).__name__}.grads has no entry for parameter {name!r}; "
+                        f"backward must set grads[{name!r}] (it has {sorted(map(str, layer_grads))})"
+                    )
+                grads[name] = layer_grads[name]
+        return validate_gradients(grads, self.originals, what=f"{type(self.layer).__name__}.backward")
+
+
+def _signature_names(fn: Callable, count: int) -> list[str] | None:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    names = []
+    for p in sig.parameters.values():
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            names.append(p.name)
+        elif p.kind == p.VAR_POSITIONAL:
+            return None if len(names) < count else names
+    return names if len(names) >= count else None
+
+
+class FunctionTarget(Target):
+    """A numpy callable ``fn(*inputs) -> out`` with ``vjp(dout, *inputs) -> grads``.
+
+    Function pairs are the same shape: ``fn = forward(*xs)[0]`` and
+    ``vjp = backward(dout, forward(*xs)[1])`` (forward re-run first).
+    Inputs are named by ``fn``'s parameter names where it has them
+    (``names_from``), otherwise by position; a dict of inputs names them
+    itself and is passed by keyword.
+    """
+
+    kind = "function"
+
+    def __init__(self, fn: Callable, vjp: Callable, inputs: Any, *, kind: str = "function",
+                 names_from: Callable | None = None, what: str = "vjp"):
+        super().__init__()
+        if not callable(fn):
+            raise ProtocolError(f"the function to check is a {type(fn).__name__}, not a callable")
+        if not callable(vjp):
+            raise ProtocolError(f"vjp must be callable, got {type(vjp).__name__}")
+        self.kind = kind
+        self.fn = fn
+        self.vjp = vjp
+        self.what = what
+        self.by_keyword = isinstance(inputs, Mapping)
+        count = len(inputs) if isinstance(inputs, (list, tuple, Mapping)) else 1
+        names = None if self.by_keyword else _signature_names(names_from or fn, count)
+        arrays = as_input_arrays(inputs, names)
+        self.order = list(arrays)
+        for name, arr in arrays.items():
+            if _is_differentiable(arr):
+                self.point[name] = arr.astype(np.float64)
+                self.originals[name] = arr
+            else:
+                self.constants[name] = arr
+        if not self.point:
+            raise NoDifferentiableInputs(
+                f"every input is a constant ({', '.join(f'{k}: {v.dtype}' for k, v in arrays.items())}); "
+                "pass at least one floating-point array to differentiate"
+            )
+        self._checked_mutation = False
+
+    def _args(self, source: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return [source[n].copy() if n in source else self.constants[n].copy() for n in self.order]
+
+    def _call(self, f: Callable, args: list, *extra):
+        if self.by_keyword:
+            return f(*extra, **dict(zip(self.order, args)))
+        return f(*extra, *args)
+
+    def evaluate(self) -> np.ndarray:
+        return np.asarray(self._call(self.fn, self._args(self.point)))
+
+    def analytic(self, cotangent: np.ndarray) -> dict[str, np.ndarray]:
+        args = self._args(self.originals)
+        dy = cotangent.copy()
+        result = self._call(self.vjp, args, dy)
+        if not np.array_equal(dy, cotangent):
+            self._warn(f"{self.what} modifies the dout it was given in place; in a network this corrupts the "
+                       "gradient other layers receive (the check handed over a copy)")
+        pristine = self._args(self.originals)
+        if any(not np.array_equal(a, b) for a, b in zip(args, pristine)):
+            self._warn(f"{self.what} modifies its inputs in place (the check handed over copies)")
+        if isinstance(result, np.ndarray) or np.isscalar(result) or result is None:
+            result = (result,)
+        if isinstance(result, Mapping):
+            grads = dict(result)
+        else:
+            try:
+                result = list(result)
+            except TypeError:
+                raise ProtocolError(f"{self.what} returned {type(result).__name__}; return one gradient per input") from None
+            if len(result) != len(self.order):
+                raise ProtocolError(
+                    f"{self.what} returned {len(result)} gradient(s) for {len(self.order)} input(s) "
+                    f"({', '.join(self.order)}); return one gradient per input, in order (None for a constant)"
+                )
+            grads = dict(zip(self.order, result))
+        return validate_gradients({k: grads.get(k) for k in self.point}, self.originals, what=self.what)
+
+    def check_forward_mutation(self) -> None:
+        """Run ``fn`` once on copies and warn if it wrote into its inputs."""
+        args = self._args(self.originals)
+        self._call(self.fn, args)
+        if any(not np.array_equal(a, b) for a, b in zip(args, self._args(self.originals))):
+            self._warn("the function modifies its inputs in place; in a network this corrupts other layers' "
+                       "values (the check handed over copies)")

@@ -1,0 +1,423 @@
+"""Numerical differentiation: stencils, Richardson extrapolation, complex step.
+
+Every derivative here comes with an error estimate (as in numdifftools): the
+difference between the same stencil at step ``h`` and ``h/2`` (or between a
+low- and a high-order stencil), plus a rounding-noise estimate. The
+comparison core (:mod:`gradverify.compare`) uses that estimate as the
+allowance for the finite-difference noise itself, so a gap smaller than the
+noise is never called a bug.
+
+Steps are chosen from the dtype the function is evaluated in and the
+magnitude of each coordinate: ``h = eps ** (1 / (order + 1)) * scale`` where
+``scale`` is ``max(|x_i|, rms(x))`` (1 when ``x`` is all zeros). The step
+actually taken, ``fl(x + h) - x``, is what divides the difference, so a
+float32 coordinate perturbed in its own storage still gives an exact divisor.
+
+Public functions work on plain callables ``f(x) -> array``:
+
+* :func:`derivative` -- the directional derivative ``J v`` (one direction,
+  cost independent of the size of ``x``);
+* :func:`jacobian` -- every column of ``J`` (cost proportional to ``x.size``);
+* :func:`gradient` -- :func:`jacobian` of a scalar function.
+
+:func:`projected_gradients` is the workhorse of the checks: the gradient of
+``<u, f(point)>`` for a fixed cotangent ``u``, element by element, with
+adaptive step refinement, one-sided differences for kink diagnosis, and an
+evaluation count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Mapping
+
+import numpy as np
+
+from .errors import SpecError
+
+__all__ = [
+    "METHODS",
+    "Derivative",
+    "ElementDerivative",
+    "default_step",
+    "derivative",
+    "jacobian",
+    "gradient",
+    "projected_gradients",
+]
+
+#: Method name -> (formal order of accuracy, evaluations per derivative
+#: including the error estimate).
+METHODS = {
+    "forward": (1, 3),
+    "central": (2, 4),
+    "central4": (4, 6),
+    "richardson": (4, 4),
+    "complex": (2, 2),
+}
+
+#: Verdicts of the ``judge`` callback of :func:`projected_gradients`.
+OK, REFINE, FAIL = 0, 1, 2
+
+# Rounding noise of one evaluated output element, in units of eps * |y|.
+# A handful of ulps: each output element is a short chain of correctly
+# rounded operations in any well-conditioned layer.
+_ULPS_PER_OUTPUT = 4.0
+
+
+def _eps(dtype) -> float:
+    dtype = np.dtype(dtype)
+    if dtype.kind in "fc":
+        return float(np.finfo(dtype).eps)
+    return float(np.finfo(np.float64).eps)
+
+
+def default_step(x, dtype=np.float64, method: str = "richardson"):
+    """Step per coordinate for ``method`` when evaluating in ``dtype``.
+
+    ``eps ** (1 / (order + 1))`` balances truncation (``h ** order``) against
+    rounding (``eps / h``); it is scaled by ``max(|x_i|, rms(x))`` so that a
+    coordinate of size 1e4 and one of size 1e-4 are both moved by a similar
+    *relative* amount. Cost: O(x.size), no function evaluations.
+    """
+    if method not in METHODS:
+        raise SpecError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+    order = METHODS[method][0]
+    x = np.asarray(x, dtype=np.float64)
+    base = _eps(dtype) ** (1.0 / (order + 1))
+    if method == "complex":
+        base = 1e-20
+    rms = float(np.sqrt(np.mean(x * x))) if x.size else 0.0
+    scale = np.maximum(np.abs(x), rms if rms > 0 else 1.0)
+    return base * scale
+
+
+@dataclasses.dataclass(frozen=True)
+class Derivative:
+    """A finite-difference result and its error estimate.
+
+    Attributes:
+        value: the derivative (array).
+        error: an estimate of ``|value - true derivative|`` (same shape).
+        step: the step used (scalar, or one per column for a Jacobian).
+        method: the stencil name.
+        evaluations: how many times the function was called.
+    """
+
+    value: np.ndarray
+    error: np.ndarray
+    step: object
+    method: str
+    evaluations: int
+
+
+def _as_float64(y) -> np.ndarray:
+    arr = np.asarray(y)
+    if arr.dtype.kind == "c":
+        return arr.astype(np.complex128)
+    return arr.astype(np.float64)
+
+
+def _stencil(phi: Callable[[float], tuple[np.ndarray, float]], h: float, method: str, y0=None):
+    """Apply ``method`` to ``phi(t) -> (y, t_actual)`` at step ``h``.
+
+    Returns ``(value, error, evaluations)``; value and error are float64
+    arrays shaped like ``y``. ``y0`` is ``phi(0)`` when the caller has it.
+    """
+    evals = 0
+
+    def at(t):
+        nonlocal evals
+        evals += 1
+        y, ta = phi(t)
+        return _as_float64(y), ta
+
+    if method == "complex":
+        y1, _ = at(1j * h)
+        y2, _ = at(0.5j * h)
+        d1 = np.imag(y1) / h
+        d2 = np.imag(y2) / (0.5 * h)
+        return d2, np.abs(d2 - d1) + _eps(np.float64) * np.abs(d2), evals
+    if method == "forward":
+        if y0 is None:
+            y0, _ = at(0.0)
+        yp, tp = at(h)
+        yq, tq = at(h / 2)
+        d1 = (yp - y0) / tp
+        d2 = (yq - y0) / tq
+        return d2, np.abs(d2 - d1), evals
+    yp, tp = at(h)
+    ym, tm = at(-h)
+    d1 = (yp - ym) / (tp - tm)
+    if method == "central4":
+        yp2, tp2 = at(2 * h)
+        ym2, tm2 = at(-2 * h)
+        span = (tp2 - tm2 + 2 * (tp - tm)) / 3.0  # = 4h for exact steps
+        d4 = (8 * (yp - ym) - (yp2 - ym2)) / (3.0 * span)
+        return d4, np.abs(d4 - d1), evals
+    yq, tq = at(h / 2)
+    yr, tr = at(-h / 2)
+    d2 = (yq - yr) / (tq - tr)
+    if method == "central":
+        return d2, np.abs(d2 - d1) / 3.0, evals
+    # Richardson: the h**2 terms of d1 and d2 cancel.
+    return d2 + (d2 - d1) / 3.0, np.abs(d2 - d1) / 3.0, evals
+
+
+def _check_method(method):
+    if method not in METHODS:
+        raise SpecError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+
+
+def derivative(f, x, v=None, *, method: str = "richardson", step: float | None = None) -> Derivative:
+    """Directional derivative ``J(x) v`` of ``f`` by finite differences.
+
+    ``v`` defaults to all ones (scalar ``x``: the ordinary derivative). The
+    step is ``default_step`` of ``x`` scaled by ``1/|v|_inf`` unless given.
+    Cost: 3-6 evaluations of ``f`` whatever the size of ``x``
+    (:data:`METHODS`), computed in float64 (complex128 for ``"complex"``,
+    which requires ``f`` to accept complex input and be analytic).
+    """
+    _check_method(method)
+    x = np.asarray(x, dtype=np.float64)
+    v = np.ones_like(x) if v is None else np.asarray(v, dtype=np.float64)
+    if v.shape != x.shape:
+        raise SpecError(f"direction v has shape {v.shape}, but x has shape {x.shape}")
+    vmax = float(np.max(np.abs(v))) if v.size else 0.0
+    if vmax == 0.0:
+        y = _as_float64(f(x))
+        return Derivative(np.zeros_like(y), np.zeros_like(y), 0.0, method, 1)
+    if step is None:
+        if method == "complex":
+            step = 1e-20 / vmax
+        else:
+            step = float(np.max(default_step(x, np.float64, method))) / vmax
+
+    def phi(t):
+        return f(x + t * v), t
+
+    value, err, evals = _stencil(phi, step, method)
+    return Derivative(value, err, step, method, evals)
+
+
+def jacobian(f, x, *, method: str = "richardson", step=None) -> Derivative:
+    """Full Jacobian of ``f`` at ``x``, one finite-difference column per element.
+
+    Returns a :class:`Derivative` whose value has shape
+    ``f(x).shape + x.shape``. Cost: ``x.size`` times the per-method count of
+    :data:`METHODS`; memory: the dense Jacobian.
+    """
+    _check_method(method)
+    x = np.array(x, dtype=np.complex128 if method == "complex" else np.float64)
+    if np.iscomplexobj(x) and method != "complex":
+        raise SpecError("jacobian of a complex x is not supported")
+    steps = np.broadcast_to(
+        default_step(x.real, np.float64, method) if step is None else np.asarray(step, np.float64),
+        x.shape,
+    )
+    y0 = _as_float64(f(x.real.copy()))
+    cols, errs, total = [], [], 1
+    flat = x.reshape(-1)
+    for i in range(flat.size):
+        x0 = flat[i]
+
+        def phi(t, i=i, x0=x0):
+            xp = x.copy().reshape(-1)
+            xp[i] = x0 + t
+            if method != "complex":
+                xp = xp.real
+                t = float(xp[i] - x0.real)
+            return f(xp.reshape(x.shape)), t
+
+        val, err, n = _stencil(phi, float(steps.reshape(-1)[i]), method, y0=y0)
+        cols.append(val)
+        errs.append(err)
+        total += n
+    value = np.stack(cols, axis=-1).reshape(y0.shape + x.shape) if cols else np.zeros(y0.shape + x.shape)
+    error = np.stack(errs, axis=-1).reshape(y0.shape + x.shape) if errs else np.zeros(y0.shape + x.shape)
+    return Derivative(value, error, steps, method, total)
+
+
+def gradient(f, x, *, method: str = "richardson", step=None) -> Derivative:
+    """Gradient of a scalar ``f`` at ``x`` (:func:`jacobian` of a scalar).
+
+    Cost: ``x.size`` times the per-method count of :data:`METHODS`.
+    """
+    jac = jacobian(f, x, method=method, step=step)
+    if jac.value.shape != np.shape(x):
+        raise SpecError(
+            f"gradient needs a scalar function; f returned shape {jac.value.shape[: jac.value.ndim - np.ndim(x)]}"
+        )
+    return jac
+
+
+# --------------------------------------------------------------------------
+# The checks' workhorse.
+
+
+@dataclasses.dataclass
+class ElementDerivative:
+    """Per-element result of :func:`projected_gradients` for one tensor.
+
+    Attributes:
+        value: numerical gradient of ``<u, f>`` (float64, the tensor's shape).
+        error: estimated absolute error of ``value``.
+        left, right: one-sided derivatives at the smallest step tried
+            (NaN where not computed); they differ at a kink.
+        kink: True where one-sided differences disagree at every step tried.
+    """
+
+    value: np.ndarray
+    error: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    kink: np.ndarray
+
+
+def projected_gradients(
+    evaluate: Callable[[], np.ndarray],
+    point: Mapping[str, np.ndarray],
+    cotangent: np.ndarray,
+    *,
+    eval_dtype=np.float64,
+    judge: Callable[[str, int, float, float], int] | None = None,
+    max_refinements: int = 10,
+    step_scale: float = 1.0,
+) -> tuple[dict[str, ElementDerivative], int]:
+    """Gradient of ``phi = <u, evaluate()>`` with respect to every element of ``point``.
+
+    ``eval_dtype`` is the precision ``evaluate`` computes in (it sets the
+    step and the rounding-noise estimate). ``point`` maps names to the
+    arrays ``evaluate`` reads; each element is
+    perturbed *in place* (and restored bit for bit), so layer parameters are
+    checked in their own storage. Richardson-extrapolated central differences
+    at ``h`` and ``h/2`` give each element's value and error estimate:
+    ``|D(h) - D(h/2)| / 3`` plus the rounding noise of the outputs that the
+    perturbation changed (``eps * ulps * sum |u| |y|`` over those outputs,
+    divided by the step). Outputs the element does not touch are bitwise
+    unchanged and contribute nothing, so a sparse dependence is measured
+    with no cancellation noise.
+
+    ``judge(name, flat_index, value, error)`` returns :data:`OK`,
+    :data:`REFINE` or :data:`FAIL`. Uncertain elements (``REFINE``) are
+    retried with steps ``h/4, h/8, ...`` (up to ``max_refinements``),
+    keeping the estimate with the smallest error. For every element not
+    judged ``OK`` at the end, one-sided differences ``(phi(h) - phi(0)) / h`` and
+    ``(phi(0) - phi(-h)) / h`` at two steps decide whether the element sits
+    on a kink (their gap does not shrink with the step).
+
+    Cost: 4 evaluations per element, +2 per refinement, +1 for the base
+    point. Returns the per-name results and the evaluation count.
+    """
+    eval_eps = _eps(eval_dtype)
+    u = np.asarray(cotangent, dtype=np.float64)
+    absu = np.abs(u)
+    evals = 0
+
+    def phi_out():
+        nonlocal evals
+        evals += 1
+        y = np.asarray(evaluate())
+        return y.astype(np.float64) if y.dtype.kind != "c" else y
+
+    y0 = phi_out()
+
+    def diff(ya, yb, ta, tb):
+        """Projected difference quotient and its rounding noise."""
+        d = ya - yb
+        changed = d != 0
+        num = float(np.sum(u * d))
+        noise = eval_eps * _ULPS_PER_OUTPUT * float(np.sum(absu * (np.abs(ya) + np.abs(yb)) * changed))
+        dt = ta - tb
+        return num / dt, noise / abs(dt)
+
+    out: dict[str, ElementDerivative] = {}
+    for name, arr in point.items():
+        steps = default_step(arr, eval_dtype, "richardson")
+        steps = np.maximum(steps * step_scale, 0).reshape(-1)
+        value = np.zeros(arr.size)
+        error = np.zeros(arr.size)
+        left = np.full(arr.size, np.nan)
+        right = np.full(arr.size, np.nan)
+        kink = np.zeros(arr.size, dtype=bool)
+        for i in range(arr.size):
+            idx = np.unravel_index(i, arr.shape)
+            x0 = arr[idx].copy()
+            x0f = float(x0)
+
+            def at(t):
+                arr[idx] = x0f + t
+                ta = float(arr[idx]) - x0f
+                try:
+                    y = phi_out()
+                finally:
+                    arr[idx] = x0
+                return y, ta
+
+            def level(h):
+                yp, tp = at(h)
+                ym, tm = at(-h)
+                d, n = diff(yp, ym, tp, tm)
+                return (yp, tp, ym, tm, d, n)
+
+            h = float(steps[i])
+            if h == 0.0:
+                h = 1e-3
+            levels = [level(h), level(h / 2)]
+            value[i], error[i] = _richardson(levels[0], levels[1])
+            if judge is None:
+                continue
+            verdict = judge(name, i, value[i], error[i])
+            if verdict == OK:
+                continue
+            # Uncertain: halve the step until the element is settled, keeping
+            # the estimate with the smallest error (a kink farther than h
+            # from x0 leaves the stencil once h is small enough).
+            floor_h = 64 * _eps(arr.dtype if arr.dtype.kind == "f" else np.float64) * max(abs(x0f), 1e-300)
+            stale = 0
+            while verdict == REFINE and len(levels) < 2 + max_refinements:
+                h /= 2
+                if h / 2 < floor_h:
+                    break
+                levels.append(level(h / 2))
+                cand_val, cand_err = _richardson(levels[-2], levels[-1])
+                if cand_err < error[i]:
+                    value[i], error[i] = cand_val, cand_err
+                    stale = 0
+                else:
+                    stale += 1
+                verdict = judge(name, i, value[i], error[i])
+                if stale >= 3:
+                    break
+            if verdict != OK:
+                # Kink diagnosis from the two smallest steps tried: for a
+                # smooth function the gap between the one-sided derivatives
+                # halves with the step; at a kink it stays.
+                gaps = []
+                for lv in levels[-2:]:
+                    yp, tp, ym, tm, _, _ = lv
+                    r, rn = diff(yp, y0, tp, 0.0)
+                    lft, ln = diff(y0, ym, 0.0, tm)
+                    gaps.append((r, lft, rn + ln))
+                (r1, l1, _), (r2, l2, n2) = gaps
+                left[i], right[i] = l2, r2
+                g1, g2 = abs(r1 - l1), abs(r2 - l2)
+                kink[i] = g2 > 4 * n2 and g2 > 0.75 * g1
+        shape = arr.shape
+        out[name] = ElementDerivative(
+            value.reshape(shape), error.reshape(shape), left.reshape(shape), right.reshape(shape), kink.reshape(shape)
+        )
+    return out, evals
+
+
+def _richardson(L1, L2):
+    """Richardson-extrapolated value and error from two central levels."""
+    d1, n1 = L1[4], L1[5]
+    d2, n2 = L2[4], L2[5]
+    value = d2 + (d2 - d1) / 3.0
+    # |d2 - d1| / 3 estimates the truncation error of d2 (conservative for
+    # the extrapolated value); the rounding noise of the combination is at
+    # most (4 n2 + n1) / 3.
+    error = abs(d2 - d1) / 3.0 + (4.0 * n2 + n1) / 3.0
+    return value, error
