@@ -28,12 +28,20 @@ __all__ = ["check", "check_layer", "check_pair", "assert_gradients", "assert_lay
 MODES = ("auto", "full")
 
 
-def _validate(mode: str, seed: Any) -> np.random.Generator:
+def _validate(mode: str, seed: Any) -> tuple[np.random.Generator, np.random.Generator]:
+    """Validate options; return the generators for drawn inputs and for the cotangent.
+
+    Both are spawned from ``seed``, so neither equals the stream a user gets
+    from ``np.random.default_rng(seed)`` (a cotangent equal to the user's
+    own input would make ``x.T @ dy`` symmetric and hide a transposed
+    weight gradient).
+    """
     if mode not in MODES:
         raise SpecError(f"mode must be one of {MODES}, got {mode!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise SpecError(f"seed must be a non-negative integer, got {seed!r}")
-    return np.random.default_rng(int(seed))
+    inputs, cotangent = np.random.SeedSequence([int(seed), 0x6772616476]).spawn(2)
+    return np.random.default_rng(inputs), np.random.default_rng(cotangent)
 
 
 def _lowest_precision(arrays) -> np.dtype:
@@ -106,6 +114,7 @@ def _run(target: Target, *, rng: np.random.Generator, seed: int, mode: str, rtol
         reference="fd",
         kinks=kinks,
         constants=target.constants,
+        sensitivity={k: d.sensitivity for k, d in fd.items()},
         warnings=tuple(target.warnings)
         + tuple(f"input {k!r} ({v.dtype}) is a constant: its gradient is not checked" for k, v in target.constants.items()),
         mode="full",
@@ -137,14 +146,14 @@ def check(fn: Callable, inputs: Any, *, vjp: Callable | None = None, mode: str =
     Raises:
         GradVerifyError: bad input, with a message that says what to fix.
     """
-    rng = _validate(mode, seed)
+    rng, cot_rng = _validate(mode, seed)
     if vjp is None:
         raise SpecError(
             "check(fn, inputs) of a numpy function needs vjp=: a callable vjp(dout, *inputs) returning one "
             "gradient per input"
         )
     target = FunctionTarget(fn, vjp, inputs, kind="function", what="vjp")
-    return _run(target, rng=rng, seed=seed, mode=mode, rtol=rtol, atol=atol)
+    return _run(target, rng=cot_rng, seed=seed, mode=mode, rtol=rtol, atol=atol)
 
 
 def check_pair(forward: Callable, backward: Callable, inputs: Any, *, mode: str = "auto",
@@ -155,7 +164,7 @@ def check_pair(forward: Callable, backward: Callable, inputs: Any, *, mode: str 
     ``forward`` is re-run right before ``backward``, as in a network. Same
     method and cost as :func:`check`.
     """
-    rng = _validate(mode, seed)
+    rng, cot_rng = _validate(mode, seed)
     if not callable(forward) or not callable(backward):
         raise ProtocolError("check_pair needs two callables: forward(*inputs) -> (out, cache) and "
                             "backward(dout, cache) -> one gradient per input")
@@ -176,7 +185,7 @@ def check_pair(forward: Callable, backward: Callable, inputs: Any, *, mode: str 
         return backward(dout, cache)
 
     target = FunctionTarget(fn, vjp, inputs, kind="pair", names_from=forward, what="backward")
-    return _run(target, rng=rng, seed=seed, mode=mode, rtol=rtol, atol=atol)
+    return _run(target, rng=cot_rng, seed=seed, mode=mode, rtol=rtol, atol=atol)
 
 
 def check_layer(layer: Any, input_shape: int | Sequence[int] | None = None, *, inputs: Any = None,
@@ -194,7 +203,7 @@ def check_layer(layer: Any, input_shape: int | Sequence[int] | None = None, *, i
     Cost: about 4 forward calls per input and parameter element, one
     backward call.
     """
-    rng = _validate(mode, seed)
+    rng, cot_rng = _validate(mode, seed)
     if inputs is not None and input_shape is not None:
         raise SpecError("give input_shape or inputs, not both")
     if inputs is None:
@@ -221,7 +230,7 @@ def check_layer(layer: Any, input_shape: int | Sequence[int] | None = None, *, i
         raise NoDifferentiableInputs(
             f"{type(layer).__name__} has no floating-point parameter and its input is {x.dtype}: nothing to differentiate"
         )
-    return _run(target, rng=rng, seed=seed, mode=mode, rtol=rtol, atol=atol)
+    return _run(target, rng=cot_rng, seed=seed, mode=mode, rtol=rtol, atol=atol)
 
 
 def _raise_unless_passed(result: CheckResult) -> CheckResult:

@@ -6,7 +6,8 @@ test ``a`` is compared with a reference ``n`` whose own error is estimated as
 ``e`` (finite-difference truncation and rounding noise; 0 for an exact
 reference). The element fails when
 
-    |a - n| > atol + rtol * |n| + floor * S_T + cross * S + noise_factor * e
+    |a - n| > atol + tiny + rtol * |n| + floor * S_T + cross * S
+              + ulps * eps * m + noise_factor * e
 
 where ``S_T = max |n|`` over the tensor, ``S`` the largest ``S_T`` of the
 check, and ``rtol``, ``floor``, ``cross`` come from :data:`TOLERANCES`, keyed
@@ -19,6 +20,13 @@ a float64 reference, so its tolerance reflects float32 rounding only):
   one) are not held to a relative standard they cannot meet;
 * ``cross * S`` -- a tensor whose true gradient is zero (a parameter the
   output ignores) may carry rounding residue of the scale of the others;
+* ``ulps * eps * m`` -- the rounding of the gradient under test itself:
+  ``m`` is the size of the terms a backward pass sums for the element
+  (``sum |u_k| |y_k| / |x_j|`` over the outputs it moves), ``eps`` that of
+  its dtype. A saturated float32 unit computes ``s * (1 - s) = 0`` exactly
+  where the float64 oracle still sees 1e-9; that is float32, not a bug;
+* ``tiny`` -- ``sqrt`` of the dtype's smallest normal number: values below
+  it are beyond the dtype's range;
 * ``noise_factor * e`` -- a gap smaller than the reference's own noise is
   not a failure.
 
@@ -49,6 +57,9 @@ class Tolerance:
     cross: float
     atol: float = 0.0
     noise_factor: float = 2.0
+    eps: float = float(np.finfo(np.float64).eps)
+    ulps: float = 8.0
+    tiny: float = float(np.sqrt(np.finfo(np.float64).tiny))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -75,6 +86,11 @@ def tolerance_for(dtype, *, rtol: float | None = None, atol: float | None = None
     """
     name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
     base = TOLERANCES.get(name, TOLERANCES["float64"])
+    if name in TOLERANCES and name != "bfloat16":
+        info = np.finfo(np.dtype(name))
+        base = dataclasses.replace(base, eps=float(info.eps), tiny=float(np.sqrt(info.tiny)))
+    elif name == "bfloat16":
+        base = dataclasses.replace(base, eps=2.0**-7, tiny=float(np.sqrt(np.finfo(np.float32).tiny)))
     for label, value in (("rtol", rtol), ("atol", atol)):
         if value is not None and (not np.isfinite(value) or value < 0):
             raise SpecError(f"{label} must be a finite number >= 0, got {value!r}")
@@ -103,12 +119,14 @@ class Comparison:
         self._scale_est = {k: _maxabs(v) for k, v in self.analytic.items()}
         self._glob_est = max(self._scale_est.values(), default=0.0)
 
-    def base_tolerance(self, name: str, numeric, scale: float | None = None, glob: float | None = None):
+    def base_tolerance(self, name: str, numeric, scale: float | None = None, glob: float | None = None,
+                       sensitivity=0.0):
         """Tolerance without the noise allowance, at reference value(s) ``numeric``."""
         t = self.tol
         s = self._scale_est[name] if scale is None else scale
         g = self._glob_est if glob is None else glob
-        return t.atol + t.rtol * np.abs(numeric) + t.floor * s + t.cross * g
+        return (t.atol + t.tiny + t.rtol * np.abs(numeric) + t.floor * s + t.cross * g
+                + t.ulps * t.eps * np.asarray(sensitivity))
 
     def judge(self, name: str, flat_index: int, numeric: float, error: float) -> int:
         """Provisional verdict on one element, for adaptive finite differences.
@@ -142,6 +160,7 @@ class Comparison:
         kinks: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
         constants: Mapping[str, np.ndarray] | None = None,
         warnings: tuple[str, ...] = (),
+        sensitivity: Mapping[str, np.ndarray] | None = None,
         **meta,
     ) -> CheckResult:
         """Compare and build the verdict.
@@ -155,6 +174,10 @@ class Comparison:
                 where a kink was diagnosed.
             constants: inputs that were not differentiated (shown as such).
             warnings: messages carried into the result.
+            sensitivity: per element, the size of the terms a backward pass
+                sums (:class:`~gradverify.numeric.ElementDerivative`); it sets
+                the analytic gradient's own rounding allowance,
+                ``ulps * eps * sensitivity``.
             **meta: mode, evaluations, seed, seconds, dtype.
         """
         t = self.tol
@@ -172,7 +195,8 @@ class Comparison:
             e = np.zeros_like(n) if error is None else np.asarray(error[name], dtype=np.float64)
             a64 = a.astype(np.float64)
             gap = np.abs(a64 - n)
-            tb = self.base_tolerance(name, n, scales[name], glob)
+            sens = 0.0 if sensitivity is None else np.asarray(sensitivity[name], dtype=np.float64)
+            tb = self.base_tolerance(name, n, scales[name], glob, sens)
             tol = tb + t.noise_factor * e
             ok = gap <= tol
             kink_mask = np.zeros(a.shape, dtype=bool)

@@ -8,8 +8,8 @@ allowance for the finite-difference noise itself, so a gap smaller than the
 noise is never called a bug.
 
 Steps are chosen from the dtype the function is evaluated in and the
-magnitude of each coordinate: ``h = eps ** (1 / (order + 1)) * scale`` where
-``scale`` is ``max(|x_i|, rms(x))`` (1 when ``x`` is all zeros). The step
+magnitude of each coordinate: ``h = eps ** (1 / (min(order, 3) + 1)) * scale`` where
+``scale`` is ``max(|x_i|, rms(x) / 10)`` (1 when ``x`` is all zeros). The step
 actually taken, ``fl(x + h) - x``, is what divides the difference, so a
 float32 coordinate perturbed in its own storage still gives an exact divisor.
 
@@ -52,7 +52,7 @@ __all__ = [
 METHODS = {
     "forward": (1, 3),
     "central": (2, 4),
-    "central4": (4, 6),
+    "central4": (4, 4),
     "richardson": (4, 4),
     "complex": (2, 2),
 }
@@ -77,7 +77,7 @@ def default_step(x, dtype=np.float64, method: str = "richardson"):
     """Step per coordinate for ``method`` when evaluating in ``dtype``.
 
     ``eps ** (1 / (order + 1))`` balances truncation (``h ** order``) against
-    rounding (``eps / h``); it is scaled by ``max(|x_i|, rms(x))`` so that a
+    rounding (``eps / h``); it is scaled by ``max(|x_i|, rms(x) / 10)`` so that a
     coordinate of size 1e4 and one of size 1e-4 are both moved by a similar
     *relative* amount. Cost: O(x.size), no function evaluations.
     """
@@ -85,11 +85,14 @@ def default_step(x, dtype=np.float64, method: str = "richardson"):
         raise SpecError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
     order = METHODS[method][0]
     x = np.asarray(x, dtype=np.float64)
-    base = _eps(dtype) ** (1.0 / (order + 1))
+    # Richardson is formally 4th order, but its step is taken as for 3rd:
+    # smaller than the textbook optimum, so the extrapolation starts inside
+    # the asymptotic range more often (rounding stays ~eps**0.75).
+    base = _eps(dtype) ** (1.0 / (min(order, 3) + 1))
     if method == "complex":
         base = 1e-20
     rms = float(np.sqrt(np.mean(x * x))) if x.size else 0.0
-    scale = np.maximum(np.abs(x), rms if rms > 0 else 1.0)
+    scale = np.maximum(np.abs(x), 0.1 * rms if rms > 0 else 1.0)
     return base * scale
 
 
@@ -123,9 +126,13 @@ def _stencil(phi: Callable[[float], tuple[np.ndarray, float]], h: float, method:
     """Apply ``method`` to ``phi(t) -> (y, t_actual)`` at step ``h``.
 
     Returns ``(value, error, evaluations)``; value and error are float64
-    arrays shaped like ``y``. ``y0`` is ``phi(0)`` when the caller has it.
+    arrays shaped like ``y``. The error is the step-halving (or
+    order-comparison) estimate plus the rounding noise of the difference,
+    ``ulps * eps * (|y_a| + |y_b|) / |t_a - t_b|``. ``y0`` is ``phi(0)``
+    when the caller has it.
     """
     evals = 0
+    eps = _eps(np.float64) * _ULPS_PER_OUTPUT
 
     def at(t):
         nonlocal evals
@@ -133,36 +140,42 @@ def _stencil(phi: Callable[[float], tuple[np.ndarray, float]], h: float, method:
         y, ta = phi(t)
         return _as_float64(y), ta
 
+    def quotient(ya, yb, ta, tb):
+        dt = ta - tb
+        return (ya - yb) / dt, eps * (np.abs(ya) + np.abs(yb)) / abs(dt)
+
     if method == "complex":
         y1, _ = at(1j * h)
         y2, _ = at(0.5j * h)
         d1 = np.imag(y1) / h
         d2 = np.imag(y2) / (0.5 * h)
-        return d2, np.abs(d2 - d1) + _eps(np.float64) * np.abs(d2), evals
+        return d2, np.abs(d2 - d1) + eps * np.abs(d2), evals
     if method == "forward":
         if y0 is None:
             y0, _ = at(0.0)
-        yp, tp = at(h)
-        yq, tq = at(h / 2)
-        d1 = (yp - y0) / tp
-        d2 = (yq - y0) / tq
-        return d2, np.abs(d2 - d1), evals
-    yp, tp = at(h)
-    ym, tm = at(-h)
-    d1 = (yp - ym) / (tp - tm)
+        y0 = _as_float64(y0)
+        d1, _ = quotient(*_pair(at(h), (y0, 0.0)))
+        d2, n2 = quotient(*_pair(at(h / 2), (y0, 0.0)))
+        return d2, np.abs(d2 - d1) + n2, evals
+    (yp, tp), (ym, tm) = at(h), at(-h)
+    d1, n1 = quotient(yp, ym, tp, tm)
     if method == "central4":
-        yp2, tp2 = at(2 * h)
-        ym2, tm2 = at(-2 * h)
-        span = (tp2 - tm2 + 2 * (tp - tm)) / 3.0  # = 4h for exact steps
-        d4 = (8 * (yp - ym) - (yp2 - ym2)) / (3.0 * span)
-        return d4, np.abs(d4 - d1), evals
-    yq, tq = at(h / 2)
-    yr, tr = at(-h / 2)
-    d2 = (yq - yr) / (tq - tr)
+        (yp2, tp2), (ym2, tm2) = at(2 * h), at(-2 * h)
+        d2h, n2h = quotient(yp2, ym2, tp2, tm2)
+        # (8 D(h) - D(2h) * 2) / 6 with D the central quotients = the 5-point stencil
+        d4 = (4.0 * d1 - d2h) / 3.0
+        return d4, np.abs(d4 - d1) + (4.0 * n1 + n2h) / 3.0, evals
+    (yq, tq), (yr, tr) = at(h / 2), at(-h / 2)
+    d2, n2 = quotient(yq, yr, tq, tr)
     if method == "central":
-        return d2, np.abs(d2 - d1) / 3.0, evals
+        return d2, np.abs(d2 - d1) / 3.0 + n2, evals
     # Richardson: the h**2 terms of d1 and d2 cancel.
-    return d2 + (d2 - d1) / 3.0, np.abs(d2 - d1) / 3.0, evals
+    return d2 + (d2 - d1) / 3.0, np.abs(d2 - d1) / 3.0 + (4.0 * n2 + n1) / 3.0, evals
+
+
+def _pair(a, b):
+    """(y_a, t_a), (y_b, t_b) -> y_a, y_b, t_a, t_b."""
+    return a[0], b[0], a[1], b[1]
 
 
 def _check_method(method):
@@ -194,8 +207,14 @@ def derivative(f, x, v=None, *, method: str = "richardson", step: float | None =
         else:
             step = float(np.max(default_step(x, np.float64, method))) / vmax
 
+    vv = float(np.vdot(v, v))
+
     def phi(t):
-        return f(x + t * v), t
+        if isinstance(t, complex):
+            return f(x + t * v), t
+        xp = x + t * v
+        # the displacement actually taken, projected on v
+        return f(xp), float(np.vdot(xp - x, v)) / vv
 
     value, err, evals = _stencil(phi, step, method)
     return Derivative(value, err, step, method, evals)
@@ -266,6 +285,11 @@ class ElementDerivative:
         left, right: one-sided derivatives at the smallest step tried
             (NaN where not computed); they differ at a kink.
         kink: True where one-sided differences disagree at every step tried.
+        sensitivity: ``sum_k |u_k| |y_k| / scale`` over the outputs the
+            element moves (all outputs if it moves none), ``scale`` being the
+            element's magnitude as used for the step: the size of the terms
+            a backward pass sums for this element, which sets the rounding
+            error of an analytic gradient computed in low precision.
     """
 
     value: np.ndarray
@@ -273,6 +297,7 @@ class ElementDerivative:
     left: np.ndarray
     right: np.ndarray
     kink: np.ndarray
+    sensitivity: np.ndarray
 
 
 def projected_gradients(
@@ -293,11 +318,11 @@ def projected_gradients(
     perturbed *in place* (and restored bit for bit), so layer parameters are
     checked in their own storage. Richardson-extrapolated central differences
     at ``h`` and ``h/2`` give each element's value and error estimate:
-    ``|D(h) - D(h/2)| / 3`` plus the rounding noise of the outputs that the
-    perturbation changed (``eps * ulps * sum |u| |y|`` over those outputs,
-    divided by the step). Outputs the element does not touch are bitwise
-    unchanged and contribute nothing, so a sparse dependence is measured
-    with no cancellation noise.
+    ``|D(h) - D(h/2)| / 3`` plus the rounding noise of the outputs
+    (``eps * ulps * sum |u| |y|`` over those the perturbation changed, one
+    ulp of each of the others, divided by the step). The difference is
+    taken output by output before projecting, so outputs the element does
+    not touch cancel exactly rather than through a rounded sum.
 
     ``judge(name, flat_index, value, error)`` returns :data:`OK`,
     :data:`REFINE` or :data:`FAIL`. Uncertain elements (``REFINE``) are
@@ -324,18 +349,31 @@ def projected_gradients(
     y0 = phi_out()
 
     def diff(ya, yb, ta, tb):
-        """Projected difference quotient and its rounding noise."""
+        """Projected difference quotient, its rounding noise, and the output magnitude involved.
+
+        The noise is a few ulps of each output the perturbation changed,
+        plus one ulp of each output it left bitwise unchanged: a dependence
+        below an output's resolution (a saturated softmax entry next to a
+        1.0) hides there. The magnitude counts the changed outputs (all of
+        them if none changed: the function is flat at this resolution).
+        """
         d = ya - yb
         changed = d != 0
+        weights = absu * (np.abs(ya) + np.abs(yb))
+        moved = float(np.sum(weights * changed))
+        still = float(np.sum(weights)) - moved
+        mag = moved if changed.any() else still
         num = float(np.sum(u * d))
-        noise = eval_eps * _ULPS_PER_OUTPUT * float(np.sum(absu * (np.abs(ya) + np.abs(yb)) * changed))
         dt = ta - tb
-        return num / dt, noise / abs(dt)
+        noise = eval_eps * (_ULPS_PER_OUTPUT * moved + 0.5 * still) / abs(dt)
+        return num / dt, noise, mag / 2.0
 
     out: dict[str, ElementDerivative] = {}
     for name, arr in point.items():
         steps = default_step(arr, eval_dtype, "richardson")
+        scale = (steps / default_step(np.ones(1), eval_dtype, "richardson")[0]).reshape(-1)
         steps = np.maximum(steps * step_scale, 0).reshape(-1)
+        sensitivity = np.zeros(arr.size)
         value = np.zeros(arr.size)
         error = np.zeros(arr.size)
         left = np.full(arr.size, np.nan)
@@ -358,37 +396,46 @@ def projected_gradients(
             def level(h):
                 yp, tp = at(h)
                 ym, tm = at(-h)
-                d, n = diff(yp, ym, tp, tm)
-                return (yp, tp, ym, tm, d, n)
+                d, n, mag = diff(yp, ym, tp, tm)
+                return (yp, tp, ym, tm, d, n, mag)
 
             h = float(steps[i])
             if h == 0.0:
                 h = 1e-3
             levels = [level(h), level(h / 2)]
             value[i], error[i] = _richardson(levels[0], levels[1])
+            sensitivity[i] = levels[1][6] / scale[i]
             if judge is None:
                 continue
             verdict = judge(name, i, value[i], error[i])
             if verdict == OK:
                 continue
-            # Uncertain: halve the step until the element is settled, keeping
-            # the estimate with the smallest error (a kink farther than h
-            # from x0 leaves the stencil once h is small enough).
+            # Not clearly right: halve the step until the element is settled.
+            # A failure must be confirmed at a smaller step (an error estimate
+            # from steps far outside the asymptotic range can be too small);
+            # each new extrapolation also bounds the error of the best one
+            # so far by their disagreement. A kink farther than h from x0
+            # leaves the stencil once h is small enough.
             floor_h = 64 * _eps(arr.dtype if arr.dtype.kind == "f" else np.float64) * max(abs(x0f), 1e-300)
-            stale = 0
-            while verdict == REFINE and len(levels) < 2 + max_refinements:
+            stale = confirmations = 0
+            prev_val = value[i]
+            while len(levels) < 2 + max_refinements:
                 h /= 2
                 if h / 2 < floor_h:
                     break
                 levels.append(level(h / 2))
                 cand_val, cand_err = _richardson(levels[-2], levels[-1])
+                cand_err = max(cand_err, abs(cand_val - prev_val))
+                prev_val = cand_val
+                error[i] = max(error[i], abs(cand_val - value[i]))
                 if cand_err < error[i]:
                     value[i], error[i] = cand_val, cand_err
                     stale = 0
                 else:
                     stale += 1
                 verdict = judge(name, i, value[i], error[i])
-                if stale >= 3:
+                confirmations = confirmations + 1 if verdict == FAIL else 0
+                if verdict == OK or confirmations >= 2 or stale >= 3:
                     break
             if verdict != OK:
                 # Kink diagnosis from the two smallest steps tried: for a
@@ -396,9 +443,9 @@ def projected_gradients(
                 # halves with the step; at a kink it stays.
                 gaps = []
                 for lv in levels[-2:]:
-                    yp, tp, ym, tm, _, _ = lv
-                    r, rn = diff(yp, y0, tp, 0.0)
-                    lft, ln = diff(y0, ym, 0.0, tm)
+                    yp, tp, ym, tm = lv[:4]
+                    r, rn, _ = diff(yp, y0, tp, 0.0)
+                    lft, ln, _ = diff(y0, ym, 0.0, tm)
                     gaps.append((r, lft, rn + ln))
                 (r1, l1, _), (r2, l2, n2) = gaps
                 left[i], right[i] = l2, r2
@@ -406,7 +453,8 @@ def projected_gradients(
                 kink[i] = g2 > 4 * n2 and g2 > 0.75 * g1
         shape = arr.shape
         out[name] = ElementDerivative(
-            value.reshape(shape), error.reshape(shape), left.reshape(shape), right.reshape(shape), kink.reshape(shape)
+            value.reshape(shape), error.reshape(shape), left.reshape(shape), right.reshape(shape),
+            kink.reshape(shape), sensitivity.reshape(shape)
         )
     return out, evals
 

@@ -1,0 +1,104 @@
+"""Finite differences: every method, its error estimate, and the step rule.
+
+Tolerances here compare a finite-difference value with a known derivative;
+each states the accuracy the method should reach and why.
+"""
+
+import numpy as np
+import pytest
+
+from gradverify import SpecError
+from gradverify import numeric as nd
+
+
+@pytest.mark.parametrize("method", sorted(nd.METHODS))
+def test_derivative_of_exp_every_method(method):
+    x = np.array(0.7)
+    d = nd.derivative(np.exp, x, method=method)
+    true = np.exp(0.7)
+    err = abs(float(d.value) - true)
+    # forward differences are first order (h ~ 4e-6 relative: error ~1e-5);
+    # the others are second order or better (error < 1e-8).
+    limit = 1e-4 if method == "forward" else 1e-8
+    assert err < limit, (method, err)
+    # The error estimate is honest: the true error is within a small factor of it
+    # (or at rounding level, 1e-12, where the estimate may be 0).
+    assert err <= 10 * float(d.error) + 1e-12, (method, err, float(d.error))
+    assert d.evaluations == nd.METHODS[method][1]
+
+
+def test_complex_step_is_exact_to_rounding():
+    # complex step has no subtractive cancellation: error at the 1e-15 level
+    d = nd.derivative(lambda z: np.sin(z) * np.exp(z), np.array(1.3), method="complex")
+    true = np.cos(1.3) * np.exp(1.3) + np.sin(1.3) * np.exp(1.3)
+    assert abs(float(d.value) - true) < 1e-14 * abs(true)
+
+
+def test_directional_derivative_matches_jacobian_vector_product():
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((3, 4))
+    x = rng.standard_normal(4)
+    v = rng.standard_normal(4)
+    f = lambda x: np.tanh(A @ x)  # noqa: E731
+    jv = (1 - np.tanh(A @ x) ** 2) * (A @ v)
+    d = nd.derivative(f, x, v)
+    # Richardson on a smooth function: error ~h^4 ~ 1e-13 relative; 1e-9 is generous
+    np.testing.assert_allclose(d.value, jv, rtol=1e-9, atol=1e-12)
+
+
+def test_jacobian_and_gradient_shapes_and_values():
+    rng = np.random.default_rng(1)
+    A = rng.standard_normal((2, 3))
+    x = rng.standard_normal(3)
+    jac = nd.jacobian(lambda x: A @ x, x)
+    assert jac.value.shape == (2, 3)
+    # a linear map: central differences are exact up to rounding (1e-10 relative)
+    np.testing.assert_allclose(jac.value, A, rtol=1e-9, atol=1e-10)
+    g = nd.gradient(lambda x: np.sum(x**3), x)
+    np.testing.assert_allclose(g.value, 3 * x**2, rtol=1e-9)
+    assert g.evaluations == 1 + 4 * x.size
+    with pytest.raises(SpecError, match="scalar"):
+        nd.gradient(lambda x: A @ x, x)
+
+
+def test_step_scales_with_magnitude_and_dtype():
+    x = np.array([4.0, 2.0, 1e-6, 0.0])
+    h = nd.default_step(x, np.float64, "central")
+    assert h[0] / h[1] == pytest.approx(2.0)
+    # coordinates far below the tensor's rms use rms/10 as scale (a zero
+    # coordinate still gets a usable step)
+    rms = np.sqrt(np.mean(x**2))
+    assert h[2] == h[3] == pytest.approx(h[1] * 0.1 * rms / 2.0)
+    # a tensor of tiny values is moved relative to its own size
+    assert nd.default_step(np.full(3, 1e-4), np.float64, "central")[0] == pytest.approx(1e-4 * h[1] / 2.0)
+    h32 = nd.default_step(np.ones(1), np.float32, "central")
+    h64 = nd.default_step(np.ones(1), np.float64, "central")
+    assert h32[0] > 10 * h64[0]
+    with pytest.raises(SpecError, match="unknown method"):
+        nd.default_step(x, np.float64, "nope")
+
+
+def test_projected_gradients_perturb_in_place_and_restore_bits():
+    rng = np.random.default_rng(2)
+    W = rng.standard_normal((3, 3)).astype(np.float32)
+    before = W.copy()
+    x = rng.standard_normal(3)
+    u = rng.standard_normal(3)
+    out, evals = nd.projected_gradients(lambda: np.tanh(W @ x), {"W": W}, u)
+    assert np.array_equal(W, before)  # restored bit for bit
+    true = np.outer(u * (1 - np.tanh(W.astype(np.float64) @ x) ** 2), x)
+    # W is float32 storage but the evaluation is float64 (x is float64) and the
+    # step actually taken divides the difference: accuracy ~1e-9 relative.
+    np.testing.assert_allclose(out["W"].value, true, rtol=1e-7, atol=1e-9)
+    assert evals == 1 + 4 * W.size
+
+
+def test_kink_diagnosed_from_one_sided_differences():
+    x = np.array([0.0, 1.0])
+    u = np.array([1.0, 1.0])
+    from gradverify.numeric import FAIL
+
+    out, _ = nd.projected_gradients(lambda: np.abs(x), {"x": x}, u, judge=lambda *a: FAIL)
+    d = out["x"]
+    assert d.kink[0] and not d.kink[1]
+    assert (d.left[0], d.right[0]) == (pytest.approx(-1.0), pytest.approx(1.0))
