@@ -147,12 +147,16 @@ def check(fn: Callable, inputs: Any, *, vjp: Callable | None = None, mode: str =
         GradVerifyError: bad input, with a message that says what to fix.
     """
     rng, cot_rng = _validate(mode, seed)
-    if vjp is None:
-        raise SpecError(
-            "check(fn, inputs) of a numpy function needs vjp=: a callable vjp(dout, *inputs) returning one "
-            "gradient per input"
-        )
-    target = FunctionTarget(fn, vjp, inputs, kind="function", what="vjp")
+    from .frameworks import callable_target
+
+    target = callable_target(fn, inputs, vjp)
+    if target is None:
+        if vjp is None:
+            raise SpecError(
+                "check(fn, inputs) of a numpy function needs vjp=: a callable vjp(dout, *inputs) returning one "
+                "gradient per input (torch and JAX callables are differentiated by their own framework)"
+            )
+        target = FunctionTarget(fn, vjp, inputs, kind="function", what="vjp")
     return _run(target, rng=cot_rng, seed=seed, mode=mode, rtol=rtol, atol=atol)
 
 
@@ -204,6 +208,11 @@ def check_layer(layer: Any, input_shape: int | Sequence[int] | None = None, *, i
     backward call.
     """
     rng, cot_rng = _validate(mode, seed)
+    from .frameworks import module_target
+
+    fw_target = module_target(layer, input_shape, inputs=inputs, dtype=dtype, rng=rng)
+    if fw_target is not None:
+        return _run(fw_target, rng=cot_rng, seed=seed, mode=mode, rtol=rtol, atol=atol)
     if inputs is not None and input_shape is not None:
         raise SpecError("give input_shape or inputs, not both")
     if inputs is None:
