@@ -1,0 +1,141 @@
+"""The public checks: behaviour a user relies on beyond the corpora."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import gradverify as gv
+
+
+class Tanh:
+    """A parameter-free layer whose backward ignores dy when bug='ignore_dy'."""
+
+    def __init__(self, bug=None):
+        self.params = {}
+        self.bug = bug
+
+    def forward(self, x):
+        self.y = np.tanh(x)
+        return self.y
+
+    def backward(self, dy):
+        if self.bug == "ignore_dy":
+            return 1 - self.y**2
+        return dy * (1 - self.y**2)
+
+
+def test_random_cotangent_catches_backward_that_ignores_dy():
+    assert gv.check_layer(Tanh(), (3, 4)).passed
+    r = gv.check_layer(Tanh("ignore_dy"), (3, 4))
+    assert not r.passed and r.worst.input == "x"
+
+
+def test_backward_runs_right_after_its_forward():
+    class Stateful:
+        """Correct only if backward uses the cache of the forward just before it."""
+
+        params = {}
+
+        def forward(self, x):
+            self.x = x
+            return x**3
+
+        def backward(self, dy):
+            return 3 * self.x**2 * dy
+
+    assert gv.check_layer(Stateful(), (5,)).passed
+
+
+def test_check_names_inputs_by_parameter_names_and_dicts():
+    def f(a, b):
+        return a * np.sin(b)
+
+    def vjp(d, a, b):
+        return d * np.sin(b), d * a * np.cos(b) * (1 + 1e-3)  # b is 0.1% off
+
+    x = [np.array([0.5, 1.5]), np.array([0.3, -0.7])]
+    r = gv.check(f, x, vjp=vjp)
+    assert not r.passed and r.worst.input == "b"
+    r2 = gv.check(f, {"a": x[0], "b": x[1]}, vjp=vjp)
+    assert not r2.passed and r2.worst.input == "b"
+    assert [s.name for s in r.inputs] == ["a", "b"]
+
+
+def test_integer_inputs_are_constants_and_said_so():
+    def gather(w, idx):
+        return w[idx]
+
+    def vjp(d, w, idx):
+        g = np.zeros_like(w)
+        np.add.at(g, idx, d)
+        return g, None
+
+    r = gv.check(gather, [np.arange(5.0), np.array([0, 2, 2])], vjp=vjp)
+    assert r.passed
+    assert any("constant" in w for w in r.warnings)
+    with pytest.raises(gv.NoDifferentiableInputs):
+        gv.check(gather, [np.arange(5), np.array([0, 2])], vjp=vjp)
+
+
+def test_assert_wrappers_raise_gradient_mismatch_with_the_result():
+    with pytest.raises(gv.GradientMismatch) as exc:
+        gv.assert_layer(Tanh("ignore_dy"), (2, 3))
+    assert isinstance(exc.value, AssertionError)
+    assert exc.value.result.worst.input == "x"
+    assert "'x'[" in str(exc.value) and "seed=0" in str(exc.value)
+
+
+def test_result_is_json_ready_and_reports_its_cost():
+    r = gv.check_layer(Tanh(), (2, 3))
+    d = json.loads(json.dumps(r.to_dict()))
+    assert d["mode"] == "full" and d["evaluations"] == r.evaluations > 4 * 6
+    assert set(d["worst"]) >= {"input", "index", "analytic", "numeric", "abs_err", "rel_err"}
+
+
+def test_nondeterministic_forward_is_an_error_not_a_pass():
+    class Noisy:
+        params = {}
+
+        def __init__(self):
+            self.rng = np.random.default_rng(0)
+
+        def forward(self, x):
+            self.mask = self.rng.random(x.shape) > 0.5
+            return x * self.mask
+
+        def backward(self, dy):
+            return dy * self.mask
+
+    with pytest.raises(gv.NondeterministicError, match="nondeterministic"):
+        gv.check_layer(Noisy(), (4,))
+
+
+def test_kink_is_nondiff_not_failure_but_invalid_subgradient_fails():
+    x = np.array([-1.0, 0.0, 2.0])
+    ok = gv.check(lambda x: np.maximum(x, 0), [x], vjp=lambda d, x: (d * (x > 0),))
+    assert ok.passed and ok.status == "nondiff"
+    assert [loc.index for loc in ok.nondifferentiable] == [(1,)]
+    bad = gv.check(lambda x: np.maximum(x, 0), [x], vjp=lambda d, x: (d * (x > 0) + d * (x == 0) * 3.0,))
+    assert not bad.passed and bad.worst.index == (1,)
+
+
+def test_options_are_validated():
+    with pytest.raises(gv.SpecError, match="mode"):
+        gv.check_layer(Tanh(), (2,), mode="bogus")
+    with pytest.raises(gv.SpecError, match="seed"):
+        gv.check_layer(Tanh(), (2,), seed=-1)
+    with pytest.raises(gv.SpecError, match="input_shape"):
+        gv.check_layer(Tanh())
+
+
+def test_import_gradverify_imports_no_framework():
+    code = (
+        "import sys, gradverify, gradverify.numeric, gradverify.engine, gradverify.compare;"
+        "bad = [m for m in ('torch', 'jax', 'jaxlib') if m in sys.modules];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
