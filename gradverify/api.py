@@ -116,7 +116,8 @@ def _run(target: Target, *, rng: np.random.Generator, seed: int, mode: str, rtol
         constants=target.constants,
         sensitivity={k: d.sensitivity for k, d in fd.items()},
         warnings=tuple(target.warnings)
-        + tuple(f"input {k!r} ({v.dtype}) is a constant: its gradient is not checked" for k, v in target.constants.items()),
+        + tuple(f"input {k!r} ({v.dtype}) is a constant: its gradient is not checked" for k, v in target.constants.items()
+                if isinstance(v, np.ndarray)),
         mode="full",
         evaluations=evaluations,
         seed=seed,

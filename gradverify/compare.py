@@ -241,8 +241,8 @@ class Comparison:
                 if best is None or r > best[0]:
                     best = (r, w)
         for name, c in (constants or {}).items():
-            c = np.asarray(c)
-            summaries.append(InputSummary(name, tuple(c.shape), c.dtype.name, False))
+            dtype = c.dtype.name if isinstance(c, np.ndarray) else str(getattr(c, "dtype", type(c).__name__))
+            summaries.append(InputSummary(name, tuple(np.shape(c)) if isinstance(c, np.ndarray) else (), dtype, False))
         msgs = list(warnings)
         if weak:
             msgs.append(

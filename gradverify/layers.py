@@ -17,6 +17,7 @@ float32 gradient is measured against a float64 oracle.
 
 from __future__ import annotations
 
+import copy
 import inspect
 from typing import Any, Callable, Mapping, Sequence
 
@@ -58,12 +59,59 @@ def _to_array(value: Any, name: str) -> np.ndarray:
     return arr
 
 
-def as_input_arrays(inputs: Any, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-    """Normalise ``inputs`` (one array, a sequence, or a dict) to name -> array copies."""
+class Opaque:
+    """A non-numeric input (a dict of options, a string, None...) passed through untouched.
+
+    Function pairs often take such arguments (``conv_forward(x, w, b,
+    conv_param)``); they are constants, handed to each call as a deep copy
+    (a forward that updates, say, running statistics in its options dict
+    cannot make later calls disagree).
+    """
+
+    def __init__(self, value: Any):
+        self.value = value
+
+    def get(self) -> Any:
+        return copy.deepcopy(self.value)
+
+    @property
+    def shape(self) -> tuple:
+        return ()
+
+    @property
+    def dtype(self):
+        return type(self.value).__name__
+
+
+def _is_opaque(value: Any) -> bool:
+    if value is None or isinstance(value, (Mapping, str, bytes)) or callable(value):
+        return True
+    if isinstance(value, (np.ndarray, np.generic, int, float, bool)):
+        return False
+    if isinstance(value, (list, tuple)):
+        try:
+            return np.asarray(value).dtype == object
+        except Exception:  # noqa: BLE001 - ragged nested sequences
+            return True
+    return not hasattr(value, "__array__") and not hasattr(value, "__array_interface__")
+
+
+def as_input_arrays(inputs: Any, names: Sequence[str] | None = None, *, allow_opaque: bool = False) -> dict[str, Any]:
+    """Normalise ``inputs`` (one array, a sequence, or a dict) to name -> array copies.
+
+    With ``allow_opaque``, non-numeric values become :class:`Opaque`
+    constants instead of errors.
+    """
+
+    def convert(v, name):
+        if allow_opaque and _is_opaque(v):
+            return Opaque(v)
+        return _to_array(v, name)
+
     if isinstance(inputs, Mapping):
         if not inputs:
             raise SpecError("inputs is an empty dict; give at least one input")
-        return {str(k): _to_array(v, str(k)) for k, v in inputs.items()}
+        return {str(k): convert(v, str(k)) for k, v in inputs.items()}
     if isinstance(inputs, np.ndarray) or np.isscalar(inputs):
         inputs = (inputs,)
     try:
@@ -74,7 +122,7 @@ def as_input_arrays(inputs: Any, names: Sequence[str] | None = None) -> dict[str
         raise SpecError("inputs is empty; give at least one input array")
     if names is None or len(names) < len(seq):
         names = [str(i) for i in range(len(seq))]
-    return {names[i]: _to_array(v, names[i]) for i, v in enumerate(seq)}
+    return {names[i]: convert(v, names[i]) for i, v in enumerate(seq)}
 
 
 def validate_gradients(
@@ -286,10 +334,12 @@ class FunctionTarget(Target):
         self.by_keyword = isinstance(inputs, Mapping)
         count = len(inputs) if isinstance(inputs, (list, tuple, Mapping)) else 1
         names = None if self.by_keyword else _signature_names(names_from or fn, count)
-        arrays = as_input_arrays(inputs, names)
+        arrays = as_input_arrays(inputs, names, allow_opaque=True)
         self.order = list(arrays)
         for name, arr in arrays.items():
-            if _is_differentiable(arr):
+            if isinstance(arr, Opaque):
+                self.constants[name] = arr
+            elif _is_differentiable(arr):
                 self.point[name] = arr.astype(np.float64)
                 self.originals[name] = arr
             else:
@@ -301,8 +351,12 @@ class FunctionTarget(Target):
             )
         self._checked_mutation = False
 
-    def _args(self, source: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        return [source[n].copy() if n in source else self.constants[n].copy() for n in self.order]
+    def _args(self, source: Mapping[str, np.ndarray]) -> list[Any]:
+        out = []
+        for n in self.order:
+            c = source[n] if n in source else self.constants[n]
+            out.append(c.get() if isinstance(c, Opaque) else c.copy())
+        return out
 
     def _call(self, f: Callable, args: list, *extra):
         if self.by_keyword:
@@ -320,7 +374,7 @@ class FunctionTarget(Target):
             self._warn(f"{self.what} modifies the dout it was given in place; in a network this corrupts the "
                        "gradient other layers receive (the check handed over a copy)")
         pristine = self._args(self.originals)
-        if any(not np.array_equal(a, b) for a, b in zip(args, pristine)):
+        if any(isinstance(a, np.ndarray) and not np.array_equal(a, b) for a, b in zip(args, pristine)):
             self._warn(f"{self.what} modifies its inputs in place (the check handed over copies)")
         if isinstance(result, np.ndarray) or np.isscalar(result) or result is None:
             result = (result,)
@@ -331,7 +385,9 @@ class FunctionTarget(Target):
                 result = list(result)
             except TypeError:
                 raise ProtocolError(f"{self.what} returned {type(result).__name__}; return one gradient per input") from None
-            if len(result) != len(self.order):
+            # Trailing non-numeric inputs (an options dict) need no gradient slot.
+            numeric_upto = max(i for i, n in enumerate(self.order) if not isinstance(self.constants.get(n), Opaque)) + 1
+            if len(result) not in (len(self.order), numeric_upto):
                 raise ProtocolError(
                     f"{self.what} returned {len(result)} gradient(s) for {len(self.order)} input(s) "
                     f"({', '.join(self.order)}); return one gradient per input, in order (None for a constant)"
@@ -343,6 +399,6 @@ class FunctionTarget(Target):
         """Run ``fn`` once on copies and warn if it wrote into its inputs."""
         args = self._args(self.originals)
         self._call(self.fn, args)
-        if any(not np.array_equal(a, b) for a, b in zip(args, self._args(self.originals))):
+        if any(isinstance(a, np.ndarray) and not np.array_equal(a, b) for a, b in zip(args, self._args(self.originals))):
             self._warn("the function modifies its inputs in place; in a network this corrupts other layers' "
                        "values (the check handed over copies)")

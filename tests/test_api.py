@@ -139,3 +139,21 @@ def test_import_gradverify_imports_no_framework():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_pair_with_options_dict_needs_no_gradient_for_it():
+    # The common pair shape forward(x, w, conv_param) -> (out, cache) whose
+    # backward returns gradients for the arrays only.
+    def forward(x, w, param):
+        out = np.tanh(x * w * param["scale"])
+        return out, (x, w, param, out)
+
+    def backward(dout, cache):
+        x, w, param, out = cache
+        dz = dout * (1 - out**2) * param["scale"]
+        return dz * w, dz * x
+
+    x, w = np.linspace(-1, 1, 4), np.linspace(0.5, 2, 4)
+    r = gv.check_pair(forward, backward, (x, w, {"scale": 1.5}))
+    assert r.passed and [s.name for s in r.inputs] == ["x", "w", "param"]
+    assert not r.inputs[2].checked
