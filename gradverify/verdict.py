@@ -36,6 +36,8 @@ class Worst:
         tolerance: the allowed ``abs_err`` at that element (including the
             allowance for the reference's own error).
         reference_error: the estimated error of ``numeric`` itself.
+        projection: True when this is a fast-mode projection ``<g, v>`` of
+            the whole tensor rather than one element (``index`` is then ``()``).
     """
 
     input: str
@@ -46,6 +48,7 @@ class Worst:
     rel_err: float
     tolerance: float
     reference_error: float = 0.0
+    projection: bool = False
 
     @property
     def ratio(self) -> float:
@@ -64,6 +67,7 @@ class Worst:
             "rel_err": _num(self.rel_err),
             "tolerance": _num(self.tolerance),
             "reference_error": _num(self.reference_error),
+            "projection": self.projection,
         }
 
 
@@ -131,7 +135,8 @@ class CheckResult:
         worst: the element with the largest error relative to its
             tolerance (also when everything passed); None if nothing was
             compared.
-        failures: the number of elements that failed.
+        failures: the number of elements that failed (in fast mode: of
+            projections).
         inputs: one :class:`InputSummary` per input/parameter.
         nondifferentiable: kinks met (:class:`Location`), in order.
         warnings: hazards that are not gradient errors (in-place mutation
@@ -195,7 +200,11 @@ class CheckResult:
         if w is not None:
             where = f"{w.input!r}[{', '.join(str(i) for i in w.index)}]"
             label = "mismatch at" if self.status == "fail" else "worst element"
-            lines.append(f"  {label} input {where}" + (f" ({self.failures} elements failed)" if self.failures else ""))
+            if w.projection:
+                where = f"<grad {w.input!r}, v> (a random projection)"
+                label = "mismatch in" if self.status == "fail" else "worst projection"
+            unit = "projections" if self.mode == "fast" else "elements"
+            lines.append(f"  {label} input {where}" + (f" ({self.failures} {unit} failed)" if self.failures else ""))
             lines.append(f"    analytic:  {w.analytic:.10g}")
             lines.append(f"    numeric:   {w.numeric:.10g}  (estimated error {w.reference_error:.2g})")
             lines.append(f"    abs err:   {w.abs_err:.3g}   rel err: {w.rel_err:.3g}   tolerance: {w.tolerance:.3g}")

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import gradverify as gv
@@ -188,7 +188,8 @@ def _screen(expr_fn, inputs, seed) -> None:
         assume(ops.distance_to_kink(node.prim, *args, **node.params) > KINK_MARGIN)
 
 
-@settings(max_examples=50, deadline=None)
+# Example budget and deadline come from the Hypothesis profile in tests/conftest.py
+# (default: 50 examples, no deadline; --hypothesis-profile=campaign for thousands).
 @given(expr=expressions, seed=st.integers(0, 2**16))
 def test_engine_gradient_matches_finite_differences(expr, seed):
     inputs = _draw_inputs(seed)

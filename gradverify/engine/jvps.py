@@ -108,8 +108,10 @@ defjvp("sigmoid",  lambda t, ans, x: t * ans * (1 - ans))
 defjvp("relu",     lambda t, ans, x: t * (value(x) > 0))
 defjvp("softplus", lambda t, ans, x: t * sigmoid(x))
 
-defjvp("max",      lambda t, ans, x, axis, keepdims: sum(t * _tie_share(x, ans, axis, keepdims), axis, keepdims))
-defjvp("logsumexp", lambda t, ans, x, axis, keepdims: sum(t * exp(x - _keep(ans, axis, keepdims)), axis, keepdims))
+defjvp("max",      lambda t, ans, x, axis, keepdims:
+                   sum(t * _tie_share(x, ans, axis, keepdims), axis, keepdims))
+defjvp("logsumexp", lambda t, ans, x, axis, keepdims:
+                   sum(t * exp(x - _keep(ans, axis, keepdims)), axis, keepdims))
 defjvp("softmax",  lambda t, ans, x, axis: ans * (t - sum(ans * t, axis, keepdims=True)))
 defjvp("log_softmax", lambda t, ans, x, axis: t - sum(exp(ans) * t, axis, keepdims=True))
 

@@ -97,6 +97,16 @@ def _keep(g: Any, axis: tuple[int, ...], keepdims: bool) -> Any:
     return g if keepdims else expand_dims(g, axis)
 
 
+def _spread(g: Any, x: Any, axis: tuple[int, ...], keepdims: bool) -> Any:
+    """A reduction's cotangent broadcast back over the reduced axes of ``x``."""
+    return broadcast_to(_keep(g, axis, keepdims), shape_of(x))
+
+
+def _count(x: Any, axis: tuple[int, ...]) -> int:
+    """How many entries of ``x`` each reduced value averages."""
+    return int(np.prod([shape_of(x)[a] for a in axis]))
+
+
 def _dtype(ans: Any) -> np.dtype:
     return np.result_type(value(ans))
 
@@ -154,8 +164,9 @@ def _inverse(perm: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(int(i) for i in np.argsort(perm))
 
 
-def _slab(shapes: list[tuple[int, ...]], i: int, axis: int) -> tuple:
-    """The index of argument ``i``'s slab in ``concatenate(..., axis)``."""
+def _slab(xs: tuple, i: int, axis: int) -> tuple:
+    """The index of argument ``i``'s slab in ``concatenate(xs, axis)``."""
+    shapes = [shape_of(x) for x in xs]
     start = int(np.sum([s[axis] for s in shapes[:i]], dtype=int))
     return (slice(None),) * axis + (slice(start, start + shapes[i][axis]),)
 
@@ -225,12 +236,11 @@ defvjp("sigmoid",  lambda g, ans, x: g * ans * (1 - ans))
 defvjp("relu",     lambda g, ans, x: g * (value(x) > 0))             # relu'(0) = 0
 defvjp("softplus", lambda g, ans, x: g * sigmoid(x))
 
-defvjp("sum",      lambda g, ans, x, axis, keepdims: broadcast_to(_keep(g, axis, keepdims), shape_of(x)))
-defvjp("mean",     lambda g, ans, x, axis, keepdims:
-                   broadcast_to(_keep(g, axis, keepdims), shape_of(x)) / int(np.prod([shape_of(x)[a] for a in axis])))
-defvjp("max",      lambda g, ans, x, axis, keepdims:
-                   _keep(g, axis, keepdims) * _tie_share(x, ans, axis, keepdims))
-defvjp("logsumexp", lambda g, ans, x, axis, keepdims: _keep(g, axis, keepdims) * exp(x - _keep(ans, axis, keepdims)))
+defvjp("sum",      lambda g, ans, x, axis, keepdims: _spread(g, x, axis, keepdims))
+defvjp("mean",     lambda g, ans, x, axis, keepdims: _spread(g, x, axis, keepdims) / _count(x, axis))
+defvjp("max",      lambda g, ans, x, axis, keepdims: _keep(g, axis, keepdims) * _tie_share(x, ans, axis, keepdims))
+defvjp("logsumexp", lambda g, ans, x, axis, keepdims:
+                   _keep(g, axis, keepdims) * exp(x - _keep(ans, axis, keepdims)))
 defvjp("softmax",  lambda g, ans, x, axis: ans * (g - sum(g * ans, axis, keepdims=True)))
 defvjp("log_softmax", lambda g, ans, x, axis: g - exp(ans) * sum(g, axis, keepdims=True))
 
@@ -240,7 +250,7 @@ defvjp("broadcast_to", lambda g, ans, x, shape: unbroadcast(g, shape_of(x)))
 defvjp("expand_dims", lambda g, ans, x, axis: reshape(g, shape_of(x)))
 defvjp("squeeze",  lambda g, ans, x, axis: reshape(g, shape_of(x)))
 defvjp("getitem",  lambda g, ans, x, index: scatter_add(g, index, shape_of(x)), None)
-defvjp_argnum("concatenate", lambda i, g, ans, *xs, axis: getitem(g, _slab([shape_of(x) for x in xs], i, axis)))
+defvjp_argnum("concatenate", lambda i, g, ans, *xs, axis: getitem(g, _slab(xs, i, axis)))
 defvjp_argnum("stack", lambda i, g, ans, *xs, axis: getitem(g, (slice(None),) * axis + (i,)))
 
 defvjp("matmul",   _matmul_vjp_a, _matmul_vjp_b)
