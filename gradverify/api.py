@@ -104,6 +104,7 @@ def _run(target: Target, *, rng: np.random.Generator, seed: int, mode: str, rtol
     u = rng.standard_normal(y0.shape).astype(low)
     if isinstance(target, FunctionTarget):
         y_orig = _check_output(target._call(target.fn, target._args(target.originals)), "the function")
+        target.analytic_output = y_orig
         target.check_forward_mutation()
         evaluations += 2
         u_an = u.astype(y_orig.dtype if y_orig.dtype.kind == "f" else np.float64)
@@ -112,7 +113,11 @@ def _run(target: Target, *, rng: np.random.Generator, seed: int, mode: str, rtol
         u_an = u.astype(low if low.itemsize <= y0.dtype.itemsize else y0.dtype)
     analytic = target.analytic(u_an)
     grad_dtype = _lowest_precision(list(analytic.values()))
-    comparison = Comparison(analytic, tolerance_for(grad_dtype, rtol=rtol, atol=atol))
+    tol = tolerance_for(grad_dtype, rtol=rtol, atol=atol)
+    tol, widened = _widen_for_forward_error(tol, target.analytic_output, y0, grad_dtype, eval_dtype, rtol)
+    if widened:
+        target._warn(widened)
+    comparison = Comparison(analytic, tol)
     u64 = u.astype(np.float64)
     size = sum(a.size for a in target.point.values())
     used = mode if mode != "auto" else ("full" if size <= AUTO_FULL_LIMIT else "fast")
@@ -143,12 +148,52 @@ def _run(target: Target, *, rng: np.random.Generator, seed: int, mode: str, rtol
         kinks=kinks,
         constants=target.constants,
         sensitivity={k: d.sensitivity for k, d in fd.items()},
+        flat_scale=4 * tol.ulps * tol.eps * float(np.max(np.abs(u64))) if u64.size else 0.0,
         warnings=warnings + tuple(w for w in target.warnings if w not in warnings),
         mode="full",
         evaluations=evaluations,
         seed=seed,
         seconds=time.perf_counter() - start,
         dtype=grad_dtype.name,
+    )
+
+
+#: Low-precision code whose own forward deviates from the float64
+#: evaluation by a relative ``d`` cannot have its gradients checked tighter
+#: than about ``FORWARD_ERROR_FACTOR * d``.
+FORWARD_ERROR_FACTOR = 4.0
+
+
+def _widen_for_forward_error(tol, y_low, y64, grad_dtype, eval_dtype, rtol_given):
+    """Widen the tolerance to what the code's own forward precision allows.
+
+    A float32 layer computing ``sin`` of 3e5 is correct code, but its
+    output (and so its gradient) carries float32 phase errors of several
+    percent against the float64 oracle; no rule keyed by dtype alone can
+    tell that from a bug. The relative forward deviation
+    ``max |y_low - y64| / max |y64|`` bounds what the check can resolve.
+    Returns the tolerance and a warning (empty when nothing changed).
+    """
+    if y_low is None or rtol_given is not None or np.dtype(grad_dtype).itemsize >= np.dtype(eval_dtype).itemsize:
+        return tol, ""
+    y_low = np.asarray(y_low, dtype=np.float64)
+    y64 = np.asarray(y64, dtype=np.float64)
+    if y_low.shape != y64.shape or y64.size == 0:
+        return tol, ""
+    scale = float(np.max(np.abs(y64)))
+    if scale == 0.0:
+        return tol, ""
+    dev = float(np.max(np.abs(y_low - y64))) / scale
+    need = FORWARD_ERROR_FACTOR * dev
+    if need <= tol.rtol:
+        return tol, ""
+    import dataclasses
+
+    widened = dataclasses.replace(tol, rtol=need, floor=max(tol.floor, need))
+    return widened, (
+        f"the {np.dtype(grad_dtype).name} forward differs from the float64 evaluation by {dev:.2g} (relative to its "
+        f"largest output): tolerances widened to rtol={need:.2g}, since an error smaller than that cannot be told "
+        "from the code's own rounding (pass rtol= to override)"
     )
 
 
@@ -178,7 +223,7 @@ def _fast(target: Target, comparison: Comparison, u64: np.ndarray, eval_dtype, r
             v = rng.standard_normal(arr.shape)
             p = directional_mismatch(
                 target.evaluate, arr, v, g, u64, eval_dtype=eval_dtype, y0=y0,
-                refine=lambda m, e, name=name, v=v: comparison.projection_judge(name, v, m, e) == REFINE,
+                judge=lambda m, e, name=name, v=v: comparison.projection_judge(name, v, m, e),
             )
             total += p.evaluations
             results.append((name, v, p))
@@ -199,7 +244,8 @@ def _fast(target: Target, comparison: Comparison, u64: np.ndarray, eval_dtype, r
         vh = np.zeros(arr.size)
         vh[half] = flat_v[half]
         vh = vh.reshape(arr.shape)
-        ph = directional_mismatch(target.evaluate, arr, vh, g, u64, eval_dtype=eval_dtype, y0=y0)
+        ph = directional_mismatch(target.evaluate, arr, vh, g, u64, eval_dtype=eval_dtype, y0=y0,
+                                  judge=lambda m, e, vh=vh: comparison.projection_judge(name, vh, m, e))
         total += ph.evaluations
         vo = np.zeros(arr.size)
         vo[other] = flat_v[other]

@@ -161,6 +161,7 @@ class Comparison:
         constants: Mapping[str, np.ndarray] | None = None,
         warnings: tuple[str, ...] = (),
         sensitivity: Mapping[str, np.ndarray] | None = None,
+        flat_scale: float = 0.0,
         **meta,
     ) -> CheckResult:
         """Compare and build the verdict.
@@ -174,6 +175,8 @@ class Comparison:
                 where a kink was diagnosed.
             constants: inputs that were not differentiated (shown as such).
             warnings: messages carried into the result.
+            flat_scale: the absolute rounding allowance used when every
+                reference value is exactly zero (``ulps * eps * max |u|``).
             sensitivity: per element, the size of the terms a backward pass
                 sums (:class:`~gradverify.numeric.ElementDerivative`); it sets
                 the analytic gradient's own rounding allowance,
@@ -183,6 +186,11 @@ class Comparison:
         t = self.tol
         scales = {k: _maxabs(np.asarray(numeric[k])) for k in self.analytic}
         glob = max(scales.values(), default=0.0)
+        if glob == 0.0 and flat_scale:
+            # Every reference value is exactly zero: the function is flat at
+            # this resolution and offers no scale of its own. Gradients are
+            # then held to rounding residue relative to the cotangent.
+            glob = flat_scale / t.cross if t.cross else 0.0
         failures = 0
         best: tuple[float, Worst] | None = None
         summaries = []

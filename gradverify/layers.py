@@ -193,6 +193,8 @@ class Target:
         self.originals: dict[str, np.ndarray] = {}
         self.constants: dict[str, np.ndarray] = {}
         self.warnings: list[str] = []
+        #: The output of the run in the caller's dtype (set by the check).
+        self.analytic_output: np.ndarray | None = None
 
     def evaluate(self) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -264,6 +266,7 @@ class LayerTarget(Target):
     def analytic(self, cotangent: np.ndarray) -> dict[str, np.ndarray]:
         x_arg = self._x.copy()
         y = _check_output(self.layer.forward(x_arg), f"{type(self.layer).__name__}.forward")
+        self.analytic_output = y
         if not np.array_equal(x_arg, self._x):
             self._warn("forward modifies its input x in place; in a network this corrupts the previous layer's "
                        "output (the check handed over a copy)")

@@ -309,7 +309,7 @@ def projected_gradients(
     *,
     eval_dtype=np.float64,
     judge: Callable[[str, int, float, float], int] | None = None,
-    max_refinements: int = 10,
+    max_refinements: int = 20,
     step_scale: float = 1.0,
     indices: Mapping[str, Sequence[int]] | None = None,
 ) -> tuple[dict[str, ElementDerivative], int]:
@@ -390,37 +390,17 @@ def projected_gradients(
             verdict = judge(name, i, value[i], error[i])
             if verdict == OK:
                 continue
-            # Not clearly right: halve the step until the element is settled.
-            # A failure must be confirmed at a smaller step (an error estimate
-            # from steps far outside the asymptotic range can be too small);
-            # each new extrapolation also bounds the error of the best one
-            # so far by their disagreement. A kink farther than h from x0
-            # leaves the stencil once h is small enough.
+            # Not clearly settled: walk a whole step sequence (see _settle).
             floor_h = 64 * _eps(arr.dtype if arr.dtype.kind == "f" else np.float64) * max(abs(x0f), 1e-300)
-            stale = confirmations = 0
-            prev_val = value[i]
-            while len(levels) < 2 + max_refinements:
-                h /= 2
-                if h / 2 < floor_h:
-                    break
-                levels.append(level(h / 2))
-                cand_val, cand_err = _richardson(levels[-2], levels[-1])
-                cand_err = max(cand_err, abs(cand_val - prev_val))
-                prev_val = cand_val
-                error[i] = max(error[i], abs(cand_val - value[i]))
-                if cand_err < error[i]:
-                    value[i], error[i] = cand_val, cand_err
-                    stale = 0
-                else:
-                    stale += 1
-                verdict = judge(name, i, value[i], error[i])
-                confirmations = confirmations + 1 if verdict == FAIL else 0
-                if verdict == OK or confirmations >= 2 or stale >= 3:
-                    break
+            value[i], error[i], levels = _settle(
+                level, levels, h, floor_h, lambda v, e: judge(name, i, v, e), max_refinements
+            )
+            verdict = judge(name, i, value[i], error[i])
             if verdict != OK:
-                # Kink diagnosis from the two smallest steps tried: for a
-                # smooth function the gap between the one-sided derivatives
-                # halves with the step; at a kink it stays.
+                # Kink diagnosis from the two smallest steps tried: at a kink
+                # each one-sided derivative is stable while the gap between
+                # them stays; for a smooth function the gap halves with the
+                # step (and where nothing is stable it is no kink either).
                 gaps = []
                 for lv in levels[-2:]:
                     yp, tp, ym, tm = lv[:4]
@@ -430,7 +410,8 @@ def projected_gradients(
                 (r1, l1, _), (r2, l2, n2) = gaps
                 left[i], right[i] = l2, r2
                 g1, g2 = abs(r1 - l1), abs(r2 - l2)
-                kink[i] = g2 > 4 * n2 and g2 > 0.75 * g1
+                stable = abs(r1 - r2) <= 0.1 * g2 + 4 * n2 and abs(l1 - l2) <= 0.1 * g2 + 4 * n2
+                kink[i] = g2 > 4 * n2 and g2 > 0.75 * g1 and stable
         shape = arr.shape
         out[name] = ElementDerivative(
             value.reshape(shape), error.reshape(shape), left.reshape(shape), right.reshape(shape),
@@ -507,8 +488,8 @@ def directional_mismatch(
     *,
     eval_dtype=np.float64,
     y0: np.ndarray | None = None,
-    refine: Callable[[float, float], bool] | None = None,
-    max_refinements: int = 6,
+    judge: Callable[[float, float], int] | None = None,
+    max_refinements: int = 20,
 ) -> Projection:
     """Compare ``<grad, v>`` with the directional derivative of ``<u, evaluate()>`` along ``v``.
 
@@ -518,10 +499,10 @@ def directional_mismatch(
     ``(phi(+) - phi(-) - <g, d+ - d->) / s`` is formed, ``s`` the step along
     ``v``, and the mismatches at ``t`` and ``t/2`` are Richardson-extrapolated,
     so rounding of the displacement cancels exactly and only the gradient's
-    error remains. ``refine(mismatch, error)`` asks for smaller steps while
-    the verdict is uncertain.
+    error remains. Where ``judge(mismatch, error)`` is not :data:`OK`, the
+    step sequence of :func:`projected_gradients` settles the value.
 
-    Cost: 4 evaluations (+2 per refinement; +1 if ``y0`` is not given),
+    Cost: 4 evaluations (more where unsettled; +1 if ``y0`` is not given),
     independent of the size of ``arr``.
     """
     proj = _Projector(evaluate, cotangent, eval_dtype)
@@ -553,28 +534,133 @@ def directional_mismatch(
         s = float(np.vdot(v, disp)) / vv
         num, noise, mag = proj.diff(yp, ym, s, 0.0)
         ana = float(np.vdot(g, disp)) / s
-        return num - ana, noise, mag, ana, num
+        # the level tuple _settle reads: [4] the quotient, [5] its noise
+        return (None, None, None, None, num - ana, noise, mag)
 
-    levels = [level(t), level(t / 2)]
-
-    def extrapolate(a, b):
-        e1, n1 = a[0], a[1]
-        e2, n2 = b[0], b[1]
-        return e2 + (e2 - e1) / 3.0, abs(e2 - e1) / 3.0 + (4.0 * n2 + n1) / 3.0
-
-    mismatch, error = extrapolate(*levels)
-    for _ in range(max_refinements):
-        if refine is None or not refine(mismatch, error):
-            break
-        t /= 2
-        levels.append(level(t / 2))
-        cand, cand_err = extrapolate(levels[-2], levels[-1])
-        cand_err = max(cand_err, abs(cand - mismatch))
-        if cand_err < error:
-            mismatch, error = cand, cand_err
+    first = [level(t), level(t / 2)]
+    mismatch, error = _richardson(*first)
+    if judge is not None and judge(mismatch, error) != OK:
+        floor_t = 64 * _eps(arr.dtype if arr.dtype.kind == "f" else np.float64) * max(
+            float(np.max(np.abs(x064))), 1e-300) / float(np.max(np.abs(v)))
+        mismatch, error, _ = _settle(level, first, t, floor_t, judge, max_refinements)
     analytic = float(np.vdot(g, v))
-    return Projection(analytic, analytic + mismatch, mismatch, error, levels[1][2] / scale,
-                      proj.evaluations)
+    return Projection(analytic, analytic + mismatch, mismatch, error, first[1][6] / scale, proj.evaluations)
+
+
+#: A failure found at step h is confirmed at step h / _JUMP.
+_JUMP = 256.0
+
+
+def _settle(level, first, h, floor_h, judge, max_levels):
+    """Richardson along a sequence of steps; the estimate whose neighbours agree best.
+
+    ``first`` holds the central-difference levels at ``h`` and ``h/2``.
+    Levels at ``8h, 4h, 2h`` are added (discarded if the function is not
+    finite there), then ``h/4, h/8, ...``. Each adjacent pair gives a
+    Richardson value ``R_k``; its error is the larger gap to its two
+    neighbours ``R_{k-1}, R_{k+1}`` plus its rounding noise, so a value
+    counts only where three extrapolations in a row agree (steps outside
+    the asymptotic range, as on an oscillating function, rarely do). The
+    walk stops once the verdict on an estimate with both neighbours is
+    clear (``judge`` says OK, or FAIL confirmed at a step ``_JUMP`` times
+    smaller -- else the walk restarts there), once rounding in the newest
+    step dwarfs the best error, or at ``floor_h`` or ``max_levels``.
+
+    Returns ``(value, error, levels)`` (levels in order of decreasing step).
+    """
+    big = []
+    for factor in (8.0, 4.0, 2.0):
+        try:
+            with np.errstate(all="ignore"):
+                lv = level(h * factor)
+        except Exception:  # noqa: BLE001 - outside the domain: not usable
+            big = []
+            continue
+        if not np.isfinite(lv[4]):
+            big = []
+            continue
+        big.append(lv)
+    levels = big + list(first)
+
+    def estimates():
+        """(value, error, validated) for each adjacent pair of levels."""
+        rs = [_richardson(a, b) for a, b in zip(levels, levels[1:])]
+        out = []
+        for k, (r, e) in enumerate(rs):
+            gaps = [abs(r - rs[j][0]) for j in (k - 1, k + 1) if 0 <= j < len(rs)]
+            err = max(gaps + [e])
+            # levels[k + 1] ends this pair; the three differences before it
+            # must shrink geometrically (or sit at the rounding level).
+            valid = len(gaps) == 2 and _asymptotic(levels[: k + 3][-4:])
+            out.append((r, err, valid))
+        return out
+
+    step = h / 2
+    jumps = 0
+    budget = 2 + max_levels + len(big)
+    while True:
+        ests = estimates()
+        valid = [t for t in ests if t[2]]
+        if valid:
+            best = min(valid, key=lambda t: t[1])
+            verdict = judge(best[0], best[1])
+            target = max(step / _JUMP, 4 * floor_h)
+            if verdict == FAIL and jumps < 2 and target <= step / 4:
+                # A function can look smooth at one scale and differ below it
+                # (a fast oscillation averages out over a large step). A
+                # failure must hold at a step _JUMP times smaller too (or
+                # as small as the storage allows).
+                jumps += 1
+                step = target
+                fine = [level(step), level(step / 2)]
+                step /= 2
+                r, e = _richardson(*fine)
+                if abs(r - best[0]) <= 3.0 * (e + best[1]):
+                    break
+                levels = fine
+                budget = len(levels) + max_levels
+                continue
+            if verdict != REFINE:
+                break
+            if levels[-1][5] > 10 * best[1]:
+                break  # rounding dominates the newest step: smaller ones only add noise
+        if len(levels) >= budget:
+            break
+        step /= 2
+        if step < floor_h:
+            break
+        levels.append(level(step))
+    if valid:
+        return best[0], best[1], levels
+    # Nothing converged: the differences never settled into their asymptotic
+    # range. Report the least-bad estimate with an error as large as the
+    # spread of the last differences, so the verdict cannot rest on it.
+    ests = estimates()
+    r, e, _ = min(ests, key=lambda t: t[1])
+    spread = float(np.ptp([lv[4] for lv in levels[-3:]]))
+    return r, max(e, spread), levels
+
+
+def _asymptotic(levels) -> bool:
+    """True when the central differences of ``levels`` converge like ``h**p``.
+
+    Successive differences of central quotients at ``h, h/2, h/4, h/8``
+    shrink by 4 in the asymptotic range (by 2 where the second derivative
+    jumps inside the stencil, as for ELU at 0): two ratios in ``[1.7, 5.5]``
+    in a row (chance agreement of steps outside that range, as on an
+    oscillating function, rarely gives two), or differences at the rounding
+    level, count as converged.
+    """
+    if len(levels) < 3:
+        return False
+    noise = max(lv[5] for lv in levels)
+    d = [lv[4] for lv in levels]
+    steps = [abs(a - b) for a, b in zip(d, d[1:])]
+    if all(st <= 4 * noise for st in steps[-2:]):
+        return True
+    if len(steps) < 3:
+        return False
+    return all(b > 0 and 1.7 <= a / b <= 5.5 for a, b in zip(steps[-3:], steps[-2:]))
 
 
 def _richardson(L1, L2):

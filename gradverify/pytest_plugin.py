@@ -22,9 +22,6 @@ then the ini file, then gradverify's own defaults.
 
 from __future__ import annotations
 
-import datetime
-import html
-import json
 import math
 import os
 import time
@@ -43,7 +40,7 @@ REFERENCES = ("fd", "torch", "jax")
 DTYPES = ("float16", "float32", "float64")
 
 _OPTIONS = (
-    # (option, ini name, metavar, help)
+    # (option, ini name, metavar, help); ini types in _INI_TYPES
     ("--gradverify-report", "gradverify_report", "PATH",
      "write a report of every gradient check to PATH: JSON if it ends in .json, HTML if .html "
      "(default: no report)"),
@@ -60,6 +57,9 @@ _OPTIONS = (
      "seed of every gradient check (cotangent and drawn inputs) (default: 0)"),
 )
 
+# Typed ini values so that TOML integers and lists are accepted as such.
+_INI_TYPES = {"gradverify_against": "args", "gradverify_examples": "int", "gradverify_seed": "int"}
+
 _PENDING = pytest.StashKey[list]()
 _SESSION = pytest.StashKey["_Session"]()
 
@@ -72,15 +72,29 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("gradverify", "gradient checks (gradverify)")
     for opt, ini, metavar, help_ in _OPTIONS:
         group.addoption(opt, action="store", dest=ini, default=None, metavar=metavar, help=help_)
-        parser.addini(ini, help=help_.split(" (default")[0] + " (ini equivalent of " + opt + ")", default=None)
+        ini_help = help_.split(" (default")[0] + " (ini equivalent of " + opt + ")"
+        try:
+            parser.addini(ini, help=ini_help, type=_INI_TYPES.get(ini, "string"), default=None)
+        except (ValueError, AssertionError, TypeError):      # a pytest without this ini type
+            parser.addini(ini, help=ini_help, default=None)
 
 
 def _raw_option(config: pytest.Config, ini: str) -> str | None:
+    """The option's text: the command line, else the ini value, else None.
+
+    Raises:
+        ValueError: the ini value does not have the ini key's type.
+    """
     value = config.getoption(ini, default=None)
     if value is None:
-        value = config.getini(ini)
+        try:
+            value = config.getini(ini)
+        except (ValueError, TypeError, pytest.UsageError) as exc:
+            raise ValueError(f"ini option {ini} ({_INI_TYPES.get(ini, 'string')}): {exc}") from None
     if value in (None, "", []):
         return None
+    if isinstance(value, (list, tuple)):          # a TOML list: gradverify_against = ["fd", "torch"]
+        return ",".join(str(v).strip() for v in value)
     return str(value).strip()
 
 
@@ -133,9 +147,9 @@ class _Session:
         self.previous_hypothesis_settings: Any = None
         self.is_worker = hasattr(config, "workerinput")
         self.explicit = False
-        raw = {ini: _raw_option(config, ini) for _, ini, _, _ in _OPTIONS}
-        self.explicit = any(v is not None for v in raw.values())
         try:
+            raw = {ini: _raw_option(config, ini) for _, ini, _, _ in _OPTIONS}
+            self.explicit = any(v is not None for v in raw.values())
             if raw["gradverify_against"] is not None:
                 self.against = _parse_against(raw["gradverify_against"], "--gradverify-against")
                 _check_installed(self.against, "--gradverify-against")
@@ -523,6 +537,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
 def report_dict(records: list[dict[str, Any]], state: _Session | None = None) -> dict[str, Any]:
     """The report as a plain dict: a top-level ``checks`` list plus summary and run settings."""
+    import datetime
+
     from gradverify import __version__
 
     s = summarize(records)
@@ -545,6 +561,8 @@ def report_dict(records: list[dict[str, Any]], state: _Session | None = None) ->
 
 def render_html(data: dict[str, Any]) -> str:
     """A self-contained HTML page (no scripts, no network) of a :func:`report_dict`."""
+    import html
+
     esc = html.escape
     s = data["summary"]
     rows = []
@@ -585,6 +603,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = session.config.stash.get(_SESSION, None)
     if state is None or state.is_worker or state.report is None:
         return
+    import json
+
     data = report_dict(state.records, state)
     state.report.parent.mkdir(parents=True, exist_ok=True)
     if state.report.suffix.lower() == ".json":

@@ -157,3 +157,19 @@ def test_pair_with_options_dict_needs_no_gradient_for_it():
     r = gv.check_pair(forward, backward, (x, w, {"scale": 1.5}))
     assert r.passed and [s.name for s in r.inputs] == ["x", "w", "param"]
     assert not r.inputs[2].checked
+
+
+def test_function_identically_zero_with_rounding_residue_in_its_gradient():
+    # Found by the engine's property test: e - e. The true gradient is 0; a
+    # backward computing it as a difference of equal terms leaves ~1e-16.
+    def fn(x):
+        return (x + np.exp(x)) - (np.exp(x) + x)
+
+    def vjp(d, x):
+        return ((d + d * np.exp(x)) - d - d * np.exp(x),)
+
+    x = np.array([0.3, 0.7, 1.1])
+    assert gv.check(fn, [x], vjp=vjp).passed
+    # ... but a real gradient where the function is flat is still a failure
+    r = gv.check(fn, [x], vjp=lambda d, x: (d * 0.5,))
+    assert not r.passed and r.worst.input == "x"

@@ -20,6 +20,7 @@ whose projection ``<u, output>`` is differentiated; non-floating leaves
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -173,6 +174,35 @@ class FrameworkFunctionTarget(FunctionTarget):
             self.constants.pop(name, None)
             self.opaque[name] = obj
 
+    def faithful_float64(self) -> None:
+        """Fall back to the caller's dtype where the float64 evaluation computes a different function.
+
+        Run once at construction when some input is not float64: ``fn`` in
+        float64 and in the caller's dtype must agree to within the caller's
+        rounding (see :func:`dtype_dependence`); random draws that depend on
+        the dtype (dropout masks, ``jax.random`` under 64-bit mode) or a
+        dtype-dependent branch break that, and the finite differences then
+        run in the caller's dtype, with a warning. Cost: two calls of ``fn``.
+        """
+        low = sorted({v.dtype.name for v in self.originals.values() if v.dtype != np.float64})
+        if not low:
+            return
+        try:
+            y64 = np.asarray(self._call(self.fn, self._args(self.point)))
+            ylow = np.asarray(self._call(self.fn, self._args(self.originals)))
+        except Exception:  # noqa: BLE001 - the check's own fallback reports it
+            return
+        reason = self.random_draws() or dtype_dependence(y64, ylow, low)
+        if reason:
+            for k in self.point:
+                self.point[k] = self.originals[k].copy()
+            self._warn(f"{_name(self.user_fn)} {reason}, so the finite differences ran in the caller's dtype "
+                       f"({', '.join(low)}); the verdict is coarser than a float64 check")
+
+    def random_draws(self) -> str | None:
+        """A reason string when the code drew random numbers whose values depend on the dtype."""
+        return None
+
     # -- framework specifics -------------------------------------------------
     def is_array(self, value: Any) -> bool:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -225,8 +255,7 @@ class FrameworkFunctionTarget(FunctionTarget):
         if self.float_leaf(out):
             leaves, single = [out], True
         else:
-            leaves = flatten_tree(out, self.is_array)
-            leaves = [v for v in leaves if self.float_leaf(v)]
+            leaves = [v for v in self.leaves_of(out) if self.float_leaf(v)]
             single = False
             if not leaves:
                 raise ProtocolError(
@@ -238,21 +267,34 @@ class FrameworkFunctionTarget(FunctionTarget):
         self._out_tree = out
         return leaves
 
+    def context(self, args: Sequence, kwargs: Mapping):
+        """A context manager every call of the code under test runs in (JAX: 64-bit mode for float64)."""
+        return contextlib.nullcontext()
+
+    def leaves_of(self, out: Any) -> list:
+        """The array leaves of an output tree, in a fixed order."""
+        return flatten_tree(out, self.is_array)
+
+    def rebuild(self, tree: Any, leaves: list) -> Any:
+        """``tree`` with its floating leaves replaced in order by ``leaves`` (others become None)."""
+        return unflatten_tree(tree, self.float_leaf, leaves)
+
     def _np_fn(self, *args, **kwargs) -> np.ndarray:
-        out = self.call(list(args), dict(kwargs))
-        leaves = self._record_output(out)
-        return join_outputs([self.leaf_to_numpy(v) for v in leaves], self._out_single)
+        with self.context(args, kwargs):
+            out = self.call(list(args), dict(kwargs))
+            leaves = self._record_output(out)
+            return join_outputs([self.leaf_to_numpy(v) for v in leaves], self._out_single)
 
     def _np_vjp(self, dout, *args, **kwargs):
         if not self._out_shapes:
-            self._np_fn(*self._args(self.originals)) if not self.by_keyword else \
-                self._np_fn(**dict(zip(self.order, self._args(self.originals))))
+            self._call(self.fn, self._args(self.originals))
         pieces = split_cotangent(dout, self._out_shapes, self._out_single)
-        if self.user_vjp is None:
-            return self.autodiff(pieces, list(args), dict(kwargs))
-        dout_fw, fargs, fkwargs = self.user_vjp_args(pieces, list(args), dict(kwargs))
-        result = self.user_vjp(dout_fw, *fargs, **fkwargs)
-        return self._grads_to_numpy(result)
+        with self.context(args, kwargs):
+            if self.user_vjp is None:
+                return self.autodiff(pieces, list(args), dict(kwargs))
+            dout_fw, fargs, fkwargs = self.user_vjp_args(pieces, list(args), dict(kwargs))
+            result = self.user_vjp(dout_fw, *fargs, **fkwargs)
+            return self._grads_to_numpy(result)
 
     def _grads_to_numpy(self, result: Any) -> Any:
         def conv(g):
@@ -267,6 +309,28 @@ class FrameworkFunctionTarget(FunctionTarget):
         if isinstance(result, (tuple, list)):
             return [conv(v) for v in result]
         return (conv(result),)
+
+
+def dtype_dependence(y64: np.ndarray, ylow: np.ndarray, low_dtypes) -> str | None:
+    """Why the float64 evaluation is not the caller's function, or None.
+
+    The outputs must have the same shape and agree to within
+    ``max(1e-3, 64 eps) * max|y|`` (``eps`` of the coarsest caller dtype): a
+    thousand times float32 rounding, far below what a different random
+    draw or branch produces.
+    """
+    if y64.shape != ylow.shape:
+        return f"returns shape {ylow.shape} in the caller's dtype but {y64.shape} in float64"
+    a, b = y64.astype(np.float64, copy=False), ylow.astype(np.float64, copy=False)
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        return None
+    eps = max(float(np.finfo(np.dtype(d)).eps) if np.dtype(d).kind == "f" else 0.0 for d in low_dtypes)
+    scale = float(np.max(np.abs(a))) if a.size else 0.0
+    gap = float(np.max(np.abs(a - b))) if a.size else 0.0
+    if gap > max(1e-3, 64 * eps) * scale + 1e-30:
+        return (f"computes different values in float64 than in the caller's dtype (max |difference| {gap:.3g} "
+                f"for max |y| {scale:.3g}: random draws that depend on the dtype, or a dtype-dependent branch?)")
+    return None
 
 
 def _name(fn: Any) -> str:

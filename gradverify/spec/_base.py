@@ -98,8 +98,8 @@ def _decode(v: Any) -> Any:
             if cls is None:
                 raise SpecError(f"unknown spec type {name!r}; known: {', '.join(sorted(_REGISTRY))}")
             fields = {k: _decode(x) for k, x in v.items() if k != "type"}
-            if hasattr(cls, "_decode_fields"):
-                fields = cls._decode_fields(fields)
+            if hasattr(cls, "_from_fields"):
+                return cls._from_fields(fields)
             known = {f.name for f in dataclasses.fields(cls)}
             extra = sorted(set(fields) - known)
             if extra:

@@ -1,0 +1,448 @@
+"""PyTorch adapters: torch callables (``autograd.Function.apply`` included) and ``torch.nn.Module``.
+
+Imported only when an input, a function or a layer already comes from torch
+(see :mod:`gradverify.frameworks`), so ``import gradverify`` never imports
+torch.
+
+* :class:`TorchFunctionTarget` -- the analytic gradient of ``<u, fn(*xs)>``
+  is ``torch.autograd.grad(outputs, inputs, grad_outputs=u)`` in the
+  caller's dtype (for an ``autograd.Function`` that runs its hand-written
+  ``backward``), or the caller's ``vjp=``; the finite differences evaluate
+  ``fn`` on float64 tensors.
+* :class:`TorchModuleTarget` -- the input gradient and every parameter
+  gradient (named as in ``named_parameters()``) of a module as given; the
+  finite differences perturb the parameters of a float64 deep copy in place
+  through numpy views of their storage (on CPU; on another device the
+  point is copied there before each evaluation). The caller's module is
+  never perturbed, and its buffers (batch-norm running statistics...) are
+  restored after the analytic pass.
+
+Randomness: torch's random state is captured when the target is built and
+restored before every evaluation and before the analytic pass (the caller's
+own generator state is left as it was), so dropout draws the same mask
+everywhere and is checked as the fixed linear map it is. Random draws
+depend on the dtype, so when the code draws random numbers and the caller's
+dtype is not float64, the finite differences run in the caller's dtype
+(with a warning: the verdict is coarser).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import inspect
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+
+from ..errors import NoDifferentiableInputs, ProtocolError, SpecError
+from ..layers import Target, _check_output, _signature_names, _to_array, validate_gradients
+from ._common import FrameworkFunctionTarget, Opaque, _name, dtype_dependence, flatten_tree, join_outputs, split_cotangent, split_inputs, unflatten_tree
+
+__all__ = ["TorchFunctionTarget", "TorchModuleTarget", "is_tensor", "names_source"]
+
+
+def is_tensor(value: Any) -> bool:
+    return isinstance(value, torch.Tensor)
+
+
+def _float_tensor(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.is_floating_point()
+
+
+def tensor_to_numpy(t: torch.Tensor, name: str) -> np.ndarray:
+    """A numpy copy of ``t`` in its own dtype (detached, on the CPU)."""
+    if t.dtype == torch.bfloat16:
+        raise SpecError(f"input {name!r} is a bfloat16 tensor, which numpy cannot hold; check it in float32 "
+                        "(x.float()) -- the comparison is then against float32 tolerances")
+    if t.is_complex():
+        raise SpecError(f"input {name!r} is complex; gradverify checks real-valued inputs")
+    return t.detach().resolve_conj().resolve_neg().cpu().numpy().copy()
+
+
+def _leaf_numpy(t: torch.Tensor) -> np.ndarray:
+    t = t.detach()
+    if t.dtype == torch.bfloat16:
+        t = t.float()
+    return np.array(t.resolve_conj().resolve_neg().cpu().numpy(), copy=True)
+
+
+def names_source(fn: Callable) -> Callable:
+    """The callable whose signature names ``fn``'s inputs.
+
+    ``Function.apply`` takes ``*args``: its inputs are named after
+    ``forward`` (without ``ctx`` unless the class defines
+    ``setup_context``); a module's after its ``forward``.
+    """
+    owner = getattr(fn, "__self__", None)
+    if isinstance(owner, type) and issubclass(owner, torch.autograd.Function):
+        fwd = owner.forward
+        if getattr(owner, "setup_context", None) is not getattr(torch.autograd.Function, "setup_context", None):
+            return fwd
+        return functools.partial(fwd, None)
+    if isinstance(fn, torch.nn.Module):
+        return fn.forward
+    return fn
+
+
+class RngPin:
+    """torch's random state, captured once and restored around every run.
+
+    Runs happen inside ``torch.random.fork_rng``, so the caller's generator
+    state is untouched. ``used`` says whether any run drew random numbers.
+    """
+
+    def __init__(self, devices: list):
+        self.devices = sorted({d.index if d.index is not None else torch.cuda.current_device()
+                               for d in devices if d.type == "cuda"})
+        self.cpu = torch.get_rng_state()
+        self.cuda = {d: torch.cuda.get_rng_state(d) for d in self.devices}
+        self.used = False
+
+    @contextlib.contextmanager
+    def __call__(self):
+        with torch.random.fork_rng(devices=self.devices):
+            torch.set_rng_state(self.cpu)
+            for d, s in self.cuda.items():
+                torch.cuda.set_rng_state(s, d)
+            yield
+            if not self.used:
+                self.used = not torch.equal(torch.get_rng_state(), self.cpu) or any(
+                    not torch.equal(torch.cuda.get_rng_state(d), s) for d, s in self.cuda.items()
+                )
+
+
+def _to_tensor(value: Any, device) -> Any:
+    if isinstance(value, Opaque):
+        return value.obj
+    if isinstance(value, np.ndarray):
+        # Shares memory with the (copied) numpy argument, so an in-place write
+        # by the code under test shows up in the mutation checks.
+        t = torch.from_numpy(value) if value.flags.writeable else torch.from_numpy(value.copy())
+        return t if device is None or device.type == "cpu" else t.to(device)
+    return value
+
+
+_RANDOM = "draws random numbers (dropout?) whose values depend on the dtype"
+
+
+class TorchFunctionTarget(FrameworkFunctionTarget):
+    """A torch callable (see the module docstring).
+
+    Cost per evaluation: one call of ``fn`` on float64 tensors (plus a copy
+    of each input); the analytic pass is one forward and one
+    ``torch.autograd.grad`` in the caller's dtype.
+    """
+
+    framework = "torch"
+
+    def __init__(self, fn: Callable, inputs: Any, vjp: Callable | None):
+        self._labels: dict[str, Any] = {}
+        super().__init__(fn, inputs, vjp, names_from=names_source(fn))
+        self.devices: dict[str, Any] = {}
+        for label, dev in self._labels.items():
+            name = label if self.by_keyword else self.order[int(label)]
+            self.devices[name] = dev
+        self.default_device = next(iter(self.devices.values()), torch.device("cpu"))
+        self.rng = RngPin(list(self.devices.values()))
+        self._out_dtypes: list = []
+        self.faithful_float64()
+
+    def random_draws(self) -> str | None:
+        return _RANDOM if self.rng.used else None
+
+    def is_array(self, value: Any) -> bool:
+        return isinstance(value, torch.Tensor)
+
+    def to_numpy(self, value: Any, name: str) -> np.ndarray:
+        self._labels[name] = value.device
+        return tensor_to_numpy(value, name)
+
+    def float_leaf(self, value: Any) -> bool:
+        return _float_tensor(value)
+
+    def leaf_to_numpy(self, value: Any) -> np.ndarray:
+        return _leaf_numpy(value)
+
+    def _convert(self, args: list, kwargs: dict, grad_names=()) -> tuple[list, dict, dict]:
+        leaves = {}
+
+        def conv(name, value):
+            t = _to_tensor(value, self.devices.get(name, self.default_device))
+            if name in grad_names and isinstance(t, torch.Tensor):
+                leaf = t.detach().requires_grad_(True)
+                leaves[name] = leaf
+                return leaf.clone()  # the code may write into its input (mark_dirty) without touching the leaf
+            return t
+
+        if kwargs:
+            return [], {k: conv(k, v) for k, v in kwargs.items()}, leaves
+        return [conv(n, v) for n, v in zip(self.order, args)], {}, leaves
+
+    def call(self, args: list, kwargs: dict) -> Any:
+        targs, tkw, _ = self._convert(args, kwargs)
+        with self.rng():
+            return self.user_fn(*targs, **tkw)
+
+    def _record_output(self, out: Any) -> list:
+        leaves = super()._record_output(out)
+        self._out_dtypes = [v.dtype for v in leaves]
+        return leaves
+
+    def autodiff(self, pieces, args, kwargs):
+        with torch.enable_grad(), self.rng():
+            targs, tkw, leaves = self._convert(args, kwargs, grad_names=set(self.point))
+            out = self.user_fn(*targs, **tkw)
+        outs = self._record_output(out)
+        if len(outs) != len(pieces):
+            raise ProtocolError("the function returned a different number of outputs on this call")
+        pairs = [(o, torch.from_numpy(p).to(device=o.device, dtype=o.dtype)) for o, p in zip(outs, pieces)
+                 if o.requires_grad]
+        names = list(leaves)
+        if pairs:
+            grads = torch.autograd.grad([o for o, _ in pairs], [leaves[n] for n in names],
+                                        grad_outputs=[g for _, g in pairs], allow_unused=True)
+        else:
+            self._warn("no output of the function requires grad: autograd sees no dependence on the inputs "
+                       "(detached, or computed outside torch?); the gradient under test is zero")
+            grads = [None] * len(names)
+        return {n: _leaf_numpy(g if g is not None else torch.zeros_like(leaves[n])) for n, g in zip(names, grads)}
+
+    def user_vjp_args(self, pieces, args, kwargs):
+        targs, tkw, _ = self._convert(args, kwargs)
+        ts = [torch.from_numpy(np.ascontiguousarray(p)).to(device=self.default_device, dtype=dt)
+              for p, dt in zip(pieces, self._out_dtypes or [None] * len(pieces))]
+        dout = ts[0] if self._out_single else self.rebuild(self._out_tree, ts)
+        return dout, targs, tkw
+
+
+# ---------------------------------------------------------------------------
+# torch.nn.Module
+# ---------------------------------------------------------------------------
+
+class _Copy:
+    """A deep copy of the module for the finite differences, with numpy views of its parameters."""
+
+    def __init__(self, module: torch.nn.Module, names: list[str], float64: bool):
+        try:
+            m = copy.deepcopy(module)
+        except Exception as exc:  # noqa: BLE001 - say what to fix
+            raise ProtocolError(f"{type(module).__name__} cannot be deep-copied ({type(exc).__name__}: {exc}); "
+                                "the check perturbs a copy so that the module itself is never touched") from None
+        if float64:
+            m = m.double()
+        self.module = m
+        params = dict(m.named_parameters())
+        self.params = {n: params[n] for n in names}
+        self.views: dict[str, np.ndarray | None] = {}
+        for n, p in self.params.items():
+            self.views[n] = p.detach().numpy() if p.device.type == "cpu" else None
+        self.buffers = [(b, b.detach().clone()) for b in m.buffers()]
+
+    def load(self, point: Mapping[str, np.ndarray]) -> None:
+        with torch.no_grad():
+            for n, p in self.params.items():
+                arr = point[n]
+                if arr is not self.views[n]:
+                    p.copy_(torch.from_numpy(arr))
+            for b, saved in self.buffers:
+                b.copy_(saved)
+
+
+class TorchModuleTarget(Target):
+    """A ``torch.nn.Module`` (see the module docstring).
+
+    The input is named ``"x"`` (``"input"`` if a parameter is called
+    ``x``); several inputs (a sequence) are named after ``forward``'s
+    parameters, a dict of inputs is passed by keyword. Parameters with
+    ``requires_grad=False`` and integer inputs (embedding indices) are
+    constants. Outputs may be a tensor or a nested tuple of tensors (an
+    LSTM's ``(out, (h, c))``): the floating-point leaves are concatenated.
+
+    Cost per evaluation: one forward of the float64 copy; the analytic pass
+    is one forward and one ``torch.autograd.grad`` of the module as given.
+    """
+
+    kind = "layer"
+
+    def __init__(self, module: torch.nn.Module, inputs: Any):
+        super().__init__()
+        self.module = module
+        pnames = [n for n, _ in module.named_parameters()]
+        values, self.by_keyword = split_inputs(inputs, is_tensor)
+        if self.by_keyword:
+            names = list(values)
+        elif len(values) == 1:
+            names = ["input" if "x" in pnames else "x"]
+        else:
+            names = _signature_names(module.forward, len(values)) or [str(i) for i in range(len(values))]
+            names = names[:len(values)]
+        clash = set(names) & set(pnames)
+        if clash:
+            raise SpecError(f"input name(s) {sorted(clash)} clash with parameter names of {type(module).__name__}; "
+                            "pass the inputs as a sequence or rename them")
+        self.order = names
+        vals = dict(zip(names, values.values() if self.by_keyword else values))
+        self.opaque: dict[str, Any] = {}
+        self.devices: dict[str, Any] = {}
+        mdev = next((t.device for t in list(module.parameters()) + list(module.buffers())), None)
+        self.inputs_float: list[str] = []
+        for name, v in vals.items():
+            if isinstance(v, torch.Tensor):
+                self.devices[name] = v.device
+                arr = _to_array(tensor_to_numpy(v, name), name)
+            elif isinstance(v, (np.ndarray, np.generic)):
+                self.devices[name] = mdev or torch.device("cpu")
+                arr = _to_array(v, name)
+            else:
+                self.opaque[name] = v
+                continue
+            if arr.dtype.kind == "f":
+                self.point[name] = arr.astype(np.float64)
+                self.originals[name] = arr
+                self.inputs_float.append(name)
+            else:
+                self.constants[name] = arr
+        self.param_names: list[str] = []
+        self.orig_params: dict[str, torch.nn.Parameter] = {}
+        for name, p in module.named_parameters():
+            if p.dtype == torch.bfloat16:
+                raise SpecError(f"parameter {name!r} is bfloat16, which numpy cannot hold; check module.float()")
+            if not p.is_floating_point() or p.numel() == 0:
+                continue
+            if not p.requires_grad:
+                self.constants[name] = tensor_to_numpy(p, name)
+                continue
+            self.param_names.append(name)
+            self.orig_params[name] = p
+            self.originals[name] = tensor_to_numpy(p, name)
+        if not self.param_names and not self.inputs_float:
+            raise NoDifferentiableInputs(
+                f"{type(module).__name__} has no trainable floating-point parameter and no floating-point input: "
+                "nothing to differentiate"
+            )
+        self.rng = RngPin(list(self.devices.values()) + ([mdev] if mdev is not None else []))
+        self._copies: dict[bool, _Copy] = {}
+        self._use64 = True
+        c64 = self._copy(True)
+        for n in self.param_names:
+            view = c64.views[n]
+            self.point[n] = view if view is not None else self.originals[n].astype(np.float64)
+        low = sorted({v.dtype.name for v in self.originals.values() if v.dtype != np.float64})
+        if low:
+            # Is the float64 copy the same function as the module in its own dtype? (see
+            # FrameworkFunctionTarget.faithful_float64; cost: two forwards)
+            try:
+                y64 = self._forward(True, self.point)
+                ylow = self._forward(False, self.originals)
+            except Exception:  # noqa: BLE001 - the check's own fallback reports it
+                y64 = ylow = None
+            reason = _RANDOM if self.rng.used else (None if y64 is None else dtype_dependence(y64, ylow, low))
+            if reason:
+                self._use64 = False
+                corig = self._copy(False)
+                for n in self.point:
+                    view = corig.views.get(n)
+                    self.point[n] = view if view is not None else self.originals[n].copy()
+                self._warn(f"{type(module).__name__} {reason}, so the finite differences ran in the caller's dtype "
+                           f"({', '.join(low)}); the verdict is coarser than a float64 check")
+
+    def _copy(self, float64: bool) -> _Copy:
+        if float64 not in self._copies:
+            self._copies[float64] = _Copy(self.module, self.param_names, float64)
+        return self._copies[float64]
+
+    def _inputs(self, source: Mapping[str, np.ndarray], grad: bool):
+        leaves = {}
+
+        def conv(name):
+            if name in self.opaque:
+                return self.opaque[name]
+            arr = source[name].copy() if name in source else self.constants[name].copy()
+            t = _to_tensor(arr, self.devices.get(name))
+            if grad and name in self.inputs_float:
+                leaf = t.requires_grad_(True)
+                leaves[name] = leaf
+                return leaf.clone()  # in-place first ops (ReLU(inplace=True)) need a non-leaf
+            return t
+
+        if self.by_keyword:
+            return [], {n: conv(n) for n in self.order}, leaves
+        return [conv(n) for n in self.order], {}, leaves
+
+    def _outputs(self, out: Any, what: str) -> list:
+        leaves = [v for v in flatten_tree(out, is_tensor) if _float_tensor(v)]
+        if not leaves:
+            raise ProtocolError(f"{what} returned {type(out).__name__} with no floating-point tensor in it")
+        self._single = _float_tensor(out)
+        return leaves
+
+    def evaluate(self) -> np.ndarray:
+        return self._forward(self._use64 and all(v.dtype == np.float64 for v in self.point.values()), self.point)
+
+    def _forward(self, use64: bool, source: Mapping[str, np.ndarray]) -> np.ndarray:
+        c = self._copy(use64)
+        c.load(source)
+        args, kwargs, _ = self._inputs(source, grad=False)
+        with torch.no_grad(), self.rng():
+            out = c.module(*args, **kwargs)
+        leaves = self._outputs(out, f"{type(self.module).__name__}.forward")
+        return join_outputs([_leaf_numpy(v) for v in leaves], self._single)
+
+    def analytic(self, cotangent: np.ndarray) -> dict[str, np.ndarray]:
+        # Buffers (running statistics...) are restored once the gradients are
+        # computed: the backward of some modules reads them.
+        saved = [(b, b.detach().clone()) for b in self.module.buffers()]
+        try:
+            with torch.enable_grad(), self.rng():
+                args, kwargs, leaves = self._inputs(self.originals, grad=True)
+                out = self.module(*args, **kwargs)
+            outs = self._outputs(out, f"{type(self.module).__name__}.forward")
+            pieces = split_cotangent(cotangent, [tuple(o.shape) for o in outs], self._single)
+            wrt = {**leaves, **self.orig_params}
+            names = list(wrt)
+            pairs = [(o, torch.from_numpy(np.ascontiguousarray(p)).to(device=o.device, dtype=o.dtype))
+                     for o, p in zip(outs, pieces) if o.requires_grad]
+            if pairs:
+                grads = torch.autograd.grad([o for o, _ in pairs], [wrt[n] for n in names],
+                                            grad_outputs=[g for _, g in pairs], allow_unused=True)
+            else:
+                self._warn("no output of the module requires grad: autograd sees no dependence on the input or "
+                           "the parameters; the gradient under test is zero")
+                grads = [None] * len(names)
+        finally:
+            with torch.no_grad():
+                for b, s in saved:
+                    b.copy_(s)
+        result = {n: _leaf_numpy(g if g is not None else torch.zeros_like(wrt[n])) for n, g in zip(names, grads)}
+        return validate_gradients(result, self.originals, what=f"{type(self.module).__name__} (torch autograd)")
+
+
+def module_inputs(module: torch.nn.Module, input_shape: Any, inputs: Any, dtype: Any, rng) -> Any:
+    """The inputs of a module check: ``inputs`` as given, or drawn from ``rng`` with ``input_shape``."""
+    if inputs is not None and input_shape is not None:
+        raise SpecError("give input_shape or inputs, not both")
+    if inputs is None:
+        if input_shape is None:
+            raise SpecError("check_layer needs input_shape=(...) or inputs=tensor to know what to feed the module")
+        shape = (input_shape,) if isinstance(input_shape, (int, np.integer)) else tuple(input_shape)
+        if not all(isinstance(s, (int, np.integer)) and s >= 0 for s in shape):
+            raise SpecError(f"input_shape must be a tuple of non-negative integers, got {input_shape!r}")
+        if dtype is None:
+            p = next((p for p in module.parameters() if p.is_floating_point()), None)
+            tdt = p.dtype if p is not None else torch.get_default_dtype()
+            dtype = torch.empty((), dtype=tdt).numpy().dtype
+        dt = np.dtype(dtype)
+        if dt.kind != "f":
+            raise SpecError(f"dtype must be a floating-point dtype, got {dt}")
+        dev = next((p.device for p in module.parameters()), torch.device("cpu"))
+        return torch.from_numpy(rng.standard_normal(shape).astype(dt)).to(dev)
+    if dtype is not None:
+        dt = np.dtype(dtype)
+        if isinstance(inputs, torch.Tensor):
+            return inputs.to(torch.from_numpy(np.zeros(0, dt)).dtype)
+        if isinstance(inputs, np.ndarray):
+            return inputs.astype(dt)
+    return inputs

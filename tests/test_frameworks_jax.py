@@ -1,0 +1,207 @@
+"""Checks of JAX code: ``check`` on JAX functions, ``jax.custom_vjp`` rules included.
+
+The analytic gradient is ``jax.vjp`` (for a ``custom_vjp`` function: its
+hand-written ``bwd``) in the caller's dtype; the reference is float64
+finite differences, evaluated inside a scoped ``jax.enable_x64`` so the
+caller's configuration is untouched. No test passes a tolerance: float64
+rtol 1e-5 (a 0.1% error is 100x over it), float32 rtol 2e-3 (a 1% error is
+5x over it, float32 rounding ~1e-6 relative far under it).
+
+Cost: tiny arrays; a few seconds (mostly JAX dispatch and compilation).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+import gradverify as gv
+
+jax = pytest.importorskip("jax")
+jnp = jax.numpy
+
+
+def _np(seed, *shape):
+    return np.random.default_rng(seed).standard_normal(shape)
+
+
+def _tanh_linear(corrupt=None):
+    """A ``custom_vjp`` tanh(x @ W); ``corrupt=(argnum, index, factor)`` plants a bug in ``bwd``."""
+
+    @jax.custom_vjp
+    def f(x, W):
+        return jnp.tanh(x @ W)
+
+    def fwd(x, W):
+        y = jnp.tanh(x @ W)
+        return y, (x, W, y)
+
+    def bwd(res, g):
+        x, W, y = res
+        gz = g * (1 - y * y)
+        grads = [gz @ W.T, x.T @ gz]
+        if corrupt is not None:
+            arg, index, factor = corrupt
+            grads[arg] = grads[arg].at[index].multiply(factor)
+        return tuple(grads)
+
+    f.defvjp(fwd, bwd)
+    return f
+
+
+@pytest.fixture(autouse=True)
+def _x64_left_as_found():
+    before = bool(jax.config.read("jax_enable_x64"))
+    yield
+    assert bool(jax.config.read("jax_enable_x64")) == before, "the check changed the global x64 setting"
+
+
+def test_custom_vjp_float32_arrays_pass_and_stay_float32():
+    x, W = jnp.asarray(_np(0, 4, 3), jnp.float32), jnp.asarray(_np(1, 3, 5), jnp.float32)
+    r = gv.check(_tanh_linear(), (x, W))
+    assert r.passed, str(r)
+    assert r.dtype == "float32" and [s.name for s in r.inputs] == ["x", "W"]
+
+
+def test_custom_vjp_float32_one_percent_error_is_caught():
+    # float32 tolerances are relative to the tensor's scale (floor 2e-4 * max|g|),
+    # so the 1% error is planted in an element of that scale: the largest one.
+    x, W = jnp.asarray(_np(0, 4, 3), jnp.float32), jnp.asarray(_np(1, 3, 5), jnp.float32)
+    u = jnp.asarray(_np(99, 4, 5), jnp.float32)
+    dW = jax.grad(lambda w: jnp.sum(u * jnp.tanh(x @ w)))(W)
+    index = tuple(int(i) for i in np.unravel_index(np.argmax(np.abs(dW)), dW.shape))
+    r = gv.check(_tanh_linear((1, index, 1.01)), (x, W))
+    assert r.status == "fail" and r.worst.input == "W" and tuple(r.worst.index) == index, str(r)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_float32_no_false_alarm_on_awkward_code(seed):
+    def f(x, W):
+        z = 4.0 * (x @ W)
+        return jax.nn.log_softmax(z, axis=-1) + jax.nn.softplus(z) + jnp.tanh(z) ** 2
+
+    x, W = jnp.asarray(_np(seed, 5, 4), jnp.float32), jnp.asarray(_np(seed + 9, 4, 6), jnp.float32)
+    r = gv.check(f, (x, W), seed=seed)
+    assert r.passed, str(r)
+
+
+def test_float64_numpy_inputs_run_in_float64_without_touching_global_config():
+    r = gv.check(_tanh_linear((0, (1, 1), 1.001)), (_np(2, 4, 3), _np(3, 3, 5)))
+    assert r.status == "fail" and r.dtype == "float64", str(r)
+    assert r.worst.input == "x" and tuple(r.worst.index) == (1, 1)
+    assert gv.check(_tanh_linear(), (_np(2, 4, 3), _np(3, 3, 5))).passed
+
+
+def test_float64_jax_arrays_made_under_scoped_x64():
+    with jax.enable_x64(True):
+        x, W = jnp.asarray(_np(4, 3, 3)), jnp.asarray(_np(5, 3, 2))
+        assert x.dtype == jnp.float64
+    r = gv.check(_tanh_linear(), (x, W))
+    assert r.passed and r.dtype == "float64", str(r)
+
+
+def test_dict_inputs_by_keyword_and_jit():
+    @jax.jit
+    def f(W, x):
+        return jnp.sum(jnp.sin(x @ W), axis=0)
+
+    x, W = jnp.asarray(_np(6, 4, 3), jnp.float32), jnp.asarray(_np(7, 3, 2), jnp.float32)
+    r = gv.check(f, {"x": x, "W": W})
+    assert r.passed, str(r)
+    assert {s.name for s in r.inputs} == {"x", "W"}
+
+
+def test_nondiff_argnum_python_int_is_passed_through():
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+    def scaled_sum(x, axis):
+        return jnp.sum(x**2, axis=axis)
+
+    def fwd(x, axis):
+        return scaled_sum(x, axis), x
+
+    def bwd(axis, x, g):
+        return (2 * x * jnp.expand_dims(g, axis),)
+
+    scaled_sum.defvjp(fwd, bwd)
+    r = gv.check(scaled_sum, (jnp.asarray(_np(8, 3, 4), jnp.float32), 1))
+    assert r.passed, str(r)
+    assert [s.name for s in r.inputs] == ["x"]
+
+
+def test_plain_jnp_function_on_numpy_inputs_is_recognised_by_its_output():
+    def f(a, b):  # a plain Python function: only its output says it is JAX
+        return jnp.exp(a) * jnp.cos(b)
+
+    r = gv.check(f, (_np(9, 3), _np(10, 3)))
+    assert r.passed and r.dtype == "float64", str(r)
+
+
+def test_pytree_output_and_integer_leaves():
+    def f(x, idx):
+        return {"y": jnp.tanh(x[idx]), "n": jnp.argmax(x, axis=0), "z": (x**2).sum()}
+
+    r = gv.check(f, (jnp.asarray(_np(11, 4, 3), jnp.float32), jnp.asarray([3, 0, 3])))
+    assert r.passed, str(r)
+    assert [s.name for s in r.inputs if s.checked] == ["x"]
+
+
+def test_random_draws_that_depend_on_the_dtype_fall_back_with_a_warning():
+    # jax.random.normal draws different numbers in 64-bit mode: the float64
+    # evaluation would be another function. The check notices and runs its
+    # finite differences in float32.
+    def f(a, key):
+        return a * jax.random.normal(key, a.shape)
+
+    r = gv.check(f, (jnp.asarray(_np(12, 4, 3), jnp.float32), jax.random.key(0)))
+    assert r.passed, str(r)
+    assert any("different values in float64" in w for w in r.warnings), r.warnings
+
+
+@pytest.mark.parametrize("corrupt", [False, True])
+def test_jax_function_with_torch_computed_gradients(corrupt):
+    torch = pytest.importorskip("torch")
+
+    def f(x, W):
+        return jnp.tanh(x @ W) ** 2
+
+    def vjp(dout, x, W):  # gradients from another autodiff engine
+        xt = torch.tensor(np.asarray(x), requires_grad=True)
+        Wt = torch.tensor(np.asarray(W), requires_grad=True)
+        dx, dW = torch.autograd.grad(torch.tanh(xt @ Wt) ** 2, (xt, Wt), torch.tensor(np.asarray(dout)))
+        dW = dW.numpy().copy()
+        if corrupt:
+            dW[0, 1] *= 1 + 1e-3
+        return dx.numpy(), dW
+
+    r = gv.check(f, (_np(13, 4, 3), _np(14, 3, 2)), vjp=vjp)
+    if corrupt:  # 1e-3 relative in one float64 element: 100x over rtol
+        assert r.status == "fail" and r.worst.input == "W" and tuple(r.worst.index) == (0, 1), str(r)
+    else:
+        assert r.passed and r.dtype == "float64", str(r)
+
+
+@pytest.mark.parametrize("corrupt", [False, True])
+def test_numpy_function_with_jax_computed_gradients(corrupt):
+    def f_np(x, W):
+        return np.log1p(np.exp(x @ W))
+
+    def vjp(dout, x, W):
+        with jax.enable_x64(True):
+            _, back = jax.vjp(lambda a, b: jax.nn.softplus(a @ b), jnp.asarray(x), jnp.asarray(W))
+            dx, dW = (np.array(g) for g in back(jnp.asarray(dout)))
+        if corrupt:
+            dx[1, 2] *= 1 - 1e-3
+        return dx, dW
+
+    r = gv.check(f_np, (_np(15, 3, 3), _np(16, 3, 2)), vjp=vjp)
+    if corrupt:
+        assert r.status == "fail" and r.worst.input == "x" and tuple(r.worst.index) == (1, 2), str(r)
+    else:
+        assert r.passed, str(r)
+
+
+def test_only_integer_inputs_is_an_error():
+    with pytest.raises(gv.NoDifferentiableInputs):
+        gv.check(lambda i: i * 2.0, jnp.arange(3))
