@@ -68,6 +68,13 @@ def _lowest_precision(arrays) -> np.dtype:
 
 def _run(target: Target, *, rng: np.random.Generator, seed: int, mode: str, rtol, atol) -> CheckResult:
     start = time.perf_counter()
+    try:
+        return _run_guarded(target, rng=rng, seed=seed, mode=mode, rtol=rtol, atol=atol, start=start)
+    finally:
+        target.random.release()
+
+
+def _run_guarded(target: Target, *, rng, seed, mode, rtol, atol, start) -> CheckResult:
     evaluations = 0
 
     def base():
@@ -76,8 +83,11 @@ def _run(target: Target, *, rng: np.random.Generator, seed: int, mode: str, rtol
         return target.evaluate()
 
     # The oracle evaluates in float64 where the code accepts float64 input.
+    # The first call also learns which random streams the code consumes;
+    # they are replayed for every later call.
     try:
-        y0 = base()
+        y0 = target.random.watch(target.evaluate)
+        evaluations += 1
     except Exception as exc:  # noqa: BLE001 - fall back to the caller's dtype, then report
         if all(target.point[k].dtype == target.originals[k].dtype for k in target.point):
             raise
@@ -86,7 +96,11 @@ def _run(target: Target, *, rng: np.random.Generator, seed: int, mode: str, rtol
                 target.point[k] = target.originals[k].copy()
         target._warn(f"the code refused float64 input ({type(exc).__name__}: {exc}); "
                      "finite differences ran in its own dtype, so the verdict is coarser")
-        y0 = base()
+        y0 = target.random.watch(target.evaluate)
+        evaluations += 1
+    if target.random.active:
+        target._warn("the code draws random numbers; its random state was captured and replayed for every "
+                     "evaluation, so each call saw the same draws (e.g. the same dropout mask)")
     y0 = _check_output(y0, "forward")
     y1 = np.asarray(base())
     spread = float(np.max(np.abs(y1.astype(np.float64) - y0.astype(np.float64)))) if y0.size else 0.0
@@ -113,6 +127,8 @@ def _run(target: Target, *, rng: np.random.Generator, seed: int, mode: str, rtol
         u_an = u.astype(low if low.itemsize <= y0.dtype.itemsize else y0.dtype)
     analytic = target.analytic(u_an)
     grad_dtype = _lowest_precision(list(analytic.values()))
+    _check_backward_reproducible(target, analytic, target.analytic(u_an), grad_dtype)
+    evaluations += 1
     tol = tolerance_for(grad_dtype, rtol=rtol, atol=atol)
     tol, widened = _widen_for_forward_error(tol, target.analytic_output, y0, grad_dtype, eval_dtype, rtol)
     if widened:
@@ -156,6 +172,29 @@ def _run(target: Target, *, rng: np.random.Generator, seed: int, mode: str, rtol
         seconds=time.perf_counter() - start,
         dtype=grad_dtype.name,
     )
+
+
+def _check_backward_reproducible(target: Target, first: dict, second: dict, grad_dtype) -> None:
+    """Raise if two backward passes at the same point and cotangent disagree.
+
+    Disagreement within rounding (atomics-style reordering) is reported as a
+    warning with its size; beyond the tolerance of the dtype it is an error,
+    never a pass.
+    """
+    spread = max((float(np.max(np.abs(first[k].astype(np.float64) - second[k].astype(np.float64))))
+                  for k in first if first[k].size), default=0.0)
+    if spread == 0.0:
+        return
+    verdict = Comparison(second, tolerance_for(grad_dtype)).result(first, None, kind=target.kind, reference="rerun")
+    if not verdict.passed:
+        w = verdict.worst
+        raise NondeterministicError(
+            f"two backward passes at the same point disagree: {w.input!r}{list(w.index)} gave {w.numeric:.10g} "
+            f"then {w.analytic:.10g}; the backward is nondeterministic (random state it draws from that gradverify "
+            "cannot see, or stale state carried between calls) -- make it reproducible before checking"
+        )
+    target._warn(f"the backward is not bitwise reproducible (max spread {spread:.3g} between two runs), "
+                 "within the tolerance of its dtype")
 
 
 #: Low-precision code whose own forward deviates from the float64

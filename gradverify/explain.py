@@ -178,6 +178,8 @@ def _parse(source: str) -> tuple[str | None, ast.expr]:
         tree = ast.parse(source.strip(), mode="exec")
     except SyntaxError as exc:
         raise SpecError(f"cannot parse {source!r}: {exc.msg} (column {exc.offset})") from None
+    except (RecursionError, MemoryError):
+        raise SpecError("the expression is nested too deeply for Python's parser") from None
     if len(tree.body) != 1:
         raise SpecError(f"give one expression (optionally named, as in 'y = ...'), got {len(tree.body)} statements")
     stmt = tree.body[0]
@@ -269,7 +271,7 @@ class _Builder:
         self.E, self.Tensor = E, Tensor
         self.at = at
         self.leaves: dict[str, Any] = {}
-        self.memo: dict[str, Any] = {}
+        self.memo: dict[tuple, Any] = {}
 
     def leaf(self, name: str) -> Any:
         if name not in self.leaves:
@@ -278,31 +280,63 @@ class _Builder:
             self.leaves[name] = self.Tensor(np.asarray(self.at[name], dtype=np.float64), requires_grad=True)
         return self.leaves[name]
 
-    def build(self, node: ast.expr) -> Any:
-        key = ast.dump(node)
-        if key in self.memo:
-            return self.memo[key]
-        E = self.E
+    def _key(self, value: Any) -> tuple:
+        """O(1) identity of an evaluated operand: its graph node, or its constant value."""
+        return ("node", value.id) if isinstance(value, self.Tensor) else ("const", value)
+
+    def build(self, root: ast.expr) -> Any:
+        """Evaluate ``root`` bottom-up, left to right, with an explicit stack (no recursion limit).
+
+        An operation already applied to the same operands returns the same
+        node, so a repeated subexpression is one node of the graph.
+        """
+        results: dict[int, Any] = {}
+        stack: list[tuple[ast.expr, bool]] = [(root, False)]
+        while stack:
+            node, ready = stack.pop()
+            if id(node) in results:
+                continue
+            children = _operands(node)
+            if children and not ready:
+                stack.append((node, True))
+                stack.extend((c, False) for c in reversed(children))
+                continue
+            results[id(node)] = self._apply(node, [results[id(c)] for c in children])
+        return results[id(root)]
+
+    def _apply(self, node: ast.expr, args: list[Any]) -> Any:
         if isinstance(node, ast.Name):
-            out = self.leaf(node.id)
-        elif isinstance(node, ast.Constant):
-            out = float(node.value)
-        elif isinstance(node, ast.UnaryOp):
-            x = self.build(node.operand)
-            out = x if isinstance(node.op, ast.UAdd) else (E.neg(x) if isinstance(x, self.Tensor) else -x)
+            return self.leaf(node.id)
+        if isinstance(node, ast.Constant):
+            return float(node.value)
+        if isinstance(node, ast.UnaryOp):
+            if isinstance(node.op, ast.UAdd):
+                return args[0]
+            op = "neg"
         elif isinstance(node, ast.BinOp):
-            x, y = self.build(node.left), self.build(node.right)
-            out = getattr(E, _BINOPS[type(node.op)][0])(x, y)
+            op = _BINOPS[type(node.op)][0]
         else:  # ast.Call, checked by _check
-            args = [self.build(a) for a in node.args]
-            out = getattr(E, node.func.id)(*args)
-        if not isinstance(out, self.Tensor):
-            out = float(np.asarray(out))            # a constant subexpression: fold it
-        self.memo[key] = out
-        return out
+            op = node.func.id
+        key = (op,) + tuple(self._key(a) for a in args)
+        if key not in self.memo:
+            out = getattr(self.E, op)(*args)
+            if not isinstance(out, self.Tensor):
+                out = float(np.asarray(out))        # a constant subexpression: fold it
+            self.memo[key] = out
+        return self.memo[key]
 
 
-def _domain_message(prim: str, args: Sequence[Any]) -> str:
+def _operands(node: ast.expr) -> list[ast.expr]:
+    if isinstance(node, ast.UnaryOp):
+        return [node.operand]
+    if isinstance(node, ast.BinOp):
+        return [node.left, node.right]
+    if isinstance(node, ast.Call):
+        return list(node.args)
+    return []
+
+
+def _domain_message(prim: str) -> str:
     from .ops import primitive
 
     p = primitive(prim)
@@ -335,11 +369,7 @@ def explain(source: str, at: Mapping[str, float] | str) -> Explanation:
     _check(tree, funcs)
     builder = _Builder(values)
     with np.errstate(all="ignore"):     # a point outside a domain is reported below, by name
-        try:
-            out = builder.build(tree)
-        except RecursionError:
-            raise SpecError("the expression is nested too deeply to explain") from None
-        return _annotate(source, named, tree, funcs, values, builder, out)
+        return _annotate(source, named, tree, funcs, values, builder, builder.build(tree))
 
 
 def _annotate(source: str, named: str | None, tree: ast.expr, funcs: Mapping[str, int],
@@ -382,7 +412,6 @@ def _annotate(source: str, named: str | None, tree: ast.expr, funcs: Mapping[str
         names[n.id] = name
 
     adjoints = backward(out, np.ones((), dtype=np.float64))
-    texts: dict[int, tuple[str, int]] = {}
     nodes: list[Node] = []
     edges: list[Edge] = []
     notes: list[str] = []
@@ -393,12 +422,11 @@ def _annotate(source: str, named: str | None, tree: ast.expr, funcs: Mapping[str
         raw = [a.value if isinstance(a, builder.Tensor) else a for a in n.args]
         arg_text = [(names[a.id], 10) if isinstance(a, builder.Tensor) else (_fmt(a), 10 if a >= 0 else 0)
                     for a in n.args]
-        text, prec = _label(n.prim, [t for t, _ in arg_text], [p for _, p in arg_text])
-        texts[n.id] = (text, prec)
+        text, _ = _label(n.prim, [t for t, _ in arg_text], [p for _, p in arg_text])
         if not in_domain(n.prim, *raw):
             shown = ", ".join(f"{t} = {_fmt(v)}" for (t, _), v in zip(arg_text, raw)
                               if not _is_number_text(t))
-            raise SpecError(f"{names[n.id]} = {text} is undefined at {shown}: {_domain_message(n.prim, n.args)}")
+            raise SpecError(f"{names[n.id]} = {text} is undefined at {shown}: {_domain_message(n.prim)}")
         if distance_to_kink(n.prim, *raw, **n.params) == 0:
             notes.append(f"{names[n.id]} = {text} is at a kink of {n.prim} (not differentiable there); "
                          "the partials shown are the engine's choice, as in PyTorch and JAX")
@@ -416,23 +444,34 @@ def _annotate(source: str, named: str | None, tree: ast.expr, funcs: Mapping[str
                           float(np.asarray(adjoints.get(n.id, 0.0))), tuple(parents)))
 
     # Paths to the output and their multiplications, by dynamic programming (children first).
+    # count[n]: paths n -> output; length[n]: edges summed over those paths.
+    children: dict[str, list[str]] = {n.name: [] for n in nodes}
+    for e in edges:
+        children[e.parent].append(e.child)
     count: dict[str, int] = {output: 1}
     length: dict[str, int] = {output: 0}
     for node in reversed(nodes):
-        if node.name == output:
-            continue
-        outgoing = [e for e in edges if e.parent == node.name]
-        count[node.name] = sum(count[e.child] for e in outgoing)
-        length[node.name] = sum(length[e.child] + count[e.child] for e in outgoing)
+        if node.name != output:
+            count[node.name] = sum(count[c] for c in children[node.name])
+            length[node.name] = sum(length[c] + count[c] for c in children[node.name])
     paths = {v: count[v] for v in variables}
     path_mults = sum(length[v] - count[v] for v in variables)
     sweep_mults = sum(1 for e in edges if e.child != output)
-    gradient = tuple((v, next(n.adjoint for n in nodes if n.name == v)) for v in variables)
+    adjoint = {n.name: n.adjoint for n in nodes}
     return Explanation(
-        source=source.strip(), expression=ast.unparse(tree), output=output, inputs=tuple((v, values[v]) for v in variables),
-        nodes=tuple(nodes), edges=tuple(edges), gradient=gradient, paths=paths,
+        source=source.strip(), expression=_unparse(tree, source, named is not None), output=output,
+        inputs=tuple((v, values[v]) for v in variables), gradient=tuple((v, adjoint[v]) for v in variables),
+        nodes=tuple(nodes), edges=tuple(edges), paths=paths,
         path_multiplications=path_mults, sweep_multiplications=sweep_mults, notes=tuple(notes),
     )
+
+
+def _unparse(tree: ast.expr, source: str, named: bool) -> str:
+    """The expression normalised by ``ast.unparse``; the source's right-hand side if it is too deep for it."""
+    try:
+        return ast.unparse(tree)
+    except RecursionError:
+        return source.split("=", 1)[1].strip() if named else source.strip()
 
 
 def _is_number_text(t: str) -> bool:
@@ -481,16 +520,20 @@ def format_text(ex: Explanation) -> str:
 
     lines.append(f"backward pass (adjoint adj[n] = d{o}/dn of each node n, summed over the edges leaving n, "
                  "children before parents):")
+    adjoint = {n.name: n.adjoint for n in ex.nodes}
+    leaving: dict[str, list[Edge]] = {n.name: [] for n in ex.nodes}
+    for e in ex.edges:
+        leaving[e.parent].append(e)
     for n in reversed(ex.nodes):
         if n.name == o:
             lines.append(f"  adj[{o}] = 1   (seed: d{o}/d{o} = 1)")
             continue
-        out_edges = [e for e in ex.edges if e.parent == n.name]
+        out_edges = leaving[n.name]
         if not out_edges:
             lines.append(f"  adj[{n.name}] = 0   ({n.name} does not reach {o})")
             continue
         symbolic = " + ".join(f"adj[{e.child}] * {names[(e.parent, e.child, e.argnum)]}" for e in out_edges)
-        numeric = " + ".join(f"{_fmt_factor(ex.node(e.child).adjoint)} * {_fmt_factor(e.partial)}"
+        numeric = " + ".join(f"{_fmt_factor(adjoint[e.child])} * {_fmt_factor(e.partial)}"
                              for e in out_edges)
         lines.append(f"  adj[{n.name}] = {symbolic} = {numeric} = {_fmt(n.adjoint)}")
     lines.append("")

@@ -32,7 +32,7 @@ from .errors import (
     SpecError,
 )
 
-__all__ = ["Target", "LayerTarget", "FunctionTarget", "as_input_arrays", "validate_gradients"]
+__all__ = ["Target", "LayerTarget", "FunctionTarget", "RandomGuard", "as_input_arrays", "validate_gradients"]
 
 
 def _is_differentiable(a: np.ndarray) -> bool:
@@ -175,6 +175,122 @@ def _check_output(y: Any, what: str) -> np.ndarray:
     return arr
 
 
+class RandomGuard:
+    """Captures random state the code under test consumes and replays it for every call.
+
+    Stochastic layers (dropout) become checkable when every evaluation sees
+    the same random draws. The guard finds numpy ``Generator`` /
+    ``RandomState`` objects reachable from the code under test (attributes,
+    closures, bound ``self``, default arguments, a few levels deep) and
+    numpy's global state; :meth:`watch` runs the code once to learn which
+    of them it actually consumes, and :meth:`restore` resets exactly those
+    before each call (so code that draws nothing pays nothing). At the end
+    every state is back where it was: the user's streams are untouched.
+    """
+
+    def __init__(self, *roots: Any):
+        self._found: list[Any] = []
+        seen: set[int] = set()
+        for root in roots:
+            self._scan(root, 0, seen)
+        self._initial = [(obj, self._get(obj)) for obj in self._found]
+        self._global = np.random.get_state()
+        self._active: list[tuple[Any, Any]] = []
+        self._global_active = False
+
+    @staticmethod
+    def _get(obj):
+        return obj.get_state() if isinstance(obj, np.random.RandomState) else obj.state
+
+    @staticmethod
+    def _set(obj, state):
+        if isinstance(obj, np.random.RandomState):
+            obj.set_state(state)
+        else:
+            obj.state = state
+
+    def _scan(self, obj: Any, depth: int, seen: set[int]) -> None:
+        if obj is None or id(obj) in seen or depth > 3:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, np.random.Generator):
+            self._found.append(obj.bit_generator)
+            return
+        if isinstance(obj, (np.random.RandomState, np.random.BitGenerator)):
+            self._found.append(obj)
+            return
+        if isinstance(obj, (np.ndarray, str, bytes, int, float, complex, type)) or inspect.ismodule(obj):
+            return
+        children: list[Any] = []
+        if isinstance(obj, Mapping):
+            children.extend(obj.values())
+        elif isinstance(obj, (list, tuple)):
+            children.extend(obj)
+        if getattr(obj, "__closure__", None):
+            children.extend(c.cell_contents for c in obj.__closure__ if _cell_has_contents(c))
+        for attr in ("__self__", "__func__", "__wrapped__"):
+            if hasattr(obj, attr):
+                children.append(getattr(obj, attr))
+        if getattr(obj, "__defaults__", None):
+            children.extend(obj.__defaults__)
+        if hasattr(obj, "__dict__") and not inspect.isfunction(obj) and not inspect.ismethod(obj):
+            try:
+                children.extend(vars(obj).values())
+            except TypeError:
+                pass
+        for child in children:
+            self._scan(child, depth + 1, seen)
+
+    def watch(self, call: Callable[[], Any]) -> Any:
+        """Run ``call`` once and remember which random states it consumed."""
+        before = [(obj, self._get(obj)) for obj in self._found]
+        g_before = np.random.get_state()
+        try:
+            return call()
+        finally:
+            self._active = [(obj, st) for obj, st in before if not _same_state(self._get(obj), st)]
+            g_after = np.random.get_state()
+            self._global_active = not _same_state(g_after, g_before)
+            self._global = g_before
+            self.restore()
+
+    @property
+    def active(self) -> bool:
+        return bool(self._active) or self._global_active
+
+    def restore(self) -> None:
+        """Reset the consumed states to what they were before the watched call."""
+        for obj, st in self._active:
+            self._set(obj, st)
+        if self._global_active:
+            np.random.set_state(self._global)
+
+    def release(self) -> None:
+        """Put every state back where it was when the guard was made."""
+        for obj, st in self._initial:
+            self._set(obj, st)
+        if self._global_active:
+            np.random.set_state(self._global)
+
+
+def _cell_has_contents(cell) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:
+        return False
+    return True
+
+
+def _same_state(a: Any, b: Any) -> bool:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_state(a[k], b[k]) for k in a)
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same_state(x, y) for x, y in zip(a, b))
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return np.array_equal(a, b)
+    return a == b
+
+
 class Target:
     """What a check differentiates. See the module docstring.
 
@@ -195,6 +311,8 @@ class Target:
         self.warnings: list[str] = []
         #: The output of the run in the caller's dtype (set by the check).
         self.analytic_output: np.ndarray | None = None
+        #: Random state replayed before every call (see :class:`RandomGuard`).
+        self.random = RandomGuard()
 
     def evaluate(self) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -258,12 +376,15 @@ class LayerTarget(Target):
             self.param_names.append(str(name))
         self._x = x
         self._checked_mutation = False
+        self.random = RandomGuard(layer)
 
     def evaluate(self) -> np.ndarray:
+        self.random.restore()
         return np.asarray(self.layer.forward(self.point[self.input_name].copy())) if self.input_name in self.point \
             else np.asarray(self.layer.forward(self._x.copy()))
 
     def analytic(self, cotangent: np.ndarray) -> dict[str, np.ndarray]:
+        self.random.restore()
         x_arg = self._x.copy()
         y = _check_output(self.layer.forward(x_arg), f"{type(self.layer).__name__}.forward")
         self.analytic_output = y
@@ -353,6 +474,7 @@ class FunctionTarget(Target):
                 "pass at least one floating-point array to differentiate"
             )
         self._checked_mutation = False
+        self.random = RandomGuard(fn, vjp, names_from, [c.value for c in self.constants.values() if isinstance(c, Opaque)])
 
     def _args(self, source: Mapping[str, np.ndarray]) -> list[Any]:
         out = []
@@ -367,9 +489,11 @@ class FunctionTarget(Target):
         return f(*extra, *args)
 
     def evaluate(self) -> np.ndarray:
+        self.random.restore()
         return np.asarray(self._call(self.fn, self._args(self.point)))
 
     def analytic(self, cotangent: np.ndarray) -> dict[str, np.ndarray]:
+        self.random.restore()
         args = self._args(self.originals)
         dy = cotangent.copy()
         result = self._call(self.vjp, args, dy)
@@ -400,6 +524,7 @@ class FunctionTarget(Target):
 
     def check_forward_mutation(self) -> None:
         """Run ``fn`` once on copies and warn if it wrote into its inputs."""
+        self.random.restore()
         args = self._args(self.originals)
         self._call(self.fn, args)
         if any(isinstance(a, np.ndarray) and not np.array_equal(a, b) for a, b in zip(args, self._args(self.originals))):

@@ -97,13 +97,12 @@ def test_result_is_json_ready_and_reports_its_cost():
 
 def test_nondeterministic_forward_is_an_error_not_a_pass():
     class Noisy:
+        """Draws from a fresh OS-seeded generator: no state to capture and replay."""
+
         params = {}
 
-        def __init__(self):
-            self.rng = np.random.default_rng(0)
-
         def forward(self, x):
-            self.mask = self.rng.random(x.shape) > 0.5
+            self.mask = np.random.default_rng().random(x.shape) > 0.5
             return x * self.mask
 
         def backward(self, dy):
@@ -173,3 +172,65 @@ def test_function_identically_zero_with_rounding_residue_in_its_gradient():
     # ... but a real gradient where the function is flat is still a failure
     r = gv.check(fn, [x], vjp=lambda d, x: (d * 0.5,))
     assert not r.passed and r.worst.input == "x"
+
+
+class Dropout:
+    """Inverted dropout drawing its mask from its own Generator."""
+
+    def __init__(self, p=0.5, seed=0, forget_mask=False):
+        self.params = {}
+        self.p = p
+        self.rng = np.random.default_rng(seed)
+        self.forget_mask = forget_mask
+
+    def forward(self, x):
+        self.mask = (self.rng.random(x.shape) >= self.p) / (1 - self.p)
+        return x * self.mask
+
+    def backward(self, dy):
+        return dy if self.forget_mask else dy * self.mask
+
+
+def test_stochastic_layer_is_checkable_and_its_stream_untouched():
+    layer = Dropout()
+    before = layer.rng.bit_generator.state
+    r = gv.check_layer(layer, (4, 5))
+    assert r.passed and any("random" in w for w in r.warnings)
+    assert layer.rng.bit_generator.state == before
+    bad = gv.check_layer(Dropout(forget_mask=True), (4, 5))
+    assert not bad.passed and bad.worst.input == "x"
+
+
+def test_global_numpy_random_state_is_replayed_and_restored():
+    class GlobalDropout:
+        params = {}
+
+        def forward(self, x):
+            self.mask = (np.random.rand(*x.shape) >= 0.5) * 2.0
+            return x * self.mask
+
+        def backward(self, dy):
+            return dy * self.mask
+
+    np.random.seed(7)
+    expected = np.random.get_state()[1].copy()
+    assert gv.check_layer(GlobalDropout(), (3, 3)).passed
+    assert np.array_equal(np.random.get_state()[1], expected)
+
+
+def test_nondeterministic_backward_is_an_error():
+    class FlakyBackward:
+        params = {}
+
+        def __init__(self):
+            self.calls = 0
+
+        def forward(self, x):
+            return 2 * x
+
+        def backward(self, dy):
+            self.calls += 1
+            return dy * (2.0 + 0.01 * (self.calls % 2))
+
+    with pytest.raises(gv.NondeterministicError, match="backward"):
+        gv.check_layer(FlakyBackward(), (3,))

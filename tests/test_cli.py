@@ -163,10 +163,12 @@ def test_report_is_not_offered_until_it_exists(capsys):
 
 @pytest.fixture
 def in_workdir(workdir, monkeypatch):
+    """Run main() in the project directory; undo its sys.path entries and the target modules it imports."""
     monkeypatch.chdir(workdir)
     monkeypatch.setattr(sys, "path", list(sys.path))
-    monkeypatch.setattr(sys, "modules", dict(sys.modules))
-    return workdir
+    yield workdir
+    for name in [m for m in sys.modules if m.startswith("_gradverify_target_") or m == "mylayers"]:
+        del sys.modules[name]
 
 
 @pytest.mark.parametrize("target, message", [
@@ -258,3 +260,16 @@ def test_docs_show_the_real_classic_output(capsys):
     quoted = doc.split('$ gradverify explain "(a + b) * (b + 1)" --at a=2,b=1\n')[1].split("```")[0]
     assert cli.main(["explain", "(a + b) * (b + 1)", "--at", "a=2,b=1"]) == 0
     assert capsys.readouterr().out == quoted
+
+
+def test_check_a_torch_module_factory(in_workdir, capsys):
+    pytest.importorskip("torch")
+    (in_workdir / "tlayers.py").write_text(
+        "import torch\n\n"
+        "def make():\n"
+        "    torch.manual_seed(0)\n"
+        "    return torch.nn.Linear(3, 2).double()\n", encoding="utf-8")
+    assert cli.main(["check", "tlayers.py:make", "--input-shape", "4,3", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["passed"] is True
+    assert {s["name"] for s in data["inputs"]} == {"x", "weight", "bias"}

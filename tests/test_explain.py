@@ -248,3 +248,24 @@ def test_to_dict_is_json_ready():
     assert json.loads(json.dumps(d)) == d
     assert d["gradient"] == {"a": 2.0, "b": 1.0} and d["output"] == "y"
     assert math.isclose(d["nodes"][-1]["value"], 2.0)
+
+
+def test_long_expression_needs_no_recursion():
+    """A 1500-term left-nested sum is deeper than Python's recursion limit; the builder uses a stack."""
+    n = 1500
+    source = " + ".join(f"x{i} * x{i + 1}" for i in range(n))
+    point = {f"x{i}": 1.0 + i / n for i in range(n + 1)}
+    ex = explain(source, point)
+    grad = dict(ex.gradient)
+    # d/dx_i of sum_j x_j x_{j+1} = x_{i-1} + x_{i+1} (missing neighbours at the ends); exact sums of
+    # a few float64 values, compared at rtol 1e-12.
+    for i in (0, 1, n // 2, n):
+        want = (point.get(f"x{i - 1}", 0.0) if i > 0 else 0.0) + point.get(f"x{i + 1}", 0.0)
+        assert grad[f"x{i}"] == pytest.approx(want, rel=RTOL)
+    assert format_text(ex).splitlines()[-1] == f"de/dx{n} = {grad[f'x{n}']:.10g}"
+
+
+def test_too_deep_for_the_parser_is_a_spec_error():
+    source = " + ".join(f"x{i}" for i in range(20000))
+    with pytest.raises(SpecError, match="nested too deeply"):
+        explain(source, {f"x{i}": 1.0 for i in range(20000)})

@@ -202,6 +202,60 @@ def test_numpy_function_with_jax_computed_gradients(corrupt):
         assert r.passed, str(r)
 
 
+def test_bwd_returning_a_wrong_shape_is_a_shape_mismatch():
+    f = jax.custom_vjp(lambda x, b: x + b)
+    f.defvjp(lambda x, b: (x + b, None), lambda _, g: (g, g))  # db not summed over the broadcast axis
+    with pytest.raises(gv.ShapeMismatch, match="wrong shape"):
+        gv.check(f, (_np(50, 3, 4), _np(51, 4)))
+
+
 def test_only_integer_inputs_is_an_error():
     with pytest.raises(gv.NoDifferentiableInputs):
         gv.check(lambda i: i * 2.0, jnp.arange(3))
+
+
+def _mlp(bug):
+    @jax.custom_vjp
+    def layer(params, x):
+        return jnp.tanh(x @ params["W"] + params["b"])
+
+    def fwd(params, x):
+        y = layer(params, x)
+        return y, (params, x, y)
+
+    def bwd(res, g):
+        params, x, y = res
+        gz = g * (1 - y * y)
+        db = gz.sum(axis=0) * (1.001 if bug else 1.0)
+        return {"W": x.T @ gz, "b": db}, gz @ params["W"].T
+
+    layer.defvjp(fwd, bwd)
+    return layer
+
+
+@pytest.mark.parametrize("bug", [False, True])
+def test_pytree_argument_leaves_are_checked_and_named(bug):
+    params = {"W": _np(40, 3, 2), "b": _np(41, 2)}
+    r = gv.check(_mlp(bug), (params, _np(42, 4, 3)))
+    assert {s.name for s in r.inputs} == {"params['W']", "params['b']", "x"}
+    if bug:  # 0.1% on the whole bias gradient, float64
+        assert r.status == "fail" and r.worst.input == "params['b']", str(r)
+    else:
+        assert r.passed, str(r)
+
+
+@pytest.mark.parametrize("corrupt", [False, True])
+def test_pytree_argument_with_user_vjp(corrupt):
+    def f(params, x):
+        return jnp.sin(x * params[0]) + params[1]
+
+    def vjp(dout, params, x):
+        c = jnp.cos(x * params[0])
+        dp0 = (dout * c * x).at[0].multiply(1.001 if corrupt else 1.0)
+        return (dp0, dout), dout * c * params[0]
+
+    r = gv.check(f, ((_np(43, 3), _np(44, 3)), _np(45, 3)), vjp=vjp)
+    if corrupt:
+        assert r.status == "fail" and r.worst.input == "params[0]" and tuple(r.worst.index) == (0,), str(r)
+    else:
+        assert r.passed, str(r)

@@ -298,6 +298,20 @@ def test_numpy_function_with_reference_engine_pair(corrupt):
 
 # bad input ---------------------------------------------------------------------
 
+def test_backward_returning_a_wrong_shape_is_a_shape_mismatch():
+    class NoUnbroadcast(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, b):
+            return x + b
+
+        @staticmethod
+        def backward(ctx, g):
+            return g, g[:, :2]  # neither b's shape nor expandable to it
+
+    with pytest.raises(gv.ShapeMismatch, match="wrong shape"):
+        gv.check(NoUnbroadcast.apply, (_t(0, 3, 4), _t(1, 4)))
+
+
 def test_bfloat16_is_refused_with_advice():
     with pytest.raises(gv.SpecError, match="bfloat16"):
         gv.check(torch.sin, _t(0, 3).to(torch.bfloat16))
@@ -426,3 +440,12 @@ def test_numpy_checks_import_no_framework():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_list_argument_of_tensors_is_checked_leaf_by_leaf():
+    def f(xs, w):
+        return torch.stack([torch.tanh(x * w) for x in xs]).sum(dim=0)
+
+    r = gv.check(f, ([_t(40, 3), _t(41, 3)], _t(42, 3)))
+    assert r.passed, str(r)
+    assert [s.name for s in r.inputs] == ["xs[0]", "xs[1]", "w"]

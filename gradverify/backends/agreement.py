@@ -126,7 +126,7 @@ class Agreement:
         """A runnable script reproducing this comparison."""
         from ..spec import snippet
 
-        return snippet(self.spec, backends=self.backends, dtype=self.dtype)
+        return snippet(self.spec, backends=self.backends, dtype=self.dtype, seed=self.seed)
 
     def summary(self) -> str:
         """A short table: one line per comparison, failures with their detail."""
@@ -167,7 +167,7 @@ def _pair_result(a: str, b: str, quantity: str, res: Any) -> PairResult:
 
 
 def agreement(spec: Any, *, backends: Sequence[str] = ("reference", "torch", "jax"), dtype: Any = "float64",
-              fd: bool = True, jvp: bool = True, seed: int = 0, device: str = "cpu",
+              fd: bool | Sequence[str] = True, jvp: bool = True, seed: int = 0, device: str = "cpu",
               require: bool = False) -> Agreement:
     """Compare ``spec`` across ``backends`` (values, VJPs, JVPs) and against finite differences.
 
@@ -176,7 +176,8 @@ def agreement(spec: Any, *, backends: Sequence[str] = ("reference", "torch", "ja
         backends: registry names; unavailable ones are skipped (listed in
             ``skipped``) unless ``require`` is True.
         dtype: what the backends compute in (``"float64"`` or ``"float32"``).
-        fd: also check each backend's VJP against finite differences.
+        fd: check each backend's VJP against finite differences (True), none
+            (False), or those named (a sequence of backend names).
         jvp: also compare the JVPs.
         seed: seeds the cotangent ``u``, the tangents ``v`` and the
             finite-difference check.
@@ -225,11 +226,14 @@ def agreement(spec: Any, *, backends: Sequence[str] = ("reference", "torch", "ja
             if jvp:
                 results.append(_pair_result(a, b, "jvp", compare_gradients({"jvp": ta}, {"jvp": tb},
                                                                          reference_name=b)))
-    if fd:
+    fd_names = list(runs) if fd is True else [n for n in (fd or ()) if n in runs]
+    if fd_names:
         def fn(**kw):
             return ref.value(spec, kw, dtype=np.float64)
 
-        for name, b in runs.items():
+        for name in fd_names:
+            b = runs[name]
+
             def vjp(dout, _b=b, **kw):
                 return _b.vjp(spec, dout, kw, dtype=dt)[1]
 

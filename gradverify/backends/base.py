@@ -447,7 +447,7 @@ class Backend:
                 if a.shape != base[k].shape:
                     raise ShapeMismatch(f"array {k!r} has shape {a.shape}, the spec needs {base[k].shape}")
                 base[k] = a.astype(dt)
-        return list(base), [np.ascontiguousarray(v) for v in base.values()]
+        return list(base), [np.array(v, order="C") for v in base.values()]
 
     def function(self, spec: Any, dtype: Any = np.float64) -> tuple[list[str], Callable[..., Any]]:
         """``(names, f)``: ``f(*arrays)`` computes ``spec`` on framework arrays, in ``names`` order."""

@@ -8,9 +8,19 @@ under test and returns numpy; its ``vjp`` asks the framework's own autodiff
 naming, constants, copies and the in-place-mutation warnings are therefore
 exactly those of the numpy path.
 
-Inputs that are not arrays (Python scalars, ``None``, strings, JAX PRNG
-keys...) are passed through unchanged as opaque constants: they are never
+Inputs are laid out as flat, named arrays: an array argument is one input
+(named after ``fn``'s parameter, the dict key, or its position); a list,
+tuple or dict argument (any pytree, for JAX) contributes one input per
+array leaf, named like ``params['W']`` or ``xs[0]``, and is rebuilt for
+every call. Integer arrays are constants. Everything else (Python scalars,
+``None``, strings, JAX PRNG keys...) is passed through unchanged and never
 differentiated (wrap a scalar in a tensor to check its gradient).
+
+With ``vjp=``, the caller's ``vjp(dout, *args, **kwargs)`` receives
+``dout`` (a tree like the output) and the arguments as framework arrays in
+the caller's dtype, and returns one gradient per top-level argument (a
+tree like the argument for a tree; None for a constant), as framework or
+numpy arrays.
 
 Outputs may be one array or a (nested) tuple, list or dict of arrays: the
 floating-point leaves, flattened in order and concatenated, form the output
@@ -26,35 +36,10 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..errors import NoDifferentiableInputs, ProtocolError, SpecError
-from ..layers import FunctionTarget
+from ..layers import FunctionTarget, _signature_names
 
-__all__ = ["Opaque", "FrameworkFunctionTarget", "split_inputs", "flatten_tree", "unflatten_tree", "join_outputs"]
-
-
-class Opaque:
-    """A constant passed through to the code under test unchanged (never copied or converted).
-
-    Wrapping keeps the numpy-side bookkeeping (copies, ``np.array_equal``
-    mutation checks) working for objects that are not arrays: two wrappers
-    compare equal when they hold the same object.
-    """
-
-    __slots__ = ("obj",)
-
-    def __init__(self, obj: Any):
-        self.obj = obj
-
-    def __eq__(self, other: Any) -> bool:
-        return isinstance(other, Opaque) and other.obj is self.obj
-
-    def __hash__(self) -> int:
-        return id(self.obj)
-
-    def copy(self) -> "Opaque":
-        return self
-
-    def __repr__(self) -> str:
-        return f"Opaque({self.obj!r})"
+__all__ = ["Arg", "FrameworkFunctionTarget", "split_inputs", "flatten_tree", "unflatten_tree", "join_outputs",
+           "split_cotangent", "dtype_dependence"]
 
 
 def split_inputs(inputs: Any, is_array: Callable[[Any], bool]) -> tuple[list | dict, bool]:
@@ -129,14 +114,37 @@ def split_cotangent(dout: np.ndarray, shapes: Sequence[tuple], single: bool) -> 
     return pieces
 
 
+class Arg:
+    """One top-level argument of the call: an array, a tree (list/tuple/dict/pytree) of arrays, or opaque.
+
+    Attributes:
+        name: the argument's name (from the signature, the dict key, or its position).
+        keyword: passed by keyword (dict inputs) rather than by position.
+        kind: ``"array"``, ``"tree"`` or ``"opaque"``.
+        obj: the object itself (opaque arguments).
+        leaves: the tree's leaves as given; ``flat`` their input names
+            (None for a non-array leaf, passed through unchanged);
+            ``rebuild(leaves)`` the tree from new leaves.
+    """
+
+    __slots__ = ("name", "keyword", "kind", "obj", "leaves", "flat", "rebuild")
+
+    def __init__(self, name, keyword, kind, obj=None, leaves=(), flat=(), rebuild=None):
+        self.name, self.keyword, self.kind, self.obj = name, keyword, kind, obj
+        self.leaves, self.flat, self.rebuild = list(leaves), list(flat), rebuild
+
+
 class FrameworkFunctionTarget(FunctionTarget):
     """A framework callable seen as a numpy function with a numpy vjp (see the module docstring).
 
-    Subclasses implement the framework specifics: :meth:`is_array`,
-    :meth:`to_numpy`, :meth:`call` (run the code on numpy arguments, return
-    the output tree), :meth:`float_leaf`, :meth:`leaf_to_numpy`,
-    :meth:`autodiff` (the framework's gradient of ``<dout, output>``) and
-    :meth:`user_vjp_args`.
+    The arguments are laid out as flat, named arrays for
+    :class:`~gradverify.layers.FunctionTarget` (which copies them, keeps
+    integer ones as constants and watches for in-place writes); a list,
+    tuple or dict argument (any pytree, for JAX) contributes one input per
+    array leaf, named ``arg[0]``, ``arg['W']``..., and is rebuilt for every
+    call. Subclasses implement the framework specifics: :meth:`is_array`,
+    :meth:`to_numpy`, :meth:`to_framework`, :meth:`flatten_input`,
+    :meth:`float_leaf`, :meth:`leaf_to_numpy`, :meth:`autodiff`.
 
     Cost: one call of the code under test per evaluation, plus the
     conversion of the arguments (a copy of each input).
@@ -154,25 +162,39 @@ class FrameworkFunctionTarget(FunctionTarget):
         self._out_single = True
         self._out_shapes: list[tuple] = []
         self._out_tree: Any = None
-        values, by_keyword = split_inputs(inputs, self.is_array)
-        arrays, opaque_keys = self._to_numpy_inputs(values)
-        if not any(isinstance(a, np.ndarray) and a.dtype.kind == "f" for a in
-                   (arrays.values() if isinstance(arrays, dict) else arrays)):
+        values, keyword = split_inputs(inputs, self.is_array)
+        if keyword:
+            pairs = list(values.items())
+        else:
+            names = _signature_names(names_from if names_from is not None else fn, len(values))
+            pairs = list(zip(names[:len(values)] if names else [str(i) for i in range(len(values))], values))
+        self.args: list[Arg] = []
+        flat: dict[str, np.ndarray] = {}
+        for name, v in pairs:
+            if self._arraylike(v):
+                flat[name] = self._input_to_numpy(v, name)
+                self.args.append(Arg(name, keyword, "array"))
+                continue
+            tree = self.flatten_input(v)
+            if tree is not None and any(self._arraylike(leaf) for leaf in tree[1]):
+                paths, leaves, rebuild = tree
+                names_ = []
+                for path, leaf in zip(paths, leaves):
+                    if self._arraylike(leaf):
+                        flat[name + path] = self._input_to_numpy(leaf, name + path)
+                        names_.append(name + path)
+                    else:
+                        names_.append(None)
+                self.args.append(Arg(name, keyword, "tree", leaves=leaves, flat=names_, rebuild=rebuild))
+            else:
+                self.args.append(Arg(name, keyword, "opaque", obj=v))
+        if not any(a.dtype.kind == "f" for a in flat.values()):
             raise NoDifferentiableInputs(
                 "no input is a floating-point array or tensor (Python scalars and other non-array inputs are "
                 "passed through as constants); pass at least one floating-point tensor to differentiate"
             )
-        placeholder = {k: arrays[k] for k in opaque_keys}
-        for k in opaque_keys:
-            arrays[k] = np.zeros((), np.int8)  # stands in while FunctionTarget builds its tables
         what = "vjp" if vjp is not None else f"{self.framework} autodiff of {_name(fn)}"
-        super().__init__(self._np_fn, self._np_vjp, arrays, kind="function",
-                         names_from=names_from if names_from is not None else fn, what=what)
-        self.opaque: dict[str, Opaque] = {}
-        for k, obj in placeholder.items():
-            name = k if by_keyword else self.order[k]
-            self.constants.pop(name, None)
-            self.opaque[name] = obj
+        super().__init__(self._np_fn, self._np_vjp, flat, kind="function", what=what)
 
     def faithful_float64(self) -> None:
         """Fall back to the caller's dtype where the float64 evaluation computes a different function.
@@ -205,13 +227,37 @@ class FrameworkFunctionTarget(FunctionTarget):
 
     # -- framework specifics -------------------------------------------------
     def is_array(self, value: Any) -> bool:  # pragma: no cover - abstract
+        """A numeric array of the framework."""
         raise NotImplementedError
 
     def to_numpy(self, value: Any, name: str) -> np.ndarray:  # pragma: no cover - abstract
+        """A numpy copy of a framework input (may record its device under ``name``)."""
         raise NotImplementedError
 
-    def call(self, args: list, kwargs: dict) -> Any:  # pragma: no cover - abstract
+    def to_framework(self, value: np.ndarray, name: str) -> Any:  # pragma: no cover - abstract
+        """The framework array for the numpy argument ``name``."""
         raise NotImplementedError
+
+    def flatten_input(self, value: Any):
+        """``(paths, leaves, rebuild)`` for a list/tuple/dict argument, else None."""
+        if not isinstance(value, (Mapping, list, tuple)):
+            return None
+        paths: list[str] = []
+        leaves: list = []
+
+        def walk(node, path):
+            if isinstance(node, Mapping):
+                for k, v in node.items():
+                    walk(v, f"{path}[{k!r}]")
+            elif isinstance(node, (list, tuple)) and not self._arraylike(node):
+                for i, v in enumerate(node):
+                    walk(v, f"{path}[{i}]")
+            else:
+                paths.append(path)
+                leaves.append(node)
+
+        walk(value, "")
+        return paths, leaves, lambda new: _rebuild_like(value, iter(new), self._arraylike)
 
     def float_leaf(self, value: Any) -> bool:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -219,37 +265,51 @@ class FrameworkFunctionTarget(FunctionTarget):
     def leaf_to_numpy(self, value: Any) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def autodiff(self, pieces: list[np.ndarray], args: list, kwargs: dict) -> dict[str, np.ndarray]:
+    def autodiff(self, pieces: list[np.ndarray], flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The framework's gradient of ``<pieces, output>`` for every name in ``self.point``."""
         raise NotImplementedError  # pragma: no cover - abstract
 
-    def user_vjp_args(self, pieces: list[np.ndarray], args: list, kwargs: dict) -> tuple[Any, list, dict]:
-        raise NotImplementedError  # pragma: no cover - abstract
+    def context(self, flat: Mapping[str, np.ndarray]):
+        """A context manager every call of the code under test runs in (JAX: 64-bit mode for float64)."""
+        return contextlib.nullcontext()
 
-    # -- numpy-facing fn and vjp ----------------------------------------------
-    def _to_numpy_inputs(self, values: list | dict) -> tuple[list | dict, list]:
-        keys = list(values) if isinstance(values, dict) else list(range(len(values)))
-        out = dict(values) if isinstance(values, dict) else list(values)
-        opaque = []
-        for k in keys:
-            v = values[k]
-            label = str(k)
-            if self.is_array(v):
-                out[k] = self.to_numpy(v, label)
-            elif isinstance(v, (np.ndarray, np.generic)):
-                out[k] = np.array(v)
+    def leaves_of(self, out: Any) -> list:
+        """The array leaves of an output tree, in a fixed order."""
+        return flatten_tree(out, self.is_array)
+
+    def rebuild(self, tree: Any, leaves: list) -> Any:
+        """``tree`` with its floating leaves replaced in order by ``leaves`` (others become None)."""
+        return unflatten_tree(tree, self.float_leaf, leaves)
+
+    # -- the call ------------------------------------------------------------
+    def _arraylike(self, value: Any) -> bool:
+        return self.is_array(value) or isinstance(value, (np.ndarray, np.generic))
+
+    def _input_to_numpy(self, value: Any, name: str) -> np.ndarray:
+        return self.to_numpy(value, name) if self.is_array(value) else np.array(value)
+
+    def build_call(self, values: Mapping[str, Any]) -> tuple[list, dict]:
+        """Positional and keyword arguments of the call, from framework arrays keyed by input name."""
+        pos, kw = [], {}
+        for a in self.args:
+            if a.kind == "array":
+                v = values[a.name]
+            elif a.kind == "tree":
+                v = a.rebuild([values[f] if f is not None else leaf for f, leaf in zip(a.flat, a.leaves)])
             else:
-                out[k] = Opaque(v)
-                opaque.append(k)
-        return out, opaque
+                v = a.obj
+            if a.keyword:
+                kw[a.name] = v
+            else:
+                pos.append(v)
+        return pos, kw
 
-    def _args(self, source: Mapping[str, np.ndarray]) -> list:
-        return [self.opaque[n] if n in self.opaque else (source[n].copy() if n in source else self.constants[n].copy())
-                for n in self.order]
+    def convert(self, flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        return {n: self.to_framework(v, n) for n, v in flat.items()}
 
-    def _names_of(self, args: Sequence, kwargs: Mapping) -> list[tuple[str, Any]]:
-        if kwargs:
-            return list(kwargs.items())
-        return list(zip(self.order, args))
+    def call_user(self, values: Mapping[str, Any]) -> Any:
+        pos, kw = self.build_call(values)
+        return self.user_fn(*pos, **kw)
 
     def _record_output(self, out: Any) -> list:
         if self.float_leaf(out):
@@ -267,48 +327,84 @@ class FrameworkFunctionTarget(FunctionTarget):
         self._out_tree = out
         return leaves
 
-    def context(self, args: Sequence, kwargs: Mapping):
-        """A context manager every call of the code under test runs in (JAX: 64-bit mode for float64)."""
-        return contextlib.nullcontext()
-
-    def leaves_of(self, out: Any) -> list:
-        """The array leaves of an output tree, in a fixed order."""
-        return flatten_tree(out, self.is_array)
-
-    def rebuild(self, tree: Any, leaves: list) -> Any:
-        """``tree`` with its floating leaves replaced in order by ``leaves`` (others become None)."""
-        return unflatten_tree(tree, self.float_leaf, leaves)
-
-    def _np_fn(self, *args, **kwargs) -> np.ndarray:
-        with self.context(args, kwargs):
-            out = self.call(list(args), dict(kwargs))
+    def _np_fn(self, **flat) -> np.ndarray:
+        with self.context(flat):
+            out = self.run(flat)
             leaves = self._record_output(out)
             return join_outputs([self.leaf_to_numpy(v) for v in leaves], self._out_single)
 
-    def _np_vjp(self, dout, *args, **kwargs):
+    def run(self, flat: Mapping[str, np.ndarray]) -> Any:
+        """Call the code under test on numpy arguments (converted to the framework)."""
+        return self.call_user(self.convert(flat))
+
+    def _np_vjp(self, dout, **flat):
         if not self._out_shapes:
             self._call(self.fn, self._args(self.originals))
         pieces = split_cotangent(dout, self._out_shapes, self._out_single)
-        with self.context(args, kwargs):
+        with self.context(flat):
             if self.user_vjp is None:
-                return self.autodiff(pieces, list(args), dict(kwargs))
-            dout_fw, fargs, fkwargs = self.user_vjp_args(pieces, list(args), dict(kwargs))
-            result = self.user_vjp(dout_fw, *fargs, **fkwargs)
-            return self._grads_to_numpy(result)
+                return self.autodiff(pieces, flat)
+            return self._run_user_vjp(pieces, flat)
 
-    def _grads_to_numpy(self, result: Any) -> Any:
-        def conv(g):
-            if g is None or isinstance(g, np.ndarray):
-                return g
-            if self.is_array(g):
-                return self.leaf_to_numpy(g)
-            return g
-
+    def _run_user_vjp(self, pieces: list[np.ndarray], flat: Mapping[str, np.ndarray]) -> dict:
+        values = self.convert(flat)
+        dts = [leaf.dtype for leaf in ([self._out_tree] if self._out_single else
+                                       [v for v in self.leaves_of(self._out_tree) if self.float_leaf(v)])]
+        ts = [self.to_framework(np.ascontiguousarray(p), None, dtype=dt) for p, dt in zip(pieces, dts)]
+        dout = ts[0] if self._out_single else self.rebuild(self._out_tree, ts)
+        pos, kw = self.build_call(values)
+        result = self.user_vjp(dout, *pos, **kw)
         if isinstance(result, Mapping):
-            return {k: conv(v) for k, v in result.items()}
-        if isinstance(result, (tuple, list)):
-            return [conv(v) for v in result]
-        return (conv(result),)
+            per_arg = {str(k): v for k, v in result.items()}
+        else:
+            if result is None or self._arraylike(result):
+                result = (result,)
+            try:
+                result = list(result)
+            except TypeError:
+                raise ProtocolError(f"vjp returned {type(result).__name__}; return one gradient per input") from None
+            if len(result) != len(self.args):
+                raise ProtocolError(
+                    f"vjp returned {len(result)} gradient(s) for {len(self.args)} input(s) "
+                    f"({', '.join(a.name for a in self.args)}); return one gradient per input, in order "
+                    "(None for a constant)"
+                )
+            per_arg = {a.name: g for a, g in zip(self.args, result)}
+        grads: dict[str, Any] = {}
+        for a in self.args:
+            g = per_arg.get(a.name)
+            if g is None or a.kind == "opaque":
+                continue
+            if a.kind == "array":
+                grads[a.name] = self._grad_to_numpy(g)
+                continue
+            tree = self.flatten_input(g)
+            leaves = tree[1] if tree is not None else [g]
+            wanted = [f for f in a.flat if f is not None]
+            got = [leaf for leaf in leaves if self._arraylike(leaf) or leaf is None]
+            if len(got) != len(wanted):
+                raise ProtocolError(
+                    f"vjp's gradient for {a.name!r} has {len(got)} array(s); the input has {len(wanted)} "
+                    "(return a gradient with the structure of the input)"
+                )
+            for f, leaf in zip(wanted, got):
+                if leaf is not None:
+                    grads[f] = self._grad_to_numpy(leaf)
+        return grads
+
+    def _grad_to_numpy(self, g: Any) -> Any:
+        return self.leaf_to_numpy(g) if self.is_array(g) else g
+
+
+def _rebuild_like(node: Any, it, is_array) -> Any:
+    if isinstance(node, Mapping):
+        return {k: _rebuild_like(v, it, is_array) for k, v in node.items()}
+    if isinstance(node, (list, tuple)) and not is_array(node):
+        items = [_rebuild_like(v, it, is_array) for v in node]
+        if hasattr(node, "_fields"):
+            return type(node)(*items)
+        return items if isinstance(node, list) else tuple(items)
+    return next(it)
 
 
 def dtype_dependence(y64: np.ndarray, ylow: np.ndarray, low_dtypes) -> str | None:

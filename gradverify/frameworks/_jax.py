@@ -26,7 +26,8 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
-from ._common import FrameworkFunctionTarget, Opaque
+from ..errors import ShapeMismatch
+from ._common import FrameworkFunctionTarget
 
 __all__ = ["JaxFunctionTarget", "is_jax_array", "x64_context"]
 
@@ -87,6 +88,19 @@ class JaxFunctionTarget(FrameworkFunctionTarget):
     def to_numpy(self, value: Any, name: str) -> np.ndarray:
         return np.array(value)
 
+    def to_framework(self, value: np.ndarray, name: str | None, dtype=None) -> Any:
+        return jnp.asarray(value, dtype=dtype)
+
+    def flatten_input(self, value: Any):
+        """Any pytree with at least one leaf: paths in JAX's notation (``['W']``, ``[0]``, ``.attr``)."""
+        if is_jax_array(value) or isinstance(value, (np.ndarray, np.generic)):
+            return None
+        pairs, treedef = jax.tree_util.tree_flatten_with_path(value)
+        if not pairs or (len(pairs) == 1 and pairs[0][1] is value):
+            return None
+        return ([jax.tree_util.keystr(path) for path, _ in pairs], [leaf for _, leaf in pairs],
+                lambda new: jax.tree_util.tree_unflatten(treedef, list(new)))
+
     def float_leaf(self, value: Any) -> bool:
         return is_jax_array(value) and jnp.issubdtype(value.dtype, jnp.floating)
 
@@ -101,55 +115,36 @@ class JaxFunctionTarget(FrameworkFunctionTarget):
         it = iter(leaves)
         return jax.tree_util.tree_unflatten(treedef, [next(it) if self.float_leaf(v) else None for v in flat])
 
-    def context(self, args, kwargs):
-        values = list(args) + list(kwargs.values())
-        wide = any(isinstance(v, np.ndarray) and v.dtype == np.float64 for v in values)
+    def context(self, flat):
+        wide = any(isinstance(v, np.ndarray) and v.dtype == np.float64 for v in flat.values())
         if wide and self._x64 is not None and not _x64_enabled():
             return self._x64(True)
         return contextlib.nullcontext()
 
-    # -- calls ------------------------------------------------------------------
-    def _convert(self, args: list, kwargs: dict) -> dict:
-        names = self._names_of(args, kwargs)
-        return {n: (v.obj if isinstance(v, Opaque) else jnp.asarray(v) if isinstance(v, np.ndarray) else v)
-                for n, v in names}
-
-    def _invoke(self, values: dict, keyword: bool):
-        if keyword:
-            return self.user_fn(**values)
-        return self.user_fn(*[values[n] for n in self.order])
-
-    def call(self, args, kwargs):
-        return self._invoke(self._convert(args, kwargs), bool(kwargs))
-
-    def autodiff(self, pieces, args, kwargs):
-        values = self._convert(args, kwargs)
-        keyword = bool(kwargs)
-        diff = [n for n in values if n in self.point]
+    def autodiff(self, pieces, flat):
+        values = self.convert(flat)
+        diff = list(self.point)
 
         def closed(*dv):
             full = dict(values)
             full.update(zip(diff, dv))
-            return self._invoke(full, keyword)
+            return self.call_user(full)
 
         out, f_vjp = jax.vjp(closed, *[values[n] for n in diff])
         self._record_output(out)
-        flat, treedef = jax.tree_util.tree_flatten(out)
+        leaves, treedef = jax.tree_util.tree_flatten(out)
         it = iter(pieces)
         cts = []
-        for leaf in flat:
+        for leaf in leaves:
             if self.float_leaf(leaf):
                 cts.append(jnp.asarray(next(it), dtype=leaf.dtype))
             else:
                 cts.append(np.zeros(np.shape(leaf), dtype=jax.dtypes.float0))
-        grads = f_vjp(jax.tree_util.tree_unflatten(treedef, cts))
+        try:
+            grads = f_vjp(jax.tree_util.tree_unflatten(treedef, cts))
+        except ValueError as exc:
+            if "bwd rule must produce" in str(exc):
+                raise ShapeMismatch(f"{self.what}: the custom_vjp bwd rule returned a gradient of the wrong shape "
+                                    f"({exc}); sum over broadcast axes?") from exc
+            raise
         return {n: np.array(g) for n, g in zip(diff, grads)}
-
-    def user_vjp_args(self, pieces, args, kwargs):
-        values = self._convert(args, kwargs)
-        dts = [leaf.dtype for leaf in self.leaves_of(self._out_tree) if self.float_leaf(leaf)]
-        ts = [jnp.asarray(p, dtype=dt) for p, dt in zip(pieces, dts)]
-        dout = ts[0] if self._out_single else self.rebuild(self._out_tree, ts)
-        if kwargs:
-            return dout, [], values
-        return dout, [values[n] for n in self.order], {}

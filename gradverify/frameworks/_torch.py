@@ -37,9 +37,9 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from ..errors import NoDifferentiableInputs, ProtocolError, SpecError
+from ..errors import NoDifferentiableInputs, ProtocolError, ShapeMismatch, SpecError
 from ..layers import Target, _check_output, _signature_names, _to_array, validate_gradients
-from ._common import FrameworkFunctionTarget, Opaque, _name, dtype_dependence, flatten_tree, join_outputs, split_cotangent, split_inputs, unflatten_tree
+from ._common import FrameworkFunctionTarget, dtype_dependence, flatten_tree, join_outputs, split_cotangent, split_inputs
 
 __all__ = ["TorchFunctionTarget", "TorchModuleTarget", "is_tensor", "names_source"]
 
@@ -115,14 +115,23 @@ class RngPin:
 
 
 def _to_tensor(value: Any, device) -> Any:
-    if isinstance(value, Opaque):
-        return value.obj
     if isinstance(value, np.ndarray):
         # Shares memory with the (copied) numpy argument, so an in-place write
         # by the code under test shows up in the mutation checks.
         t = torch.from_numpy(value) if value.flags.writeable else torch.from_numpy(value.copy())
         return t if device is None or device.type == "cpu" else t.to(device)
     return value
+
+
+def _autograd(outputs, inputs, grad_outputs, what: str):
+    """``torch.autograd.grad`` (unused inputs give None); a backward's wrong-shaped gradient is a ShapeMismatch."""
+    try:
+        return torch.autograd.grad(outputs, inputs, grad_outputs=grad_outputs, allow_unused=True)
+    except RuntimeError as exc:
+        if "invalid gradient" in str(exc):
+            raise ShapeMismatch(f"{what}: a backward returned a gradient of the wrong shape ({exc}); a gradient must "
+                                "have the shape of what it differentiates (sum over broadcast axes?)") from exc
+        raise
 
 
 _RANDOM = "draws random numbers (dropout?) whose values depend on the dtype"
@@ -139,15 +148,10 @@ class TorchFunctionTarget(FrameworkFunctionTarget):
     framework = "torch"
 
     def __init__(self, fn: Callable, inputs: Any, vjp: Callable | None):
-        self._labels: dict[str, Any] = {}
-        super().__init__(fn, inputs, vjp, names_from=names_source(fn))
         self.devices: dict[str, Any] = {}
-        for label, dev in self._labels.items():
-            name = label if self.by_keyword else self.order[int(label)]
-            self.devices[name] = dev
+        super().__init__(fn, inputs, vjp, names_from=names_source(fn))
         self.default_device = next(iter(self.devices.values()), torch.device("cpu"))
         self.rng = RngPin(list(self.devices.values()))
-        self._out_dtypes: list = []
         self.faithful_float64()
 
     def random_draws(self) -> str | None:
@@ -157,8 +161,12 @@ class TorchFunctionTarget(FrameworkFunctionTarget):
         return isinstance(value, torch.Tensor)
 
     def to_numpy(self, value: Any, name: str) -> np.ndarray:
-        self._labels[name] = value.device
+        self.devices[name] = value.device
         return tensor_to_numpy(value, name)
+
+    def to_framework(self, value: np.ndarray, name: str | None, dtype=None) -> Any:
+        t = _to_tensor(value, self.devices.get(name, getattr(self, "default_device", None)))
+        return t if dtype is None else t.to(dtype)
 
     def float_leaf(self, value: Any) -> bool:
         return _float_tensor(value)
@@ -166,56 +174,32 @@ class TorchFunctionTarget(FrameworkFunctionTarget):
     def leaf_to_numpy(self, value: Any) -> np.ndarray:
         return _leaf_numpy(value)
 
-    def _convert(self, args: list, kwargs: dict, grad_names=()) -> tuple[list, dict, dict]:
-        leaves = {}
-
-        def conv(name, value):
-            t = _to_tensor(value, self.devices.get(name, self.default_device))
-            if name in grad_names and isinstance(t, torch.Tensor):
-                leaf = t.detach().requires_grad_(True)
-                leaves[name] = leaf
-                return leaf.clone()  # the code may write into its input (mark_dirty) without touching the leaf
-            return t
-
-        if kwargs:
-            return [], {k: conv(k, v) for k, v in kwargs.items()}, leaves
-        return [conv(n, v) for n, v in zip(self.order, args)], {}, leaves
-
-    def call(self, args: list, kwargs: dict) -> Any:
-        targs, tkw, _ = self._convert(args, kwargs)
+    def run(self, flat):
+        values = self.convert(flat)
         with self.rng():
-            return self.user_fn(*targs, **tkw)
+            return self.call_user(values)
 
-    def _record_output(self, out: Any) -> list:
-        leaves = super()._record_output(out)
-        self._out_dtypes = [v.dtype for v in leaves]
-        return leaves
-
-    def autodiff(self, pieces, args, kwargs):
+    def autodiff(self, pieces, flat):
         with torch.enable_grad(), self.rng():
-            targs, tkw, leaves = self._convert(args, kwargs, grad_names=set(self.point))
-            out = self.user_fn(*targs, **tkw)
+            values = self.convert(flat)
+            leaves = {}
+            for n in self.point:
+                leaves[n] = values[n].detach().requires_grad_(True)
+                values[n] = leaves[n].clone()  # the code may write into its input (mark_dirty) without touching the leaf
+            out = self.call_user(values)
         outs = self._record_output(out)
         if len(outs) != len(pieces):
             raise ProtocolError("the function returned a different number of outputs on this call")
-        pairs = [(o, torch.from_numpy(p).to(device=o.device, dtype=o.dtype)) for o, p in zip(outs, pieces)
-                 if o.requires_grad]
+        pairs = [(o, torch.from_numpy(np.ascontiguousarray(p)).to(device=o.device, dtype=o.dtype))
+                 for o, p in zip(outs, pieces) if o.requires_grad]
         names = list(leaves)
         if pairs:
-            grads = torch.autograd.grad([o for o, _ in pairs], [leaves[n] for n in names],
-                                        grad_outputs=[g for _, g in pairs], allow_unused=True)
+            grads = _autograd([o for o, _ in pairs], [leaves[n] for n in names], [g for _, g in pairs], self.what)
         else:
             self._warn("no output of the function requires grad: autograd sees no dependence on the inputs "
                        "(detached, or computed outside torch?); the gradient under test is zero")
             grads = [None] * len(names)
         return {n: _leaf_numpy(g if g is not None else torch.zeros_like(leaves[n])) for n, g in zip(names, grads)}
-
-    def user_vjp_args(self, pieces, args, kwargs):
-        targs, tkw, _ = self._convert(args, kwargs)
-        ts = [torch.from_numpy(np.ascontiguousarray(p)).to(device=self.default_device, dtype=dt)
-              for p, dt in zip(pieces, self._out_dtypes or [None] * len(pieces))]
-        dout = ts[0] if self._out_single else self.rebuild(self._out_tree, ts)
-        return dout, targs, tkw
 
 
 # ---------------------------------------------------------------------------
@@ -406,8 +390,8 @@ class TorchModuleTarget(Target):
             pairs = [(o, torch.from_numpy(np.ascontiguousarray(p)).to(device=o.device, dtype=o.dtype))
                      for o, p in zip(outs, pieces) if o.requires_grad]
             if pairs:
-                grads = torch.autograd.grad([o for o, _ in pairs], [wrt[n] for n in names],
-                                            grad_outputs=[g for _, g in pairs], allow_unused=True)
+                grads = _autograd([o for o, _ in pairs], [wrt[n] for n in names], [g for _, g in pairs],
+                                  f"{type(self.module).__name__} (torch autograd)")
             else:
                 self._warn("no output of the module requires grad: autograd sees no dependence on the input or "
                            "the parameters; the gradient under test is zero")

@@ -41,7 +41,7 @@ __all__ = [
 
 
 def snippet(spec: SpecRecord, *, backends: Sequence[str] = ("reference", "torch", "jax"),
-            dtype: str = "float64") -> str:
+            dtype: str = "float64", seed: int = 0) -> str:
     """A small runnable Python script that rebuilds ``spec`` and compares it across ``backends``.
 
     The script prints the agreement summary of
@@ -52,5 +52,5 @@ def snippet(spec: SpecRecord, *, backends: Sequence[str] = ("reference", "torch"
         "from gradverify.spec import *\n"
         "from gradverify.backends.agreement import agreement\n"
         f"spec = {spec!r}\n"
-        f"print(agreement(spec, backends={tuple(backends)!r}, dtype={dtype!r}).summary())\n"
+        f"print(agreement(spec, backends={tuple(backends)!r}, dtype={dtype!r}, seed={seed}).summary())\n"
     )
