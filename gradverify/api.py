@@ -156,7 +156,7 @@ def _run_guarded(target: Target, *, rng, seed, mode, rtol, atol, start) -> Check
     fd, n_fd = projected_gradients(target.evaluate, target.point, u64, eval_dtype=eval_dtype, judge=comparison.judge)
     evaluations += n_fd
     kinks = {k: (d.kink, d.left, d.right) for k, d in fd.items() if d.kink.any()}
-    return comparison.result(
+    result = comparison.result(
         {k: d.value for k, d in fd.items()},
         {k: d.error for k, d in fd.items()},
         kind=target.kind,
@@ -171,6 +171,34 @@ def _run_guarded(target: Target, *, rng, seed, mode, rtol, atol, start) -> Check
         seed=seed,
         seconds=time.perf_counter() - start,
         dtype=grad_dtype.name,
+    )
+    return _second_opinion(result, target, comparison, u64, eval_dtype, start)
+
+
+#: Verdicts whose worst element uses more than this share of its tolerance
+#: (or fail) get the Taylor-remainder second opinion.
+BORDERLINE = 0.3
+
+
+def _second_opinion(result: CheckResult, target: Target, comparison: Comparison, u64, eval_dtype, start):
+    """Attach a Taylor-remainder rate along the worst element to failing or borderline verdicts."""
+    import dataclasses
+
+    from .numeric import taylor_test
+
+    w = result.worst
+    if w is None or (result.passed and w.ratio < BORDERLINE) or result.status == "nondiff":
+        return result
+    arr = target.point[w.input]
+    v = np.zeros(arr.shape)
+    if w.projection:
+        return result
+    v[w.index] = 1.0
+    t = taylor_test(target.evaluate, arr, v, comparison.analytic[w.input], u64, eval_dtype=eval_dtype)
+    where = f"{w.input!r}[{', '.join(str(i) for i in w.index)}]"
+    return dataclasses.replace(
+        result, taylor={"where": where, **t.to_dict()}, evaluations=result.evaluations + t.evaluations,
+        seconds=time.perf_counter() - start,
     )
 
 

@@ -38,6 +38,7 @@ from .errors import SpecError
 
 __all__ = [
     "METHODS",
+    "MEMORY_BUDGET",
     "Derivative",
     "ElementDerivative",
     "default_step",
@@ -47,6 +48,8 @@ __all__ = [
     "projected_gradients",
     "directional_mismatch",
     "Projection",
+    "taylor_test",
+    "TaylorTest",
 ]
 
 #: Method name -> (formal order of accuracy, evaluations per derivative
@@ -222,14 +225,29 @@ def derivative(f, x, v=None, *, method: str = "richardson", step: float | None =
     return Derivative(value, err, step, method, evals)
 
 
-def jacobian(f, x, *, method: str = "richardson", step=None) -> Derivative:
+#: Default cap, in bytes, on a dense Jacobian (value and error estimate).
+MEMORY_BUDGET = 256 * 2**20
+
+
+def jacobian(f, x, *, method: str = "richardson", step=None, memory_budget: int = MEMORY_BUDGET) -> Derivative:
     """Full Jacobian of ``f`` at ``x``, one finite-difference column per element.
 
     Returns a :class:`Derivative` whose value has shape
     ``f(x).shape + x.shape``. Cost: ``x.size`` times the per-method count of
-    :data:`METHODS`; memory: the dense Jacobian.
+    :data:`METHODS`; memory: the dense Jacobian and its error estimate,
+    refused (``SpecError``) beyond ``memory_budget`` bytes -- the checks
+    never build one: they differentiate a projection ``<u, f>`` element by
+    element or along random directions.
     """
     _check_method(method)
+    probe = np.asarray(f(np.array(x, dtype=np.float64)))
+    need = 2 * 8 * probe.size * int(np.size(x))
+    if need > memory_budget:
+        raise SpecError(
+            f"the Jacobian of {probe.size} outputs by {np.size(x)} inputs needs {need / 2**20:.0f} MiB, over "
+            f"memory_budget={memory_budget / 2**20:.0f} MiB; use derivative() for J v products, or "
+            "gradverify.check, which works on projections"
+        )
     x = np.array(x, dtype=np.complex128 if method == "complex" else np.float64)
     if np.iscomplexobj(x) and method != "complex":
         raise SpecError("jacobian of a complex x is not supported")
@@ -382,6 +400,9 @@ def projected_gradients(
             h = float(steps[i])
             if h == 0.0:
                 h = 1e-3
+            if arr.dtype.kind == "f":
+                # at least a few ulps of the storage, or float16 rounds the step away
+                h = max(h, 8.0 * float(np.spacing(np.abs(arr[idx]).astype(arr.dtype))))
             levels = [level(h), level(h / 2)]
             value[i], error[i] = _richardson(levels[0], levels[1])
             sensitivity[i] = levels[1][6] / scale[i]
@@ -518,6 +539,8 @@ def directional_mismatch(
     rms = float(np.sqrt(np.mean(x064 * x064))) if x064.size else 0.0
     scale = rms if rms > 0 else 1.0
     t = default_step(np.ones(1), eval_dtype, "richardson")[0] * scale / float(np.sqrt(vv / v.size))
+    if arr.dtype.kind == "f":
+        t = max(t, 16.0 * _eps(arr.dtype) * scale / float(np.sqrt(vv / v.size)))
 
     def at(step):
         arr[...] = x064 + step * v
@@ -545,6 +568,88 @@ def directional_mismatch(
         mismatch, error, _ = _settle(level, first, t, floor_t, judge, max_refinements)
     analytic = float(np.vdot(g, v))
     return Projection(analytic, analytic + mismatch, mismatch, error, first[1][6] / scale, proj.evaluations)
+
+
+@dataclasses.dataclass(frozen=True)
+class TaylorTest:
+    """Taylor-remainder convergence along one direction: a verdict with no tolerance.
+
+    ``R(h) = |phi(x + h v) - phi(x) - h <g, v>|`` shrinks like ``h**2`` when
+    ``g`` is the gradient and like ``h`` when it is not.
+
+    Attributes:
+        steps: the steps ``h`` tried (halving).
+        remainders: ``R(h)`` at each step.
+        rates: ``log2(R(h) / R(h/2))`` between successive steps (~2 right,
+            ~1 wrong); steps whose remainder sank under rounding are dropped.
+        rate: the median of the last three rates (None if none is usable).
+        evaluations: function evaluations used.
+    """
+
+    steps: tuple
+    remainders: tuple
+    rates: tuple
+    rate: float | None
+    evaluations: int
+
+    def to_dict(self) -> dict:
+        return {"steps": list(self.steps), "remainders": list(self.remainders), "rates": list(self.rates),
+                "rate": self.rate, "evaluations": self.evaluations}
+
+
+def taylor_test(
+    evaluate: Callable[[], np.ndarray],
+    arr: np.ndarray,
+    direction: np.ndarray,
+    grad: np.ndarray,
+    cotangent: np.ndarray,
+    *,
+    eval_dtype=np.float64,
+    y0: np.ndarray | None = None,
+    levels: int = 12,
+) -> TaylorTest:
+    """Taylor-remainder convergence rate of ``<u, f>`` along ``direction`` (eps-free second opinion).
+
+    Starts at a displacement of 1% of the tensor's scale and halves it
+    ``levels - 1`` times; ``arr`` is moved in place and restored bit for
+    bit, and the displacement actually stored enters ``<g, d>``. A wrong
+    gradient shows rate 1 once ``h`` is small enough for the linear error
+    to beat the curvature; a right one keeps rate 2 until rounding. Cost:
+    ``levels`` evaluations (+1 if ``y0`` is not given).
+    """
+    proj = _Projector(evaluate, cotangent, eval_dtype)
+    if y0 is None:
+        y0 = proj.output()
+    v = np.asarray(direction, dtype=np.float64)
+    g = np.asarray(grad, dtype=np.float64)
+    x0 = arr.copy()
+    x064 = x0.astype(np.float64)
+    vmax = float(np.max(np.abs(v))) if v.size else 0.0
+    if vmax == 0.0:
+        return TaylorTest((), (), (), None, proj.evaluations)
+    nz = np.abs(x064[v != 0])
+    scale = float(np.max(nz)) if nz.size and np.max(nz) > 0 else 1.0
+    h = 1e-2 * scale / vmax
+    steps, rems, noise = [], [], []
+    for _ in range(levels):
+        arr[...] = x064 + h * v
+        d = arr.astype(np.float64) - x064
+        try:
+            y = proj.output()
+        finally:
+            arr[...] = x0
+        num, n, _ = proj.diff(y, y0, 1.0, 0.0)
+        steps.append(h)
+        rems.append(abs(num - float(np.vdot(g, d))))
+        noise.append(n)
+        h /= 2
+    rates = []
+    for k in range(len(rems) - 1):
+        if rems[k + 1] <= 8 * noise[k + 1] or rems[k] <= 0:
+            break
+        rates.append(math.log2(rems[k] / rems[k + 1]))
+    rate = float(np.median(rates[-3:])) if rates else None
+    return TaylorTest(tuple(steps), tuple(rems), tuple(rates), rate, proj.evaluations)
 
 
 #: A failure found at step h is confirmed at step h / _JUMP.

@@ -149,6 +149,10 @@ class CheckResult:
         tolerance: the rule used, e.g. ``{"rtol":..., "floor":..., "noise_factor":...}``.
         seed: the seed of the cotangent (and of drawn inputs).
         seconds: wall time of the check.
+        taylor: for failing or borderline verdicts, the eps-free second
+            opinion along the worst element (or projection): the
+            Taylor-remainder convergence ``rate`` (about 2 for a right
+            gradient, 1 for a wrong one), its ``rates`` and ``where``.
     """
 
     passed: bool
@@ -166,6 +170,7 @@ class CheckResult:
     tolerance: dict = dataclasses.field(default_factory=dict)
     seed: int | None = 0
     seconds: float = 0.0
+    taylor: dict | None = None
 
     def __bool__(self) -> bool:  # pragma: no cover - convenience
         return self.passed
@@ -188,6 +193,7 @@ class CheckResult:
             "tolerance": {k: _num(v) if isinstance(v, float) else v for k, v in self.tolerance.items()},
             "seed": self.seed,
             "seconds": _num(self.seconds),
+            "taylor": self.taylor,
         }
 
     def __str__(self) -> str:
@@ -227,6 +233,11 @@ class CheckResult:
         tol = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.tolerance.items())
         if tol:
             lines.append(f"  tolerance: {tol}")
+        if self.taylor and self.taylor.get("rate") is not None:
+            lines.append(
+                f"  second opinion: Taylor remainder along {self.taylor['where']} shrinks at rate "
+                f"{self.taylor['rate']:.2f} (2 = right gradient, 1 = wrong; no tolerance involved)"
+            )
         for msg in self.warnings:
             lines.append(f"  warning: {msg}")
         return "\n".join(lines)

@@ -234,3 +234,18 @@ def test_nondeterministic_backward_is_an_error():
 
     with pytest.raises(gv.NondeterministicError, match="backward"):
         gv.check_layer(FlakyBackward(), (3,))
+
+
+def test_failing_verdict_carries_the_taylor_second_opinion():
+    class OffByOnePermille(Tanh):
+        def backward(self, dy):
+            dx = super().backward(dy)
+            dx[0, 1] *= 1.001
+            return dx
+
+    r = gv.check_layer(OffByOnePermille(), (2, 3))
+    assert not r.passed and r.worst.index == (0, 1)
+    # the remainder converges at rate ~1 along the wrong element (2 if right)
+    assert r.taylor["rate"] == pytest.approx(1.0, abs=0.15)
+    assert "Taylor" in str(r) and r.to_dict()["taylor"]["where"] == "'x'[0, 1]"
+    assert gv.check_layer(Tanh(), (2, 3)).taylor is None  # clear passes need no second opinion

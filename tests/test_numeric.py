@@ -102,3 +102,32 @@ def test_kink_diagnosed_from_one_sided_differences():
     d = out["x"]
     assert d.kink[0] and not d.kink[1]
     assert (d.left[0], d.right[0]) == (pytest.approx(-1.0), pytest.approx(1.0))
+
+
+@pytest.mark.parametrize("err, expected, along", [(0.0, 2.0, "random"), (1e-3, 1.0, "element"),
+                                                   (1e-1, 1.0, "random")])
+def test_taylor_remainder_rate_tells_right_from_wrong(err, expected, along):
+    # No tolerance: the rate is ~2 for the true gradient and ~1 for a wrong
+    # one once the step is small enough for the linear error to beat the
+    # curvature (for 0.1% in one element: along that element, as the checks
+    # use it). +-0.1 on the median of the last rates is far from the other.
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((3, 3))
+    x = rng.standard_normal(3)
+    u = rng.standard_normal(3)
+    g = np.outer(u * (1 - np.tanh(W @ x) ** 2), x)
+    g[1, 2] *= 1 + err
+    before = W.copy()
+    v = rng.standard_normal((3, 3))
+    if along == "element":
+        v = np.zeros((3, 3))
+        v[1, 2] = 1.0
+    t = nd.taylor_test(lambda: np.tanh(W @ x), W, v, g, u)
+    assert np.array_equal(W, before)
+    assert t.rate == pytest.approx(expected, abs=0.1)
+    assert t.evaluations == 13
+
+
+def test_jacobian_refuses_to_exceed_the_memory_budget():
+    with pytest.raises(SpecError, match="memory_budget"):
+        nd.jacobian(lambda x: np.outer(x, x).ravel(), np.ones(300), memory_budget=2**20)

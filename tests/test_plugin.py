@@ -254,7 +254,8 @@ def test_seed_and_dtype_options_and_their_ini_equivalents(project):
             print("SEED", r.seed, "DTYPE", r.dtype, "AGAINST", ",".join(gradcheck.against))
     ''')
     _run(project, "-s", "--gradverify-seed=5", "--gradverify-dtype=float32").stdout.fnmatch_lines(
-        ["*SEED 5 DTYPE float32 AGAINST fd*"])
+        ["gradverify: against=fd, seed=5, dtype=float32",          # the run header
+         "*SEED 5 DTYPE float32 AGAINST fd*"])
     project.makeini("[pytest]\ngradverify_seed = 3\ngradverify_dtype = float32\ngradverify_against = fd\n")
     _run(project, "-s").stdout.fnmatch_lines(["*SEED 3 DTYPE float32 AGAINST fd*"])
     # The command line overrides the ini file.
