@@ -99,9 +99,9 @@ def summarize(records: list[dict], seconds: float, args: argparse.Namespace) -> 
     per_pair: dict[str, dict[str, Any]] = {}
     for rec in records:
         for pair, e in rec["errors"].items():
-            cur = per_pair.setdefault(pair, {"cases": 0, "max_abs_err": 0.0, "max_rel_err": 0.0, "max_ratio": 0.0})
+            cur = per_pair.setdefault(pair, {"cases": 0, "max_abs_err": 0.0, "max_scaled_err": 0.0, "max_ratio": 0.0})
             cur["cases"] += 1
-            for src, dst in (("max_abs_err", "max_abs_err"), ("max_rel_err", "max_rel_err"), ("ratio", "max_ratio")):
+            for src, dst in (("max_abs_err", "max_abs_err"), ("scaled_err", "max_scaled_err"), ("ratio", "max_ratio")):
                 if e[src] > cur[dst]:
                     cur[dst] = e[src]
                     if dst == "max_ratio":

@@ -1,52 +1,59 @@
 """gradverify: is this backward pass right, and if not, where and by how much?
 
-``import gradverify`` imports numpy only; the reference engine lives in
-:mod:`gradverify.engine`, finite differences in :mod:`gradverify.numeric`.
+The public names below are loaded on first use (PEP 562), so importing the
+package -- as pytest does for the plugin in every run -- costs nothing until
+a check is made; a check pulls in numpy and never torch or jax, which are
+imported only when the code under test comes from them. The reference
+engine lives in :mod:`gradverify.engine`, finite differences in
+:mod:`gradverify.numeric`.
 """
 
-from .api import assert_gradients, assert_layer, assert_pair, check, check_layer, check_pair
-from .compare import TOLERANCES, compare_gradients, tolerance_for
-from .errors import (
-    BackendUnavailable,
-    GradientMismatch,
-    GradVerifyError,
-    MissingGradient,
-    NoDerivativeRule,
-    NoDifferentiableInputs,
-    NondeterministicError,
-    NonFiniteError,
-    ProtocolError,
-    ShapeMismatch,
-    SpecError,
-)
-from .verdict import CheckResult, InputSummary, Location, Worst
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "check",
-    "check_layer",
-    "check_pair",
-    "assert_gradients",
-    "assert_layer",
-    "assert_pair",
-    "compare_gradients",
-    "tolerance_for",
-    "TOLERANCES",
-    "CheckResult",
-    "Worst",
-    "Location",
-    "InputSummary",
-    "GradVerifyError",
-    "SpecError",
-    "BackendUnavailable",
-    "ProtocolError",
-    "ShapeMismatch",
-    "NonFiniteError",
-    "MissingGradient",
-    "NoDifferentiableInputs",
-    "NoDerivativeRule",
-    "NondeterministicError",
-    "GradientMismatch",
-    "__version__",
-]
+#: public name -> submodule that defines it
+_EXPORTS = {
+    "check": "api",
+    "check_layer": "api",
+    "check_pair": "api",
+    "assert_gradients": "api",
+    "assert_layer": "api",
+    "assert_pair": "api",
+    "compare_gradients": "compare",
+    "tolerance_for": "compare",
+    "TOLERANCES": "compare",
+    "CheckResult": "verdict",
+    "Worst": "verdict",
+    "Location": "verdict",
+    "InputSummary": "verdict",
+    "GradVerifyError": "errors",
+    "SpecError": "errors",
+    "BackendUnavailable": "errors",
+    "ProtocolError": "errors",
+    "ShapeMismatch": "errors",
+    "NonFiniteError": "errors",
+    "MissingGradient": "errors",
+    "NoDifferentiableInputs": "errors",
+    "NoDerivativeRule": "errors",
+    "NondeterministicError": "errors",
+    "GradientMismatch": "errors",
+}
+
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gradverify' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -5,7 +5,7 @@ session of the environment: this module imports only ``pytest`` and the
 standard library at module scope. The checks are imported inside the fixture
 and the hooks that need them, and Hypothesis only when
 ``--gradverify-examples`` is given. (Being a submodule, importing it runs the
-package's ``__init__``, which imports numpy and the public checks.)
+package's ``__init__``, which is lazy: numpy and the checks load on first use.)
 
 How records flow (one path, with or without pytest-xdist): every check the
 fixture runs appends a plain, JSON-ready record to the test item's stash;

@@ -200,9 +200,13 @@ class CheckResult:
         head = {"pass": "PASS", "fail": "FAIL", "nondiff": "PASS (non-differentiable points met)"}.get(
             self.status, self.status.upper()
         )
-        lines = [f"gradient check {head}: {self.kind}, {self.dtype}, reference={self.reference}, "
-                 f"mode={self.mode}, {self.evaluations} evaluations, seed={self.seed}"]
         w = self.worst
+        at = ""
+        if self.status == "fail" and w is not None:
+            at = f" at <grad {w.input!r}, v>" if w.projection else \
+                f" at {w.input!r}[{', '.join(str(i) for i in w.index)}] (rel err {w.rel_err:.3g})"
+        lines = [f"gradient check {head}{at}: {self.kind}, {self.dtype}, reference={self.reference}, "
+                 f"mode={self.mode}, {self.evaluations} evaluations, seed={self.seed}"]
         if w is not None:
             where = f"{w.input!r}[{', '.join(str(i) for i in w.index)}]"
             label = "mismatch at" if self.status == "fail" else "worst element"

@@ -147,16 +147,38 @@ def test_pytree_output_and_integer_leaves():
     assert [s.name for s in r.inputs if s.checked] == ["x"]
 
 
-def test_random_draws_that_depend_on_the_dtype_fall_back_with_a_warning():
+@pytest.mark.parametrize("key_kind", ["typed", "raw_uint32", "built_inside"])
+def test_random_draws_that_depend_on_the_dtype_fall_back_with_a_warning(key_kind):
     # jax.random.normal draws different numbers in 64-bit mode: the float64
-    # evaluation would be another function. The check notices and runs its
-    # finite differences in float32.
-    def f(a, key):
-        return a * jax.random.normal(key, a.shape)
+    # evaluation would be another function. The check notices (a traced
+    # random primitive, or a gross output difference for a key built from a
+    # constant inside the function) and runs its finite differences in float32.
+    if key_kind == "built_inside":
+        def f(a):
+            return a * jax.random.normal(jax.random.key(7), a.shape)
 
-    r = gv.check(f, (jnp.asarray(_np(12, 4, 3), jnp.float32), jax.random.key(0)))
+        inputs = (jnp.asarray(_np(12, 4, 3), jnp.float32),)
+    else:
+        def f(a, key):
+            return a * jax.random.normal(key, a.shape)
+
+        key = jax.random.key(0) if key_kind == "typed" else jax.random.PRNGKey(0)
+        inputs = (jnp.asarray(_np(12, 4, 3), jnp.float32), key)
+    r = gv.check(f, inputs)
     assert r.passed, str(r)
-    assert any("different values in float64" in w for w in r.warnings), r.warnings
+    assert any("caller's dtype (float32)" in w for w in r.warnings), r.warnings
+
+
+def test_ill_conditioned_float32_code_keeps_the_float64_oracle():
+    # float32 rounding of 300 * x is amplified by sin: the float32 output
+    # deviates from the float64 one by ~1e-4 of its scale. That is rounding,
+    # not another function: the oracle stays float64 and no false alarm.
+    def f(x):
+        return jnp.sin(300.0 * x)
+
+    r = gv.check(f, jnp.asarray(_np(13, 6) * 10, jnp.float32))
+    assert r.passed, str(r)
+    assert not any("caller's dtype (float32)" in w for w in r.warnings), r.warnings
 
 
 @pytest.mark.parametrize("corrupt", [False, True])

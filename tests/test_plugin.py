@@ -114,7 +114,7 @@ def test_fixture_fails_only_the_wrong_layer_and_names_the_bias(project):
     out = result.stdout.str()
     # The GradientMismatch message: what and where, both values, tolerance, seed.
     result.stdout.fnmatch_lines([
-        "*GradientMismatch: gradient check FAIL: layer, float64, reference=fd*seed=0*",
+        "*GradientMismatch: gradient check FAIL at *: layer, float64, reference=fd*seed=0*",
         "*mismatch at input 'bias'[[]*",
         "*analytic:*", "*numeric:*", "*tolerance:*",
     ])

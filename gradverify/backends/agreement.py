@@ -48,7 +48,11 @@ class PairResult:
             (``J v``) or ``"fd"`` (``a``'s VJP against finite differences).
         status: the comparison core's status (``"pass"``, ``"fail"``, ``"nondiff"``).
         max_abs_err: largest ``|a - b|`` over all elements.
-        max_rel_err: largest relative error (the core's definition).
+        max_rel_err: largest relative error (the core's definition: per
+            element, ``|a - b| / max(|b|, floor * max|b|)``; huge where a
+            whole tensor's true gradient is zero).
+        scaled_err: largest ``max|a - b| / max|b|`` over the compared
+            tensors: the error relative to each tensor's scale.
         ratio: the worst element's error over its tolerance (above 1 fails).
         worst: where the worst element is (``"0.W[1, 2]"``), empty if none.
         detail: ``str()`` of the failing CheckResult, empty when it passed.
@@ -61,6 +65,7 @@ class PairResult:
     max_abs_err: float
     max_rel_err: float
     ratio: float
+    scaled_err: float = 0.0
     worst: str = ""
     detail: str = ""
 
@@ -75,7 +80,7 @@ class PairResult:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        for k in ("max_abs_err", "max_rel_err", "ratio"):
+        for k in ("max_abs_err", "max_rel_err", "ratio", "scaled_err"):
             d[k] = d[k] if math.isfinite(d[k]) else str(d[k])
         return d
 
@@ -112,14 +117,13 @@ class Agreement:
         return tuple(r for r in self.results if not r.passed)
 
     def max_errors(self) -> dict[str, dict[str, float]]:
-        """Pair label (``"reference~torch"``, ``"fd~jax"``...) -> largest abs/rel error and ratio over quantities."""
+        """Pair label (``"reference~torch"``, ``"fd~jax"``...) -> largest errors and err/tol ratio over quantities."""
         out: dict[str, dict[str, float]] = {}
         for r in self.results:
             label = f"{r.b}~{r.a}" if r.quantity == "fd" else r.pair
-            cur = out.setdefault(label, {"max_abs_err": 0.0, "max_rel_err": 0.0, "ratio": 0.0})
-            cur["max_abs_err"] = max(cur["max_abs_err"], r.max_abs_err)
-            cur["max_rel_err"] = max(cur["max_rel_err"], r.max_rel_err)
-            cur["ratio"] = max(cur["ratio"], r.ratio)
+            cur = out.setdefault(label, {"max_abs_err": 0.0, "max_rel_err": 0.0, "scaled_err": 0.0, "ratio": 0.0})
+            for k in cur:
+                cur[k] = max(cur[k], getattr(r, k))
         return out
 
     def snippet(self) -> str:
@@ -135,8 +139,8 @@ class Agreement:
         for name, why in self.skipped:
             lines.append(f"  skipped {name}: {why}")
         for r in self.results:
-            lines.append(f"  {r.quantity:<5} {r.pair:<22} {r.status:<7} max abs {r.max_abs_err:9.2e}  "
-                         f"max rel {r.max_rel_err:9.2e}  err/tol {r.ratio:7.2g}  {r.worst}")
+            lines.append(f"  {r.quantity:<5} {r.pair:<20} {r.status:<7} max abs {r.max_abs_err:9.2e}  "
+                         f"scaled {r.scaled_err:9.2e}  err/tol {r.ratio:7.2g}  worst {r.worst}")
         for r in self.failures():
             lines.append(f"--- {r.quantity} {r.pair} ---\n{r.detail}")
         return "\n".join(lines)
@@ -156,14 +160,26 @@ class Agreement:
         }
 
 
-def _pair_result(a: str, b: str, quantity: str, res: Any) -> PairResult:
+def _scaled(res: Any, scale: dict[str, np.ndarray]) -> float:
+    """Largest per-tensor ``max|a - b| / max|b|`` from a CheckResult and the tensors' scales."""
+    worst = 0.0
+    for s in res.inputs:
+        if not s.checked or s.name not in scale:
+            continue
+        m = float(np.max(np.abs(scale[s.name]))) if np.size(scale[s.name]) else 0.0
+        e = s.max_abs_err / m if m > 0 else (0.0 if s.max_abs_err == 0 else math.inf)
+        worst = max(worst, e)
+    return worst
+
+
+def _pair_result(a: str, b: str, quantity: str, res: Any, scale: dict[str, np.ndarray]) -> PairResult:
     max_abs = max((s.max_abs_err for s in res.inputs if s.checked), default=0.0)
     max_rel = max((s.max_rel_err for s in res.inputs if s.checked), default=0.0)
     w = res.worst
     where = "" if w is None else f"{w.input}[{', '.join(str(i) for i in w.index)}]"
     ratio = 0.0 if w is None else w.ratio
-    return PairResult(a, b, quantity, res.status, float(max_abs), float(max_rel), float(ratio), where,
-                      "" if res.passed else str(res))
+    return PairResult(a, b, quantity, res.status, float(max_abs), float(max_rel), float(ratio),
+                      _scaled(res, scale), where, "" if res.passed else str(res))
 
 
 def agreement(spec: Any, *, backends: Sequence[str] = ("reference", "torch", "jax"), dtype: Any = "float64",
@@ -221,11 +237,11 @@ def agreement(spec: Any, *, backends: Sequence[str] = ("reference", "torch", "ja
         for b in names[i + 1:]:
             (va, ga, ta), (vb, gb, tb) = got[a], got[b]
             results.append(_pair_result(a, b, "value", compare_gradients({"output": va}, {"output": vb},
-                                                                       reference_name=b)))
-            results.append(_pair_result(a, b, "vjp", compare_gradients(ga, gb, reference_name=b)))
+                                                                       reference_name=b), {"output": vb}))
+            results.append(_pair_result(a, b, "vjp", compare_gradients(ga, gb, reference_name=b), gb))
             if jvp:
                 results.append(_pair_result(a, b, "jvp", compare_gradients({"jvp": ta}, {"jvp": tb},
-                                                                         reference_name=b)))
+                                                                         reference_name=b), {"jvp": tb}))
     fd_names = list(runs) if fd is True else [n for n in (fd or ()) if n in runs]
     if fd_names:
         def fn(**kw):
@@ -238,6 +254,6 @@ def agreement(spec: Any, *, backends: Sequence[str] = ("reference", "torch", "ja
                 return _b.vjp(spec, dout, kw, dtype=dt)[1]
 
             res = check(fn, dict(arrays), vjp=vjp, seed=seed)
-            results.append(_pair_result(name, FD, "fd", res))
+            results.append(_pair_result(name, FD, "fd", res, got[name][1]))
     return Agreement(spec, dt.name, tuple(names), tuple(skipped), tuple(results), seed,
                      time.perf_counter() - start)

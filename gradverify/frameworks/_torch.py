@@ -155,6 +155,8 @@ class TorchFunctionTarget(FrameworkFunctionTarget):
         self.faithful_float64()
 
     def random_draws(self) -> str | None:
+        """Run ``fn`` once in float64 under the pinned random state; did it draw?"""
+        self._call(self.fn, self._args(self.point))
         return _RANDOM if self.rng.used else None
 
     def is_array(self, value: Any) -> bool:
@@ -320,10 +322,9 @@ class TorchModuleTarget(Target):
             # FrameworkFunctionTarget.faithful_float64; cost: two forwards)
             try:
                 y64 = self._forward(True, self.point)
-                ylow = self._forward(False, self.originals)
+                reason = _RANDOM if self.rng.used else dtype_dependence(y64, self._forward(False, self.originals), low)
             except Exception:  # noqa: BLE001 - the check's own fallback reports it
-                y64 = ylow = None
-            reason = _RANDOM if self.rng.used else (None if y64 is None else dtype_dependence(y64, ylow, low))
+                reason = None
             if reason:
                 self._use64 = False
                 corig = self._copy(False)
@@ -400,6 +401,7 @@ class TorchModuleTarget(Target):
             with torch.no_grad():
                 for b, s in saved:
                     b.copy_(s)
+        self.analytic_output = join_outputs([_leaf_numpy(o) for o in outs], self._single)
         result = {n: _leaf_numpy(g if g is not None else torch.zeros_like(wrt[n])) for n, g in zip(names, grads)}
         return validate_gradients(result, self.originals, what=f"{type(self.module).__name__} (torch autograd)")
 
