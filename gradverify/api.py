@@ -153,7 +153,8 @@ def _run_guarded(target: Target, *, rng, seed, mode, rtol, atol, start) -> Check
             mode="fast", evaluations=evaluations, seed=seed, seconds=time.perf_counter() - start,
             dtype=grad_dtype.name,
         )
-    fd, n_fd = projected_gradients(target.evaluate, target.point, u64, eval_dtype=eval_dtype, judge=comparison.judge)
+    fd, n_fd = projected_gradients(target.evaluate, target.point, u64, eval_dtype=eval_dtype, judge=comparison.judge,
+                                   evaluate_batch=getattr(target, "evaluate_batch", None))
     evaluations += n_fd
     kinks = {k: (d.kink, d.left, d.right) for k, d in fd.items() if d.kink.any()}
     result = comparison.result(

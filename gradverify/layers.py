@@ -317,6 +317,12 @@ class Target:
     def evaluate(self) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    #: Optional: ``evaluate_batch(name, flat_indices, values) -> stacked outputs``
+    #: evaluates many single-element perturbations of ``point[name]`` in one
+    #: call (see :func:`gradverify.numeric.projected_gradients`). Targets
+    #: that can vectorise (torch.func.vmap, jax.vmap) define it.
+    evaluate_batch = None
+
     def analytic(self, cotangent: np.ndarray) -> dict[str, np.ndarray]:  # pragma: no cover - abstract
         raise NotImplementedError
 
