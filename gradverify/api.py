@@ -135,6 +135,8 @@ def _run_guarded(target: Target, *, rng, seed, mode, rtol, atol, start) -> Check
         target._warn(widened)
     comparison = Comparison(analytic, tol)
     u64 = u.astype(np.float64)
+    analytic64 = _analytic_in_float64(target, u64, grad_dtype, eval_dtype)
+    evaluations += analytic64 is not None
     size = sum(a.size for a in target.point.values())
     used = mode if mode != "auto" else ("full" if size <= AUTO_FULL_LIMIT else "fast")
     warnings = tuple(target.warnings) + tuple(
@@ -153,10 +155,28 @@ def _run_guarded(target: Target, *, rng, seed, mode, rtol, atol, start) -> Check
             mode="fast", evaluations=evaluations, seed=seed, seconds=time.perf_counter() - start,
             dtype=grad_dtype.name,
         )
-    fd, n_fd = projected_gradients(target.evaluate, target.point, u64, eval_dtype=eval_dtype, judge=comparison.judge,
+    comp64 = Comparison(analytic64, tolerance_for(np.float64, rtol=rtol, atol=atol)) if analytic64 else None
+
+    def judge(name, i, value, error):
+        verdict = comparison.judge(name, i, value, error)
+        return verdict if comp64 is None else max(verdict, comp64.judge(name, i, value, error))
+
+    fd, n_fd = projected_gradients(target.evaluate, target.point, u64, eval_dtype=eval_dtype, judge=judge,
                                    evaluate_batch=getattr(target, "evaluate_batch", None))
     evaluations += n_fd
     kinks = {k: (d.kink, d.left, d.right) for k, d in fd.items() if d.kink.any()}
+    if comp64 is not None:
+        hi = comp64.result(
+            {k: d.value for k, d in fd.items()}, {k: d.error for k, d in fd.items()}, kind=target.kind,
+            reference="fd", kinks=kinks, constants=target.constants,
+            sensitivity={k: d.sensitivity for k, d in fd.items()},
+            warnings=warnings + tuple(w for w in target.warnings if w not in warnings) + (
+                f"the code computes in float64 when given float64 inputs, so its gradient formula was checked in "
+                f"float64 (this verdict); its {grad_dtype.name} gradients were checked too",),
+            mode="full", evaluations=evaluations, seed=seed, seconds=time.perf_counter() - start, dtype="float64",
+        )
+        if not hi.passed:
+            return _second_opinion(hi, target, comp64, u64, eval_dtype, start)
     result = comparison.result(
         {k: d.value for k, d in fd.items()},
         {k: d.error for k, d in fd.items()},
@@ -201,6 +221,29 @@ def _second_opinion(result: CheckResult, target: Target, comparison: Comparison,
         result, taylor={"where": where, **t.to_dict()}, evaluations=result.evaluations + t.evaluations,
         seconds=time.perf_counter() - start,
     )
+
+
+def _analytic_in_float64(target: Target, u64: np.ndarray, grad_dtype, eval_dtype) -> dict | None:
+    """The gradient formula run in float64, where low-precision code computes in float64 given float64 inputs.
+
+    Most numpy, torch and JAX code is written for any dtype: fed the float64
+    copies of its inputs (its float32 parameters promote), it computes the
+    same formula in float64. That run is checked at float64 tolerance, so a
+    0.1% error in a float32 layer's derivative is caught, while its own
+    float32 gradients are still checked at float32 tolerance. Returns None
+    where the code keeps computing in low precision or refuses.
+    """
+    if np.dtype(grad_dtype) == np.float64 or np.dtype(eval_dtype) != np.float64:
+        return None
+    try:
+        grads = target.analytic(u64, at_point=True)
+    except TypeError:
+        return None  # a target without a float64 analytic pass
+    except Exception:  # noqa: BLE001 - the code under test refused float64; the float32 check stands
+        return None
+    if not grads or any(g.dtype != np.float64 for g in grads.values()):
+        return None
+    return grads
 
 
 def _check_backward_reproducible(target: Target, first: dict, second: dict, grad_dtype) -> None:

@@ -38,6 +38,7 @@ with the largest ``|a - n| / tolerance``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Mapping
 
 import numpy as np
@@ -196,11 +197,21 @@ class Comparison:
         summaries = []
         locations = []
         weak = 0
+        unverified = 0
+        first_lost = None
         for name, a in self.analytic.items():
             n = np.asarray(numeric[name], dtype=np.float64)
             if n.shape != a.shape:
                 raise ShapeMismatch(f"reference gradient for {name!r} has shape {n.shape}, expected {a.shape}")
             e = np.zeros_like(n) if error is None else np.asarray(error[name], dtype=np.float64)
+            lost = ~np.isfinite(e)
+            if lost.any():
+                # finite differences never converged there: nothing to compare
+                unverified += int(np.count_nonzero(lost))
+                if first_lost is None:
+                    first_lost = (name, tuple(int(i) for i in np.argwhere(lost)[0]))
+                n = np.where(lost, a.astype(np.float64), n)
+                e = np.where(lost, 0.0, e)
             a64 = a.astype(np.float64)
             gap = np.abs(a64 - n)
             sens = 0.0 if sensitivity is None else np.asarray(sensitivity[name], dtype=np.float64)
@@ -256,6 +267,12 @@ class Comparison:
             msgs.append(
                 f"{weak} element(s) agreed only within the reference's estimated noise; "
                 "their verdict is weaker than the tolerance suggests"
+            )
+        if unverified:
+            msgs.append(
+                f"{unverified} element(s) could not be verified (first: {first_lost[0]!r}{list(first_lost[1])}): "
+                "finite differences did not converge at any step down to the resolution of the storage, so the "
+                "function varies faster there than differences can follow"
             )
         if failures:
             status = "fail"
@@ -337,7 +354,12 @@ class Comparison:
         abs_err: dict[str, float] = {k: 0.0 for k in self.analytic}
         rel_err: dict[str, float] = {k: 0.0 for k in self.analytic}
         best = None
+        msgs = list(warnings)
         for name, v, p in probes:
+            if not math.isfinite(p.error):
+                msgs.append(f"a projection of {name!r} could not be verified: finite differences did not converge "
+                            "at any step down to the resolution of the storage")
+                continue
             tol = self.projection_tolerance(name, v, p.magnitude) + t.noise_factor * p.error
             gap = abs(p.mismatch)
             rel = gap / max(abs(p.numeric), t.tiny)
@@ -348,7 +370,6 @@ class Comparison:
             ratio = gap / tol if tol > 0 else (0.0 if gap == 0 else np.inf)
             if best is None or ratio > best[0]:
                 best = (ratio, Worst(name, (), p.analytic, p.numeric, gap, rel, tol, p.error, projection=True))
-        msgs = list(warnings)
         locations = []
         failures = sum(failed_probes.values())
         worst = None if best is None else best[1]

@@ -233,6 +233,11 @@ class RandomGuard:
                 children.append(getattr(obj, attr))
         if getattr(obj, "__defaults__", None):
             children.extend(obj.__defaults__)
+        if inspect.isfunction(obj):
+            # generators held as module globals of the function (rng = default_rng(0) at top level)
+            for value in obj.__globals__.values():
+                if isinstance(value, (np.random.Generator, np.random.RandomState, np.random.BitGenerator)):
+                    children.append(value)
         if hasattr(obj, "__dict__") and not inspect.isfunction(obj) and not inspect.ismethod(obj):
             try:
                 children.extend(vars(obj).values())
@@ -389,12 +394,15 @@ class LayerTarget(Target):
         return np.asarray(self.layer.forward(self.point[self.input_name].copy())) if self.input_name in self.point \
             else np.asarray(self.layer.forward(self._x.copy()))
 
-    def analytic(self, cotangent: np.ndarray) -> dict[str, np.ndarray]:
+    def analytic(self, cotangent: np.ndarray, at_point: bool = False) -> dict[str, np.ndarray]:
+        """Forward then backward; ``at_point`` feeds the float64 input copy instead of the caller's."""
         self.random.restore()
-        x_arg = self._x.copy()
+        source = self.point[self.input_name] if at_point and self.input_name in self.point else self._x
+        x_arg = source.copy()
         y = _check_output(self.layer.forward(x_arg), f"{type(self.layer).__name__}.forward")
-        self.analytic_output = y
-        if not np.array_equal(x_arg, self._x):
+        if not at_point:
+            self.analytic_output = y
+        if not np.array_equal(x_arg, source):
             self._warn("forward modifies its input x in place; in a network this corrupts the previous layer's "
                        "output (the check handed over a copy)")
         if y.shape != cotangent.shape:
@@ -498,15 +506,16 @@ class FunctionTarget(Target):
         self.random.restore()
         return np.asarray(self._call(self.fn, self._args(self.point)))
 
-    def analytic(self, cotangent: np.ndarray) -> dict[str, np.ndarray]:
+    def analytic(self, cotangent: np.ndarray, at_point: bool = False) -> dict[str, np.ndarray]:
+        """The vjp at the inputs; ``at_point`` passes the float64 copies instead of the caller's arrays."""
         self.random.restore()
-        args = self._args(self.originals)
+        args = self._args(self.point if at_point else self.originals)
         dy = cotangent.copy()
         result = self._call(self.vjp, args, dy)
         if not np.array_equal(dy, cotangent):
             self._warn(f"{self.what} modifies the dout it was given in place; in a network this corrupts the "
                        "gradient other layers receive (the check handed over a copy)")
-        pristine = self._args(self.originals)
+        pristine = self._args(self.point if at_point else self.originals)
         if any(isinstance(a, np.ndarray) and not np.array_equal(a, b) for a, b in zip(args, pristine)):
             self._warn(f"{self.what} modifies its inputs in place (the check handed over copies)")
         if isinstance(result, np.ndarray) or np.isscalar(result) or result is None:

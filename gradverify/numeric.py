@@ -603,8 +603,8 @@ def directional_mismatch(
         s = float(np.vdot(v, disp)) / vv
         num, noise, mag = proj.diff(yp, ym, s, 0.0)
         ana = float(np.vdot(g, disp)) / s
-        # the level tuple _settle reads: [4] the quotient, [5] its noise
-        return (None, None, None, None, num - ana, noise, mag)
+        # the level tuple _settle reads: [1], [3] the steps, [4] the quotient, [5] its noise
+        return (None, s, None, -s, num - ana, noise, mag)
 
     first = [level(t), level(t / 2)]
     mismatch, error = _richardson(*first)
@@ -734,7 +734,7 @@ def _settle(level, first, h, floor_h, judge, max_levels):
     levels = big + list(first)
 
     def estimates():
-        """(value, error, validated) for each adjacent pair of levels."""
+        """(value, error, validated, step) for each adjacent pair of levels."""
         rs = [_richardson(a, b) for a, b in zip(levels, levels[1:])]
         out = []
         for k, (r, e) in enumerate(rs):
@@ -743,7 +743,7 @@ def _settle(level, first, h, floor_h, judge, max_levels):
             # levels[k + 1] ends this pair; the three differences before it
             # must shrink geometrically (or sit at the rounding level).
             valid = len(gaps) == 2 and _asymptotic(levels[: k + 3][-4:])
-            out.append((r, err, valid))
+            out.append((r, err, valid, abs(levels[k + 1][1] - levels[k + 1][3]) / 2))
         return out
 
     step = h / 2
@@ -755,8 +755,8 @@ def _settle(level, first, h, floor_h, judge, max_levels):
         if valid:
             best = min(valid, key=lambda t: t[1])
             verdict = judge(best[0], best[1])
-            target = max(step / _JUMP, 4 * floor_h)
-            if verdict == FAIL and jumps < 2 and target <= step / 4:
+            target = max(best[3] / _JUMP, 4 * floor_h)
+            if verdict == FAIL and jumps < 2 and target <= best[3] / 4:
                 # A function can look smooth at one scale and differ below it
                 # (a fast oscillation averages out over a large step). A
                 # failure must hold at a step _JUMP times smaller too (or
@@ -784,12 +784,12 @@ def _settle(level, first, h, floor_h, judge, max_levels):
     if valid:
         return best[0], best[1], levels
     # Nothing converged: the differences never settled into their asymptotic
-    # range. Report the least-bad estimate with an error as large as the
-    # spread of the last differences, so the verdict cannot rest on it.
+    # range down to the smallest step the storage allows. The function
+    # varies faster than finite differences can resolve here: the error is
+    # infinite, and the caller reports the element as unverifiable.
     ests = estimates()
-    r, e, _ = min(ests, key=lambda t: t[1])
-    spread = float(np.ptp([lv[4] for lv in levels[-3:]]))
-    return r, max(e, spread), levels
+    r, _, _, _ = min(ests, key=lambda t: t[1])
+    return r, math.inf, levels
 
 
 def _asymptotic(levels) -> bool:

@@ -249,7 +249,7 @@ class _Builder:
         try:
             shape = np.broadcast_shapes(a.shape, b.shape)
         except ValueError:
-            b = self.make("mean", [b], {}, b)
+            b = self.make("mean", [b], {}, a)          # too deep to average: b falls back to a
             shape = np.broadcast_shapes(a.shape, b.shape)
         n = int(np.prod(shape, dtype=np.int64))
         bits = data.draw(st.lists(st.booleans(), min_size=n, max_size=n), label="mask")
@@ -364,13 +364,25 @@ def _leaves(inputs: Sequence[Input], consts: bool) -> st.SearchStrategy:
     return st.one_of(var, const)
 
 
-def _input_shapes(draw, *, max_inputs: int, max_dims: int, max_side: int, image: bool) -> list[tuple[int, ...]]:
+def _fit(shape: tuple[int, ...], max_size: int, floor: int = 1) -> tuple[int, ...]:
+    """Reduce sides (leading first) toward ``floor`` until the size is at most ``max_size``."""
+    out = list(shape)
+    for i in range(len(out)):
+        while int(np.prod(out, dtype=np.int64)) > max_size and out[i] > floor:
+            out[i] -= 1
+    return tuple(out)
+
+
+def _input_shapes(draw, *, max_inputs: int, max_dims: int, max_side: int, max_size: int,
+                  image: bool) -> list[tuple[int, ...]]:
     if image:
         base = (draw(st.integers(1, 2), label="N"), draw(st.integers(1, 2), label="C"),
                 draw(st.integers(2, max(2, max_side)), label="H"), draw(st.integers(2, max(2, max_side)), label="W"))
+        base = _fit(_fit(base[:2], max(1, max_size // (base[2] * base[3]))) + base[2:], max_size, floor=2)
     else:
         nd = draw(st.integers(0, max_dims), label="ndim")
         base = tuple(draw(st.lists(st.integers(1, max_side), min_size=nd, max_size=nd), label="base shape"))
+        base = _fit(base, max_size)
     n = draw(st.integers(1, max_inputs), label="inputs")
     shapes = [base]
     for _ in range(n - 1):
@@ -422,7 +434,7 @@ def expressions(*, max_leaves: int = 6, max_depth: int = 4, max_inputs: int = 3,
         max_depth: most nodes on a root-to-leaf path; deeper ops are not added.
         max_inputs: most input variables.
         max_dims, max_side: input rank and side length bounds.
-        max_size: most elements in any intermediate result.
+        max_size: most elements in any input or intermediate result.
         primitives: names from :data:`EXPRESSION_PRIMITIVES` to draw from
             (default: all public primitives).
         constants: allow scalar constant leaves.
@@ -448,12 +460,13 @@ def expressions(*, max_leaves: int = 6, max_depth: int = 4, max_inputs: int = 3,
     kink_margin = _check_float("kink_margin", kink_margin, positive=False)
     max_magnitude = _check_float("max_magnitude", max_magnitude)
     builder = _Builder(prims, max_depth, max_size)
-    allow_image = any(p in prims for p in ("conv2d", "max_pool2d", "avg_pool2d"))
+    allow_image = max_size >= 4 and any(p in prims for p in ("conv2d", "max_pool2d", "avg_pool2d"))
 
     @st.composite
     def draw_expression(draw):
         image = allow_image and draw(st.booleans(), label="image input")
-        shapes = _input_shapes(draw, max_inputs=max_inputs, max_dims=max_dims, max_side=max_side, image=image)
+        shapes = _input_shapes(draw, max_inputs=max_inputs, max_dims=max_dims, max_side=max_side,
+                               max_size=max_size, image=image)
         inputs = [Input(f"x{i}", s) for i, s in enumerate(shapes)]
         tree = draw(st.recursive(_leaves(inputs, constants), builder.extend, max_leaves=max_leaves), label="tree")
         if not isinstance(tree.node, (Op, Var)):
@@ -636,13 +649,15 @@ def _draw_layer(draw, kind: str, shape: tuple[int, ...], *, max_width: int, acti
         stride = draw(st.one_of(st.none(), st.just(1)), label="stride")
         return (MaxPool if kind == "max_pool" else AvgPool)(k, stride)
     if kind == "residual":
-        options = [k for k in ("dense", "activation", "layer_norm", "attention", "batch_norm")
-                   if k in _layer_options(shape, kinds + ("dense", "activation"))]
-        n = draw(st.integers(1, 2), label="residual depth")
-        layers = tuple(_draw_layer(draw, draw(st.sampled_from(options), label="inner kind"), shape,
-                                   max_width=max_width, activations=activations, kinds=kinds, inner=True)
-                       for _ in range(n))
-        return Residual(layers)
+        fits = _layer_options(shape, kinds + ("dense", "activation"))
+        layers = []
+        for _ in range(draw(st.integers(1, 2), label="residual depth")):
+            inner = draw(st.sampled_from(("dense", "activation", "layer_norm", "attention", "batch_norm")),
+                         label="inner kind")
+            if inner in fits:
+                layers.append(_draw_layer(draw, inner, shape, max_width=max_width, activations=activations,
+                                          kinds=kinds, inner=True))
+        return Residual(tuple(layers) or (Dense(shape[-1]),))
     raise AssertionError(kind)  # pragma: no cover
 
 
@@ -706,11 +721,12 @@ def networks(*, max_layers: int = 4, max_batch: int = 3, max_width: int = 4, max
         layers = []
         current = shape
         for _ in range(draw(st.integers(1, max_layers), label="layers")):
-            options = _layer_options(current, kinds_t)
-            if not options:
-                break
-            layer = _draw_layer(draw, draw(st.sampled_from(options), label="kind"), current,
-                                max_width=max_width, activations=acts, kinds=kinds_t)
+            # The kind is drawn from the fixed list and skipped when it does not fit, so that
+            # shrinking a size never changes which kind a draw means (it would block the shrink).
+            kind = draw(st.sampled_from(kinds_t), label="kind")
+            if kind not in _layer_options(current, kinds_t):
+                continue
+            layer = _draw_layer(draw, kind, current, max_width=max_width, activations=acts, kinds=kinds_t)
             try:
                 current = layer.out_shape(current)
             except SpecError:

@@ -36,6 +36,21 @@ def _need(entry):
     pytest.importorskip(entry.framework)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    # Tiny tensors: torch's intra-op thread pool only adds synchronisation,
+    # which on a loaded machine (pytest -n N) costs milliseconds per op.
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _ids(entries):
     return [e.name for e in entries]
 

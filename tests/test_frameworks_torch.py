@@ -23,6 +23,16 @@ import gradverify as gv
 torch = pytest.importorskip("torch")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    # Tiny tensors: torch's intra-op thread pool only adds synchronisation,
+    # which on a loaded machine (pytest -n N) costs milliseconds per op.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _t(seed, *shape, dtype=None):
     return torch.tensor(np.random.default_rng(seed).standard_normal(shape), dtype=dtype or torch.float64)
 

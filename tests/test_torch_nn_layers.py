@@ -21,6 +21,16 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    # Tiny tensors: torch's intra-op thread pool only adds synchronisation,
+    # which on a loaded machine (pytest -n N) costs milliseconds per op.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 class SelfAttention(nn.Module):
     """``MultiheadAttention`` as a one-input layer returning a tensor."""
 

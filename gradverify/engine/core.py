@@ -23,34 +23,20 @@ differentiates with respect to its own arguments only.
 from __future__ import annotations
 
 import functools
-import threading
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from ..errors import ShapeMismatch, SpecError
 from .jvps import jvp_contribution
-from .tracer import Tensor, broadcast_to, identity, value
-from .vjps import vjp_rule
+from .tracer import RECORDING, Tensor, broadcast_to, identity, value
+from .vjps import VJPS, vjp_rule
 
 __all__ = ["toposort", "backward", "vjp", "grad", "value_and_grad", "jvp", "numpy_pair"]
 
-_state = threading.local()
-
-
-@contextmanager
-def _tracing() -> Iterator[None]:
-    """Mark that a transformation's function is being traced (for nesting)."""
-    _state.depth = getattr(_state, "depth", 0) + 1
-    try:
-        yield
-    finally:
-        _state.depth -= 1
-
-
 def _nested() -> bool:
-    return getattr(_state, "depth", 0) > 0
+    """Whether a transformation's function is being traced (set by :func:`_trace`)."""
+    return RECORDING.depth > 0
 
 
 def toposort(out: Any, stop: Sequence[Tensor] = ()) -> list[Tensor]:
@@ -69,15 +55,15 @@ def toposort(out: Any, stop: Sequence[Tensor] = ()) -> list[Tensor]:
         node = stack.pop()
         if node.id in stop_ids:
             continue
-        for a in node.args:
-            if isinstance(a, Tensor) and a.id not in seen:
+        for _, a in node.parents:
+            if a.id not in seen:
                 seen[a.id] = a
                 stack.append(a)
     return [seen[i] for i in sorted(seen)]
 
 
 def backward(out: Tensor, cotangent: Any, *, stop: Sequence[Tensor] = (),
-             create_graph: bool = False) -> dict[int, Any]:
+             create_graph: bool = False, order: Sequence[Tensor] | None = None) -> dict[int, Any]:
     """Reverse mode: the adjoint of every node ``out`` depends on; one backward sweep.
 
     Args:
@@ -87,27 +73,33 @@ def backward(out: Tensor, cotangent: Any, *, stop: Sequence[Tensor] = (),
             function being differentiated).
         create_graph: run the rules on Tensors so the adjoints are themselves
             traced (for higher-order derivatives).
+        order: the nodes to sweep, in creation order (default
+            ``toposort(out, stop)``). The transformations pass the tape their
+            trace recorded, which saves the graph walk; nodes that ``out`` does
+            not depend on are skipped (they receive no adjoint), and nodes
+            outside ``order`` are not visited.
 
     Returns:
-        ``{node id: adjoint}`` for every node reached, the seed included.
+        ``{node id: adjoint}`` for every node reached (within ``order``), the seed included.
 
     Raises:
         NoDerivativeRule: a traced argument of some node has no VJP rule.
     """
-    stop_ids = dict.fromkeys(t.id for t in stop)
+    stop_ids = {t.id for t in stop}
     adjoints: dict[int, Any] = {out.id: cotangent}
-    for node in reversed(toposort(out, stop)):
+    for node in reversed(toposort(out, stop) if order is None else order):
         g = adjoints.get(node.id)
         if g is None or node.prim is None or node.id in stop_ids:
             continue
         if create_graph:
             ans, args = node, node.args
         else:
-            ans, args = node.value, tuple(value(a) for a in node.args)
-        for i, a in enumerate(node.args):
-            if not isinstance(a, Tensor):       # constant or non-differentiable: no gradient
-                continue
-            contribution = vjp_rule(node.prim, i)(g, ans, *args, **node.params)
+            ans, args = node.value, node.raw_args
+        rules = VJPS.get(node.prim)
+        for i, a in node.parents:               # the traced arguments; constants get no gradient
+            # The registered rule (tuple entry), or vjp_rule for variadic ones and for the error.
+            rule = rules[i] if type(rules) is tuple and i < len(rules) else None
+            contribution = (rule or vjp_rule(node.prim, i))(g, ans, *args, **node.params)
             previous = adjoints.get(a.id)
             # adjoint += contribution (out of place: a rule may hand back g itself).
             adjoints[a.id] = contribution if previous is None else previous + contribution
@@ -126,17 +118,27 @@ def _wrap(a: Any, wrt: bool) -> Any:
         if a.requires_grad:
             return identity(a)      # our own node, on top of an outer trace
         a = a.value
-    arr = np.asarray(a)
-    return Tensor(arr, requires_grad=wrt and arr.dtype.kind in "fc")
+    arr = a if isinstance(a, np.ndarray) else np.asarray(a)
+    return Tensor._leaf(arr, wrt and arr.dtype.kind in "fc")
 
 
-def _trace(f: Callable[..., Any], args: Sequence[Any], wrt: Sequence[int]) -> tuple[list, Tensor]:
+def _trace(f: Callable[..., Any], args: Sequence[Any], wrt: Sequence[int]) -> tuple[list, Tensor, list]:
+    """Run ``f`` on graph leaves; returns ``(leaves, out, tape)``, the tape listing the
+    nodes recorded meanwhile in creation order (also appended to any enclosing trace's tape)."""
     leaves = [_wrap(a, i in wrt) for i, a in enumerate(args)]
-    with _tracing():
+    outer, RECORDING.tape = RECORDING.tape, []
+    tape = RECORDING.tape
+    RECORDING.depth += 1
+    try:
         out = f(*leaves)
+    finally:
+        RECORDING.depth -= 1
+        RECORDING.tape = outer
+        if outer is not None:           # the enclosing trace's graph includes these nodes
+            outer.extend(tape)
     if isinstance(out, (tuple, list, dict)):
         raise SpecError(f"the function must return one array (a Tensor), got a {type(out).__name__}")
-    return leaves, out if isinstance(out, Tensor) else Tensor(np.asarray(out))
+    return leaves, out if isinstance(out, Tensor) else Tensor(np.asarray(out)), tape
 
 
 def _seed(cotangent: Any, out: Tensor, create: bool) -> Any:
@@ -155,13 +157,18 @@ def _shape(ct: Any) -> tuple[int, ...]:
 
 
 def _gradient(adjoint: Any, leaf: Tensor, create: bool) -> Any:
-    """Finalise one argument's gradient: zeros if unreached, the leaf's dtype."""
-    dtype = leaf.dtype if leaf.dtype.kind in "fc" else np.dtype(np.float64)
+    """Finalise one argument's gradient: zeros if unreached, the leaf's dtype, writeable."""
+    dtype = leaf.value.dtype
+    if dtype.kind not in "fc":
+        dtype = np.dtype(np.float64)
     if adjoint is None:
-        return np.zeros(leaf.shape, dtype=dtype)
+        return np.zeros(leaf.value.shape, dtype=dtype)
     if create and isinstance(adjoint, Tensor):
         return adjoint
-    return np.asarray(adjoint).astype(dtype, copy=False)
+    adjoint = np.asarray(adjoint)
+    if adjoint.dtype != dtype or not adjoint.flags.writeable:   # e.g. a broadcast view
+        adjoint = adjoint.astype(dtype)
+    return adjoint
 
 
 def _result(out: Tensor, nested: bool) -> Any:
@@ -184,12 +191,12 @@ def vjp(f: Callable[..., Any], *args: Any) -> tuple[Any, Callable[[Any], tuple]]
         arguments). Inside another transformation both are Tensors.
     """
     nested = _nested()
-    leaves, out = _trace(f, args, range(len(args)))
+    leaves, out, tape = _trace(f, args, range(len(args)))
 
     def vjp_fn(cotangent: Any) -> tuple:
         create = _nested()
         ct = _seed(cotangent, out, create)
-        adj = backward(out, ct, stop=leaves, create_graph=create) if out.requires_grad else {}
+        adj = backward(out, ct, stop=leaves, create_graph=create, order=tape) if out.requires_grad else {}
         return tuple(_gradient(adj.get(leaf.id), leaf, create) for leaf in leaves)
 
     return _result(out, nested), vjp_fn
@@ -204,19 +211,23 @@ def value_and_grad(f: Callable[..., Any], argnums: int | Sequence[int] = 0) -> C
     single = isinstance(argnums, (int, np.integer))
     nums = (int(argnums),) if single else tuple(int(a) for a in argnums)
 
+    positions: dict[int, tuple[int, ...]] = {}      # number of arguments -> argnums, non-negative
+
     def value_and_grad_f(*args: Any) -> tuple:
-        for a in nums:
-            if not -len(args) <= a < len(args):
-                raise SpecError(f"argnums {argnums} out of range for {len(args)} argument(s)")
-        idx = tuple(a % len(args) for a in nums)
+        idx = positions.get(len(args))
+        if idx is None:
+            for a in nums:
+                if not -len(args) <= a < len(args):
+                    raise SpecError(f"argnums {argnums} out of range for {len(args)} argument(s)")
+            idx = positions[len(args)] = tuple(a % len(args) for a in nums)
         nested = _nested()
-        leaves, out = _trace(f, args, idx)
+        leaves, out, tape = _trace(f, args, idx)
         if out.size != 1:
             raise SpecError(f"grad needs a function with one output value, got shape {out.shape}; "
                             "use vjp for vector outputs")
         create = _nested()
         seed = np.ones(out.shape, dtype=out.dtype)
-        adj = backward(out, seed, stop=[leaves[i] for i in idx], create_graph=create) \
+        adj = backward(out, seed, stop=[leaves[i] for i in idx], create_graph=create, order=tape) \
             if out.requires_grad else {}
         grads = tuple(_gradient(adj.get(leaves[i].id), leaves[i], create) for i in idx)
         return _result(out, nested), grads[0] if single else grads
@@ -253,7 +264,7 @@ def jvp(f: Callable[..., Any], primals: Sequence[Any], tangents: Sequence[Any]) 
     if len(primals) != len(tangents):
         raise SpecError(f"jvp got {len(primals)} primals but {len(tangents)} tangents")
     nested = _nested()
-    leaves, out = _trace(f, primals, range(len(primals)))
+    leaves, out, tape = _trace(f, primals, range(len(primals)))
     create = _nested()
     tans: dict[int, Any] = {}
     for leaf, t in zip(leaves, tangents):
@@ -264,7 +275,7 @@ def jvp(f: Callable[..., Any], primals: Sequence[Any], tangents: Sequence[Any]) 
         if _shape(t) != leaf.shape:
             raise ShapeMismatch(f"tangent has shape {_shape(t)} but its primal has shape {leaf.shape}")
         tans[leaf.id] = t
-    for node in toposort(out, stop=leaves):
+    for node in tape:                           # creation order: parents first
         if node.prim is None or node.id in tans:
             continue
         ts = [tans.get(a.id) if isinstance(a, Tensor) else None for a in node.args]
@@ -296,7 +307,7 @@ def numpy_pair(f: Callable[..., Any]) -> tuple[Callable[..., np.ndarray], Callab
     returns one gradient per array (one forward and one backward pass).
     """
     def fn(*arrays: Any) -> np.ndarray:
-        return np.array(value(f(*[Tensor(np.asarray(a)) for a in arrays])), copy=True)
+        return np.array(value(f(*[Tensor._leaf(a) for a in arrays])), copy=True)
 
     def vjp_(dout: Any, *arrays: Any) -> tuple:
         return vjp(f, *arrays)[1](dout)

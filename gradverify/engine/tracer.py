@@ -27,7 +27,10 @@ Python scalar never upcasts an array; nothing here casts.
 from __future__ import annotations
 
 import builtins
+import functools
 import itertools
+import math
+import threading
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -52,6 +55,24 @@ __all__ = [
 ]
 
 _ids = itertools.count()
+_new = object.__new__
+
+
+class _Recording(threading.local):
+    """Per-thread tracing state, set by the transformations in ``core.py``.
+
+    Attributes:
+        depth: how many transformations' functions are being traced (nesting).
+        tape: the list every new graph node is appended to while a function is
+            traced (``None`` otherwise): the nodes in creation order, so a
+            transformation can sweep them without a graph walk.
+    """
+
+    depth = 0
+    tape: list | None = None
+
+
+RECORDING = _Recording()
 
 
 class Tensor:
@@ -65,9 +86,13 @@ class Tensor:
         params: the primitive's static keyword parameters.
         id: creation number; parents always have smaller ids.
         requires_grad: whether a gradient flows into this node.
+        parents: ``((argnum, Tensor), ...)``, the traced entries of ``args``
+            (what the backward sweep visits).
+        raw_args: ``args`` with every Tensor replaced by its value (what a
+            first-order derivative rule receives).
     """
 
-    __slots__ = ("value", "prim", "args", "params", "id", "requires_grad")
+    __slots__ = ("value", "prim", "args", "params", "id", "requires_grad", "parents", "raw_args")
     # numpy must defer to us: ``ndarray * Tensor`` calls ``Tensor.__rmul__``.
     __array_ufunc__ = None
 
@@ -75,10 +100,39 @@ class Tensor:
                  args: tuple = (), params: dict | None = None):
         self.value = value if isinstance(value, np.ndarray) else np.asarray(value)
         self.prim = prim
-        self.args = args
+        self.args = args = tuple(args)
         self.params = params if params is not None else {}
         self.requires_grad = requires_grad
         self.id = next(_ids)
+        if args:
+            self.parents = tuple((i, a) for i, a in enumerate(args) if isinstance(a, Tensor))
+            self.raw_args = tuple(a.value if isinstance(a, Tensor) else a for a in args)
+        else:
+            self.parents = self.raw_args = ()
+        if self.parents and requires_grad and RECORDING.tape is not None:
+            RECORDING.tape.append(self)
+
+    @classmethod
+    def _node(cls, value: Any, prim: str | None, args: tuple, params: dict, parents: tuple,
+              raw_args: tuple) -> "Tensor":
+        """A recorded node (``requires_grad``), without ``__init__``'s checks: :func:`apply` uses it."""
+        t = _new(cls)
+        t.value = value if isinstance(value, np.ndarray) else np.asarray(value)
+        t.prim, t.args, t.params, t.id = prim, args, params, next(_ids)
+        t.requires_grad, t.parents, t.raw_args = True, parents, raw_args
+        tape = RECORDING.tape
+        if tape is not None:
+            tape.append(t)
+        return t
+
+    @classmethod
+    def _leaf(cls, value: Any, requires_grad: bool = False) -> "Tensor":
+        """``Tensor(value, requires_grad)``, a leaf or a constant, without ``__init__``'s checks."""
+        t = _new(cls)
+        t.value = value if isinstance(value, np.ndarray) else np.asarray(value)
+        t.prim, t.args, t.params, t.id = None, (), {}, next(_ids)
+        t.requires_grad, t.parents, t.raw_args = requires_grad, (), ()
+        return t
 
     # -- array-like surface -------------------------------------------------
     shape = property(lambda self: self.value.shape, doc="shape of the value")
@@ -105,19 +159,19 @@ class Tensor:
         return bool(self.value)
 
     # -- operators (all go through the primitives) ---------------------------
-    def __add__(self, o): return add(self, o)
-    def __radd__(self, o): return add(o, self)
-    def __sub__(self, o): return sub(self, o)
-    def __rsub__(self, o): return sub(o, self)
-    def __mul__(self, o): return mul(self, o)
-    def __rmul__(self, o): return mul(o, self)
-    def __truediv__(self, o): return div(self, o)
-    def __rtruediv__(self, o): return div(o, self)
-    def __pow__(self, o): return pow(self, o)
-    def __rpow__(self, o): return pow(o, self)
-    def __matmul__(self, o): return matmul(self, o)
-    def __rmatmul__(self, o): return matmul(o, self)
-    def __neg__(self): return neg(self)
+    def __add__(self, o): return apply("add", self, o)
+    def __radd__(self, o): return apply("add", o, self)
+    def __sub__(self, o): return apply("sub", self, o)
+    def __rsub__(self, o): return apply("sub", o, self)
+    def __mul__(self, o): return apply("mul", self, o)
+    def __rmul__(self, o): return apply("mul", o, self)
+    def __truediv__(self, o): return apply("div", self, o)
+    def __rtruediv__(self, o): return apply("div", o, self)
+    def __pow__(self, o): return apply("pow", self, o)
+    def __rpow__(self, o): return apply("pow", o, self)
+    def __matmul__(self, o): return apply("matmul", self, o)
+    def __rmatmul__(self, o): return apply("matmul", o, self)
+    def __neg__(self): return apply("neg", self)
     def __pos__(self): return self
     def __abs__(self): return abs(self)
     def __getitem__(self, index): return getitem(self, index)
@@ -143,7 +197,16 @@ def value(x: Any) -> Any:
 
 def shape_of(x: Any) -> tuple[int, ...]:
     """The shape of a Tensor, array or scalar; O(1)."""
-    return x.value.shape if isinstance(x, Tensor) else np.shape(x)
+    if isinstance(x, Tensor):
+        return x.value.shape
+    return x.shape if isinstance(x, np.ndarray) else np.shape(x)
+
+
+def _ndim(x: Any) -> int:
+    """The number of dimensions of a Tensor, array or scalar; O(1)."""
+    if isinstance(x, Tensor):
+        return x.value.ndim
+    return x.ndim if isinstance(x, np.ndarray) else np.ndim(x)
 
 
 def apply(name: str, *args: Any, **params: Any) -> Any:
@@ -155,21 +218,35 @@ def apply(name: str, *args: Any, **params: Any) -> Any:
     ``args`` and the raw values of everything else (constants, a ``where``
     condition, an index). With Tensors that need no gradient the result is a
     constant Tensor; with no Tensors at all it is a raw ndarray.
+
+    This is the engine's hot loop (every operation of a traced function, and
+    every operation of a derivative rule, passes through it), so it is written
+    for speed: raw arguments go straight to numpy, and one pass over the
+    arguments both unwraps them and decides whether to record.
     """
     for a in args:
         if isinstance(a, Tensor):
             break
     else:                                   # no Tensors: plain numpy, nothing recorded
         return FORWARD[name](*args, **params)
-    raw = [a.value if isinstance(a, Tensor) else a for a in args]
+    diff = _DIFF[name]
+    raw, recorded, parents = [], [], []
+    for i, a in enumerate(args):
+        if isinstance(a, Tensor):
+            r = a.value
+            if a.requires_grad and (diff is None or i in diff):
+                parents.append((i, a))
+                recorded.append(a)
+            else:
+                recorded.append(r)
+            raw.append(r)
+        else:
+            raw.append(a)
+            recorded.append(a)
     out = FORWARD[name](*raw, **params)
-    diff = PRIMITIVES[name].differentiable_args
-    traced = [isinstance(a, Tensor) and a.requires_grad and (diff is None or i in diff)
-              for i, a in enumerate(args)]
-    if not builtins.any(traced):
-        return Tensor(out)
-    recorded = tuple(a if t else r for a, r, t in zip(args, raw, traced))
-    return Tensor(out, True, prim=name, args=recorded, params=params)
+    if not parents:
+        return Tensor._leaf(out)
+    return Tensor._node(out, name, tuple(recorded), params, tuple(parents), tuple(raw))
 
 
 # ---------------------------------------------------------------------------
@@ -178,7 +255,17 @@ def apply(name: str, *args: Any, **params: Any) -> Any:
 # ---------------------------------------------------------------------------
 
 def _axes(axis: Any, ndim: int) -> tuple[int, ...]:
-    """``None|int|tuple`` -> sorted tuple of non-negative axes."""
+    """``None|int|tuple`` -> sorted tuple of non-negative axes (memoised: rules call it often)."""
+    if isinstance(axis, list):
+        axis = tuple(axis)
+    try:
+        return _axes_cached(axis, ndim)
+    except TypeError:                       # an unhashable axis: normalise it uncached
+        return _axes_cached.__wrapped__(axis, ndim)
+
+
+@functools.lru_cache(maxsize=4096)
+def _axes_cached(axis: Any, ndim: int) -> tuple[int, ...]:
     if axis is None:
         return tuple(range(ndim))
     axis = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
@@ -189,6 +276,32 @@ def _axes(axis: Any, ndim: int) -> tuple[int, ...]:
     if len(frozenset(out)) != len(out):
         raise SpecError(f"repeated axis in {axis}")
     return out
+
+
+def _shape_arg(shape: Any) -> tuple[int, ...]:
+    """An int or a sequence of ints -> a tuple of Python ints (memoised)."""
+    try:
+        return _shape_cached(shape)
+    except TypeError:                       # a list or an array: not hashable
+        return _shape_cached.__wrapped__(shape)
+
+
+@functools.lru_cache(maxsize=4096)
+def _shape_cached(shape: Any) -> tuple[int, ...]:
+    return tuple(int(s) for s in np.atleast_1d(shape))
+
+
+def _perm(axes: Any, ndim: int) -> tuple[int, ...]:
+    """A transpose's ``axes`` (None: reversed) -> a tuple of non-negative axes (memoised)."""
+    try:
+        return _perm_cached(axes, ndim)
+    except TypeError:
+        return _perm_cached.__wrapped__(axes, ndim)
+
+
+@functools.lru_cache(maxsize=4096)
+def _perm_cached(axes: Any, ndim: int) -> tuple[int, ...]:
+    return tuple(reversed(range(ndim))) if axes is None else tuple(int(a) % ndim for a in axes)
 
 
 def _pair(v: Any, what: str) -> tuple[int, int]:
@@ -242,6 +355,29 @@ def _softmax(x, axis):
     return e / np.sum(e, axis=axis, keepdims=True)
 
 
+def _broadcast_to(x, shape):
+    """numpy ``broadcast_to``: a fresh array when small (3x faster), else a read-only view."""
+    x = np.asarray(x)
+    if x.shape == shape:
+        return x
+    if x.ndim > len(shape) or math.prod(shape) > _SMALL:
+        return np.broadcast_to(x, shape)    # also the error for incompatible shapes
+    out = np.empty(shape, dtype=x.dtype)
+    out[...] = x
+    return out
+
+
+_SMALL = 1 << 16
+
+
+def _expand_dims(x, axis):
+    """numpy ``expand_dims`` for sorted, non-negative ``axis`` (positions in the result)."""
+    shape = list(np.shape(x))
+    for a in axis:
+        shape.insert(a, 1)
+    return np.asarray(x).reshape(shape)
+
+
 def _scatter_add(updates, index, shape):
     out = np.zeros(shape, dtype=np.result_type(updates))
     if _is_basic(index):
@@ -282,14 +418,14 @@ FORWARD: dict[str, Callable[..., Any]] = {
     "neg": np.negative, "square": np.square, "exp": np.exp, "log": np.log, "sqrt": np.sqrt,
     "abs": np.abs, "sin": np.sin, "cos": np.cos, "tanh": np.tanh, "sigmoid": _sigmoid,
     "relu": lambda x: np.maximum(x, 0), "softplus": lambda x: np.logaddexp(0, x),
-    "sum": lambda x, axis, keepdims: np.sum(x, axis=axis, keepdims=keepdims),
-    "mean": lambda x, axis, keepdims: np.mean(x, axis=axis, keepdims=keepdims),
-    "max": lambda x, axis, keepdims: np.max(x, axis=axis, keepdims=keepdims),
+    "sum": lambda x, axis, keepdims: np.asarray(x).sum(axis, keepdims=keepdims),
+    "mean": lambda x, axis, keepdims: np.asarray(x).mean(axis, keepdims=keepdims),
+    "max": lambda x, axis, keepdims: np.asarray(x).max(axis, keepdims=keepdims),
     "logsumexp": _logsumexp, "softmax": _softmax, "log_softmax": _log_softmax,
-    "reshape": lambda x, shape: np.reshape(x, shape),
-    "transpose": lambda x, axes: np.transpose(x, axes),
-    "broadcast_to": lambda x, shape: np.broadcast_to(x, shape),
-    "expand_dims": lambda x, axis: np.expand_dims(x, axis),
+    "reshape": lambda x, shape: np.asarray(x).reshape(shape),
+    "transpose": lambda x, axes: np.asarray(x).transpose(axes),
+    "broadcast_to": _broadcast_to,
+    "expand_dims": _expand_dims,
     "squeeze": lambda x, axis: np.squeeze(x, axis),
     "getitem": lambda x, index: np.asarray(x)[index],
     "concatenate": lambda *xs, axis: np.concatenate(xs, axis=axis),
@@ -299,6 +435,12 @@ FORWARD: dict[str, Callable[..., Any]] = {
     "avg_pool2d": lambda x, kernel, stride: np.mean(_im2col(x, kernel, stride), axis=(4, 5)),
     "identity": lambda x: x,
     "scatter_add": _scatter_add, "im2col": _im2col, "col2im": _col2im,
+}
+
+#: primitive name -> frozenset of differentiable argument indices (None: all), read by apply.
+_DIFF: dict[str, frozenset[int] | None] = {
+    name: None if p.differentiable_args is None else frozenset(p.differentiable_args)
+    for name, p in PRIMITIVES.items()
 }
 
 
@@ -334,59 +476,57 @@ def where(condition, x, y):
 
 def sum(x, axis=None, keepdims=False):  # noqa: A001
     """Sum over ``axis`` (None, int or tuple)."""
-    return apply("sum", x, axis=_axes(axis, np.ndim(value(x))), keepdims=bool(keepdims))
+    return apply("sum", x, axis=_axes(axis, _ndim(x)), keepdims=bool(keepdims))
 
 
 def mean(x, axis=None, keepdims=False):
     """Mean over ``axis`` (None, int or tuple)."""
-    return apply("mean", x, axis=_axes(axis, np.ndim(value(x))), keepdims=bool(keepdims))
+    return apply("mean", x, axis=_axes(axis, _ndim(x)), keepdims=bool(keepdims))
 
 
 def max(x, axis=None, keepdims=False):  # noqa: A001
     """Max over ``axis``; ties share the gradient equally (see vjps.py)."""
-    return apply("max", x, axis=_axes(axis, np.ndim(value(x))), keepdims=bool(keepdims))
+    return apply("max", x, axis=_axes(axis, _ndim(x)), keepdims=bool(keepdims))
 
 
 def logsumexp(x, axis=None, keepdims=False):
     """``log(sum(exp(x), axis))`` without overflow."""
-    return apply("logsumexp", x, axis=_axes(axis, np.ndim(value(x))), keepdims=bool(keepdims))
+    return apply("logsumexp", x, axis=_axes(axis, _ndim(x)), keepdims=bool(keepdims))
 
 
 def softmax(x, axis=-1):
     """``exp(x) / sum(exp(x), axis)`` without overflow."""
-    return apply("softmax", x, axis=_axes(axis, np.ndim(value(x))))
+    return apply("softmax", x, axis=_axes(axis, _ndim(x)))
 
 
 def log_softmax(x, axis=-1):
     """``x - logsumexp(x, axis)``."""
-    return apply("log_softmax", x, axis=_axes(axis, np.ndim(value(x))))
+    return apply("log_softmax", x, axis=_axes(axis, _ndim(x)))
 
 
 def reshape(x, shape):
     """numpy reshape (one ``-1`` allowed)."""
-    shape = (int(shape),) if np.ndim(shape) == 0 else tuple(int(s) for s in shape)
+    shape = _shape_arg(shape)
     if -1 in shape:   # resolve it here so the node records the real shape
-        known = int(np.prod([s for s in shape if s != -1]))
-        total = int(np.prod(shape_of(x)))
+        known = math.prod(s for s in shape if s != -1)
+        total = math.prod(shape_of(x))
         shape = tuple(total // known if known and s == -1 else s for s in shape)
     return apply("reshape", x, shape=shape)
 
 
 def transpose(x, axes=None):
     """Permute axes; ``axes=None`` reverses them."""
-    nd = np.ndim(value(x))
-    axes = tuple(reversed(range(nd))) if axes is None else tuple(int(a) % nd for a in axes)
-    return apply("transpose", x, axes=axes)
+    return apply("transpose", x, axes=_perm(axes, _ndim(x)))
 
 
 def broadcast_to(x, shape):
     """numpy broadcast_to; the gradient is summed back to ``x``'s shape."""
-    return apply("broadcast_to", x, shape=tuple(int(s) for s in np.atleast_1d(shape)))
+    return apply("broadcast_to", x, shape=_shape_arg(shape))
 
 
 def expand_dims(x, axis):
     """Insert length-1 axes at ``axis`` (int or tuple, positions in the result)."""
-    nd = np.ndim(value(x)) + (len(axis) if isinstance(axis, (tuple, list)) else 1)
+    nd = _ndim(x) + (len(axis) if isinstance(axis, (tuple, list)) else 1)
     return apply("expand_dims", x, axis=_axes(axis, nd))
 
 
@@ -404,13 +544,13 @@ def getitem(x, index):
 
 def concatenate(xs: Sequence[Any], axis: int = 0):
     """Join arrays along an existing axis."""
-    nd = np.ndim(value(xs[0]))
+    nd = _ndim(xs[0])
     return apply("concatenate", *xs, axis=_axes(axis, nd)[0])
 
 
 def stack(xs: Sequence[Any], axis: int = 0):
     """Join arrays along a new axis."""
-    nd = np.ndim(value(xs[0])) + 1
+    nd = _ndim(xs[0]) + 1
     return apply("stack", *xs, axis=_axes(axis, nd)[0])
 
 
@@ -420,7 +560,7 @@ def matmul(a, b):
 
 
 def _check_nchw(x, what):
-    if np.ndim(value(x)) != 4:
+    if _ndim(x) != 4:
         raise SpecError(f"{what} expects a 4-D array, got shape {shape_of(x)}")
 
 

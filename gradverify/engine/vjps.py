@@ -25,6 +25,8 @@ Every broadcasting primitive sums its contribution back with the one
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any, Callable
 
 import numpy as np
@@ -83,18 +85,32 @@ def unbroadcast(g: Any, shape: tuple[int, ...]) -> Any:
     The adjoint of ``broadcast_to(x, g.shape)``: leading axes that ``x`` lacked
     and axes where ``x`` had length 1 are summed. Cost O(g.size).
     """
-    gshape = shape_of(g)
-    if gshape == tuple(shape):
+    gshape, shape = shape_of(g), tuple(shape)
+    if gshape == shape:
         return g
     lead = len(gshape) - len(shape)
-    axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(shape)
-                                      if n == 1 and gshape[lead + i] != 1)
-    return reshape(sum(g, axis=axes, keepdims=True), shape) if axes else reshape(g, shape)
+    stretched = () if lead < 0 or 1 not in shape else \
+        tuple(lead + i for i, n in enumerate(shape) if n == 1 and gshape[lead + i] != 1)
+    # Methods, not engine functions: numpy's own on an ndarray (a first-order rule), the
+    # engine's on a Tensor (a traced rule); the params are already canonical.
+    if lead > 0 and not stretched:                        # only leading axes: sum them away
+        return g.sum(axis=_leading(lead))
+    axes = _leading(lead) + stretched
+    return (g.sum(axis=axes, keepdims=True) if axes else g).reshape(shape)
+
+
+@functools.lru_cache(maxsize=64)
+def _leading(n: int) -> tuple[int, ...]:
+    """``(0, 1, ..., n - 1)`` (empty for n <= 0)."""
+    return tuple(range(n))
 
 
 def _keep(g: Any, axis: tuple[int, ...], keepdims: bool) -> Any:
-    """Put back the reduced axes of a reduction's result (as length 1)."""
-    return g if keepdims else expand_dims(g, axis)
+    """Put back the reduced axes of a reduction's result (as length 1), to broadcast against x.
+
+    Reduced *leading* axes need nothing: broadcasting adds them (``sum(x)`` -> a scalar).
+    """
+    return g if keepdims or axis == _leading(len(axis)) else expand_dims(g, axis)
 
 
 def _spread(g: Any, x: Any, axis: tuple[int, ...], keepdims: bool) -> Any:
@@ -104,7 +120,8 @@ def _spread(g: Any, x: Any, axis: tuple[int, ...], keepdims: bool) -> Any:
 
 def _count(x: Any, axis: tuple[int, ...]) -> int:
     """How many entries of ``x`` each reduced value averages."""
-    return int(np.prod([shape_of(x)[a] for a in axis]))
+    shape = shape_of(x)
+    return math.prod([shape[a] for a in axis])
 
 
 def _dtype(ans: Any) -> np.dtype:
@@ -133,31 +150,38 @@ def _window_share(x: Any, ans: Any, kernel: tuple[int, int], stride: tuple[int, 
 
 def _mT(x: Any) -> Any:
     """Swap the last two axes (the matrix transpose of a batch)."""
-    nd = len(shape_of(x))
-    return transpose(x, tuple(range(nd - 2)) + (nd - 1, nd - 2))
+    if isinstance(x, np.ndarray):       # a first-order rule: the view transpose() would make
+        return x.swapaxes(-1, -2)
+    return transpose(x, _swap_last(len(shape_of(x))))
+
+
+@functools.lru_cache(maxsize=64)
+def _swap_last(nd: int) -> tuple[int, ...]:
+    return tuple(range(nd - 2)) + (nd - 1, nd - 2)
 
 
 def _matmul_vjp_a(g, ans, a, b):
     """d(a @ b)/da with numpy's 1-D promotion rules."""
-    if len(shape_of(a)) == 1 and len(shape_of(b)) == 1:
+    sa, sb = shape_of(a), shape_of(b)
+    if len(sa) == 1 and len(sb) == 1:
         return g * b                                              # dot product
-    if len(shape_of(b)) == 1:
-        return unbroadcast(expand_dims(g, -1) * b, shape_of(a))   # outer(g, b)
-    if len(shape_of(a)) == 1:
-        return unbroadcast(reshape(matmul(b, expand_dims(g, -1)), shape_of(b)[:-1]), shape_of(a))
-    return unbroadcast(matmul(g, _mT(b)), shape_of(a))
+    if len(sb) == 1:
+        return unbroadcast(expand_dims(g, -1) * b, sa)            # outer(g, b)
+    if len(sa) == 1:
+        return unbroadcast(reshape(b @ expand_dims(g, -1), sb[:-1]), sa)
+    return unbroadcast(g @ _mT(b), sa)
 
 
 def _matmul_vjp_b(g, ans, a, b):
     """d(a @ b)/db with numpy's 1-D promotion rules."""
-    if len(shape_of(a)) == 1 and len(shape_of(b)) == 1:
+    sa, sb = shape_of(a), shape_of(b)
+    if len(sa) == 1 and len(sb) == 1:
         return g * a
-    if len(shape_of(a)) == 1:
-        return unbroadcast(expand_dims(a, -1) * expand_dims(g, -2), shape_of(b))  # outer(a, g)
-    if len(shape_of(b)) == 1:
-        return unbroadcast(reshape(matmul(_mT(a), expand_dims(g, -1)), shape_of(a)[:-2] + shape_of(b)),
-                           shape_of(b))
-    return unbroadcast(matmul(_mT(a), g), shape_of(b))
+    if len(sa) == 1:
+        return unbroadcast(expand_dims(a, -1) * expand_dims(g, -2), sb)  # outer(a, g)
+    if len(sb) == 1:
+        return unbroadcast(reshape(_mT(a) @ expand_dims(g, -1), sa[:-2] + sb), sb)
+    return unbroadcast(_mT(a) @ g, sb)
 
 
 def _inverse(perm: tuple[int, ...]) -> tuple[int, ...]:
@@ -237,7 +261,7 @@ defvjp("relu",     lambda g, ans, x: g * (value(x) > 0))             # relu'(0) 
 defvjp("softplus", lambda g, ans, x: g * sigmoid(x))
 
 defvjp("sum",      lambda g, ans, x, axis, keepdims: _spread(g, x, axis, keepdims))
-defvjp("mean",     lambda g, ans, x, axis, keepdims: _spread(g, x, axis, keepdims) / _count(x, axis))
+defvjp("mean",     lambda g, ans, x, axis, keepdims: _spread(g / _count(x, axis), x, axis, keepdims))
 defvjp("max",      lambda g, ans, x, axis, keepdims: _keep(g, axis, keepdims) * _tie_share(x, ans, axis, keepdims))
 defvjp("logsumexp", lambda g, ans, x, axis, keepdims:
                    _keep(g, axis, keepdims) * exp(x - _keep(ans, axis, keepdims)))

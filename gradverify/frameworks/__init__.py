@@ -112,13 +112,19 @@ def _probe(fn: Callable, inputs: Any) -> str | None:
     def copy(v):
         return np.array(v) if isinstance(v, (np.ndarray, np.generic, int, float)) and not isinstance(v, bool) else v
 
-    try:
+    def call():
         if isinstance(inputs, Mapping):
-            out = fn(**{str(k): copy(v) for k, v in inputs.items()})
-        elif isinstance(inputs, (list, tuple)):
-            out = fn(*[copy(v) for v in inputs])
-        else:
-            out = fn(copy(inputs))
+            return fn(**{str(k): copy(v) for k, v in inputs.items()})
+        if isinstance(inputs, (list, tuple)):
+            return fn(*[copy(v) for v in inputs])
+        return fn(copy(inputs))
+
+    from ..layers import RandomGuard
+
+    try:
+        # Random streams the probe consumes are put back: the check proper
+        # must see them as the caller left them.
+        out = RandomGuard(fn).watch(call)
     except Exception:  # noqa: BLE001 - not decisive; the numpy path reports its own errors
         return None
     return _first_framework_leaf(out)

@@ -18,12 +18,18 @@ torch.
   restored after the analytic pass.
 
 Randomness: torch's random state is captured when the target is built and
-restored before every evaluation and before the analytic pass (the caller's
-own generator state is left as it was), so dropout draws the same mask
-everywhere and is checked as the fixed linear map it is. Random draws
-depend on the dtype, so when the code draws random numbers and the caller's
-dtype is not float64, the finite differences run in the caller's dtype
-(with a warning: the verdict is coarser).
+restored before every evaluation and before the analytic pass (inside
+``torch.random.fork_rng``: the caller's own generator state is left as it
+was), so dropout draws the same mask everywhere and is checked as the fixed
+linear map it is. Random draws depend on the dtype (a float64 dropout mask
+is not the float32 one), so when the code draws random numbers and the
+caller's dtype is not float64, the finite differences run in the caller's
+dtype (with a warning: the verdict is coarser).
+
+Devices: inputs and modules stay on their device (CUDA included); each
+evaluation copies the float64 point there (on the CPU, parameters are
+perturbed through numpy views and nothing is copied). bfloat16 is refused
+(numpy cannot hold it).
 """
 
 from __future__ import annotations
@@ -31,15 +37,16 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import inspect
 from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 
 from ..errors import NoDifferentiableInputs, ProtocolError, ShapeMismatch, SpecError
-from ..layers import Target, _check_output, _signature_names, _to_array, validate_gradients
-from ._common import FrameworkFunctionTarget, dtype_dependence, flatten_tree, join_outputs, split_cotangent, split_inputs
+from ..layers import Target, _signature_names, _to_array, validate_gradients
+from ._common import (
+    FrameworkFunctionTarget, dtype_dependence, flatten_tree, join_outputs, split_cotangent, split_inputs,
+)
 
 __all__ = ["TorchFunctionTarget", "TorchModuleTarget", "is_tensor", "names_source"]
 
@@ -186,8 +193,9 @@ class TorchFunctionTarget(FrameworkFunctionTarget):
             values = self.convert(flat)
             leaves = {}
             for n in self.point:
+                # The code gets a clone: it may write into its input (mark_dirty) without touching the leaf.
                 leaves[n] = values[n].detach().requires_grad_(True)
-                values[n] = leaves[n].clone()  # the code may write into its input (mark_dirty) without touching the leaf
+                values[n] = leaves[n].clone()
             out = self.call_user(values)
         outs = self._record_output(out)
         if len(outs) != len(pieces):
