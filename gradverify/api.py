@@ -18,7 +18,7 @@ import numpy as np
 
 from .compare import Comparison, tolerance_for
 from .errors import GradientMismatch, NoDifferentiableInputs, NondeterministicError, ProtocolError, SpecError
-from .layers import FunctionTarget, LayerTarget, Target, _check_output, _to_array
+from .layers import FunctionTarget, LayerTarget, Target, _check_output, _to_array, draw_input
 from .numeric import projected_gradients
 from .verdict import CheckResult
 
@@ -69,7 +69,8 @@ def _lowest_precision(arrays) -> np.dtype:
 def _run(target: Target, *, rng: np.random.Generator, seed: int, mode: str, rtol, atol) -> CheckResult:
     start = time.perf_counter()
     try:
-        return _run_guarded(target, rng=rng, seed=seed, mode=mode, rtol=rtol, atol=atol, start=start)
+        with target.session():
+            return _run_guarded(target, rng=rng, seed=seed, mode=mode, rtol=rtol, atol=atol, start=start)
     finally:
         target.random.release()
 
@@ -466,23 +467,12 @@ def check_layer(layer: Any, input_shape: int | Sequence[int] | None = None, *, i
     fw_target = module_target(layer, input_shape, inputs=inputs, dtype=dtype, rng=rng)
     if fw_target is not None:
         return _run(fw_target, rng=cot_rng, seed=seed, mode=mode, rtol=rtol, atol=atol)
-    if inputs is not None and input_shape is not None:
-        raise SpecError("give input_shape or inputs, not both")
-    if inputs is None:
-        if input_shape is None:
-            raise SpecError("check_layer needs input_shape=(...) or inputs=array to know what to feed the layer")
-        shape = (input_shape,) if isinstance(input_shape, (int, np.integer)) else tuple(input_shape)
-        if not all(isinstance(s, (int, np.integer)) and s >= 0 for s in shape):
-            raise SpecError(f"input_shape must be a tuple of non-negative integers, got {input_shape!r}")
-        if dtype is None:
-            params = getattr(layer, "params", None) or {}
-            floats = [v.dtype for v in params.values() if isinstance(v, np.ndarray) and v.dtype.kind == "f"] \
-                if isinstance(params, Mapping) else []
-            dtype = floats[0] if floats else np.float64
-        dt = np.dtype(dtype)
-        if dt.kind != "f":
-            raise SpecError(f"dtype must be a floating-point dtype, got {dt}")
-        x = _to_array(rng.standard_normal(shape).astype(dt), "x")
+    params = getattr(layer, "params", None) or {}
+    floats = [v.dtype for v in params.values() if isinstance(v, np.ndarray) and v.dtype.kind == "f"] \
+        if isinstance(params, Mapping) else []
+    drawn = draw_input(input_shape, inputs, dtype, floats[0] if floats else np.float64, rng)
+    if drawn is not None:
+        x = _to_array(drawn, "x")
     else:
         x = _to_array(inputs, "x")
         if dtype is not None:

@@ -32,7 +32,8 @@ from .errors import (
     SpecError,
 )
 
-__all__ = ["Target", "LayerTarget", "FunctionTarget", "RandomGuard", "as_input_arrays", "validate_gradients"]
+__all__ = ["Target", "LayerTarget", "FunctionTarget", "RandomGuard", "as_input_arrays", "draw_input",
+           "validate_gradients"]
 
 
 def _is_differentiable(a: np.ndarray) -> bool:
@@ -123,6 +124,29 @@ def as_input_arrays(inputs: Any, names: Sequence[str] | None = None, *, allow_op
     if names is None or len(names) < len(seq):
         names = [str(i) for i in range(len(seq))]
     return {names[i]: convert(v, names[i]) for i, v in enumerate(seq)}
+
+
+def draw_input(input_shape: Any, inputs: Any, dtype: Any, default_dtype, rng: np.random.Generator,
+               what: str = "layer") -> np.ndarray | None:
+    """The drawn input of a layer check, or None when ``inputs`` is given.
+
+    Validates that exactly one of ``input_shape`` and ``inputs`` is given and
+    draws a seeded standard normal of that shape in ``dtype`` (default
+    ``default_dtype``). Raises SpecError with what to fix.
+    """
+    if inputs is not None and input_shape is not None:
+        raise SpecError("give input_shape or inputs, not both")
+    if inputs is not None:
+        return None
+    if input_shape is None:
+        raise SpecError(f"check_layer needs input_shape=(...) or inputs=array to know what to feed the {what}")
+    shape = (input_shape,) if isinstance(input_shape, (int, np.integer)) else tuple(input_shape)
+    if not all(isinstance(s, (int, np.integer)) and s >= 0 for s in shape):
+        raise SpecError(f"input_shape must be a tuple of non-negative integers, got {input_shape!r}")
+    dt = np.dtype(default_dtype if dtype is None else dtype)
+    if dt.kind != "f":
+        raise SpecError(f"dtype must be a floating-point dtype, got {dt}")
+    return rng.standard_normal(shape).astype(dt)
 
 
 def validate_gradients(
@@ -330,6 +354,12 @@ class Target:
 
     def analytic(self, cotangent: np.ndarray) -> dict[str, np.ndarray]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def session(self):
+        """A context the whole check runs in (framework targets pin threads here)."""
+        import contextlib
+
+        return contextlib.nullcontext()
 
     def _warn(self, msg: str) -> None:
         if msg not in self.warnings:

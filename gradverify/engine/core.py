@@ -1,16 +1,25 @@
 """Differentiate recorded graphs: the backward pass, forward mode, and the functional API.
 
-Reverse mode (:func:`backward`): walk the graph from the output with an explicit
-stack (no recursion, so a 10,000-deep chain is fine), order the nodes by
-creation id -- a node is always created after its parents, so descending id
-is a topological order and the order never depends on hashing -- and sweep
-once backwards, adding each argument's VJP (``vjps.py``) into its adjoint. A
-node used twice receives the sum of both paths. Cost: one pass over the graph,
-each rule a small constant times its primitive's forward cost.
+Reverse mode (:func:`backward`): order the nodes by creation id -- a node is
+always created after its parents, so descending id is a topological order and
+the order never depends on hashing -- and sweep once backwards, adding each
+argument's VJP (``vjps.py``) into its adjoint. A node used twice receives the
+sum of both paths. The order comes from one of two places, with the same
+result bit for bit: the transformations (:func:`vjp`, :func:`grad`, ...) sweep
+the *tape* their trace recorded (every node created while ``f`` ran, already
+in creation order: no graph walk); :func:`toposort` walks the graph from the
+output with an explicit stack (no recursion, so a 10,000-deep chain is fine)
+for graphs built by hand. Cost: one pass over the graph, each rule a small
+constant times its primitive's forward cost plus about a microsecond.
 
 Forward mode (:func:`jvp`): the same order, swept forwards, pushing tangents
 through the JVP rules (``jvps.py``); no transposition and no reverse pass.
 Cost: one pass per tangent direction.
+
+Speed: on a tanh MLP (batch 8, P = 1,000 to 20,000 parameters, float64, one
+thread) ``value_and_grad`` takes about 2.8 times the plain forward evaluation
+(``numpy_pair``'s ``fn``) and less time than eager PyTorch's ``backward()``;
+``benchmarks/engine_speed.py`` measures it.
 
 Nesting: when a transformation runs inside another one's traced function (a
 gradient of a gradient, a JVP of a gradient), the inner derivative rules run
@@ -157,7 +166,7 @@ def _shape(ct: Any) -> tuple[int, ...]:
 
 
 def _gradient(adjoint: Any, leaf: Tensor, create: bool) -> Any:
-    """Finalise one argument's gradient: zeros if unreached, the leaf's dtype, writeable."""
+    """Finalise one argument's gradient: zeros if unreached, the leaf's dtype, its own memory."""
     dtype = leaf.value.dtype
     if dtype.kind not in "fc":
         dtype = np.dtype(np.float64)
@@ -166,9 +175,23 @@ def _gradient(adjoint: Any, leaf: Tensor, create: bool) -> Any:
     if create and isinstance(adjoint, Tensor):
         return adjoint
     adjoint = np.asarray(adjoint)
-    if adjoint.dtype != dtype or not adjoint.flags.writeable:   # e.g. a broadcast view
+    # A view (of a reshaped adjoint, or a read-only broadcast) is copied, so that the caller
+    # may modify the gradient in place without touching another one.
+    if adjoint.dtype != dtype or adjoint.base is not None or not adjoint.flags.writeable:
         adjoint = adjoint.astype(dtype)
     return adjoint
+
+
+def _gradients(adjoints: dict[int, Any], leaves: Sequence[Tensor], create: bool) -> tuple:
+    """One :func:`_gradient` per leaf; an array handed to two leaves is copied for the second."""
+    grads, seen = [], set()
+    for leaf in leaves:
+        g = _gradient(adjoints.get(leaf.id), leaf, create)
+        if id(g) in seen and isinstance(g, np.ndarray):
+            g = g.copy()
+        seen.add(id(g))
+        grads.append(g)
+    return tuple(grads)
 
 
 def _result(out: Tensor, nested: bool) -> Any:
@@ -197,7 +220,7 @@ def vjp(f: Callable[..., Any], *args: Any) -> tuple[Any, Callable[[Any], tuple]]
         create = _nested()
         ct = _seed(cotangent, out, create)
         adj = backward(out, ct, stop=leaves, create_graph=create, order=tape) if out.requires_grad else {}
-        return tuple(_gradient(adj.get(leaf.id), leaf, create) for leaf in leaves)
+        return _gradients(adj, leaves, create)
 
     return _result(out, nested), vjp_fn
 
@@ -229,7 +252,7 @@ def value_and_grad(f: Callable[..., Any], argnums: int | Sequence[int] = 0) -> C
         seed = np.ones(out.shape, dtype=out.dtype)
         adj = backward(out, seed, stop=[leaves[i] for i in idx], create_graph=create, order=tape) \
             if out.requires_grad else {}
-        grads = tuple(_gradient(adj.get(leaves[i].id), leaves[i], create) for i in idx)
+        grads = _gradients(adj, [leaves[i] for i in idx], create)
         return _result(out, nested), grads[0] if single else grads
 
     return value_and_grad_f
@@ -278,13 +301,15 @@ def jvp(f: Callable[..., Any], primals: Sequence[Any], tangents: Sequence[Any]) 
     for node in tape:                           # creation order: parents first
         if node.prim is None or node.id in tans:
             continue
-        ts = [tans.get(a.id) if isinstance(a, Tensor) else None for a in node.args]
+        ts: list[Any] = [None] * len(node.args)
+        for i, a in node.parents:
+            ts[i] = tans.get(a.id)
         if all(t is None for t in ts):
             continue
         if create:
             ans, args = node, node.args
         else:
-            ans, args = node.value, tuple(value(a) for a in node.args)
+            ans, args = node.value, node.raw_args
         t = jvp_contribution(node.prim, ts, ans, args, node.params)
         if _shape(t) != node.shape:
             t = broadcast_to(t, node.shape)

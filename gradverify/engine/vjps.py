@@ -34,7 +34,7 @@ import numpy as np
 from ..errors import NoDerivativeRule
 from ..ops import PRIMITIVES, is_differentiable_arg
 from .tracer import (
-    broadcast_to, col2im, cos, exp, expand_dims, getitem, im2col, log, matmul, reshape,
+    Tensor, broadcast_to, col2im, cos, exp, expand_dims, getitem, im2col, log, matmul, reshape,
     scatter_add, shape_of, sigmoid, sin, sum, transpose, value, where,
 )
 
@@ -88,6 +88,8 @@ def unbroadcast(g: Any, shape: tuple[int, ...]) -> Any:
     gshape, shape = shape_of(g), tuple(shape)
     if gshape == shape:
         return g
+    if not isinstance(g, (Tensor, np.ndarray, np.generic)):
+        g = np.asarray(g)                                 # a Python scalar: give it the methods
     lead = len(gshape) - len(shape)
     stretched = () if lead < 0 or 1 not in shape else \
         tuple(lead + i for i, n in enumerate(shape) if n == 1 and gshape[lead + i] != 1)
