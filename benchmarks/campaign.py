@@ -1,7 +1,7 @@
 """Differential campaign: N random float64 cases, four references, every disagreement recorded.
 
 Draws random networks and expressions with :mod:`gradverify.strategies`
-(half each), and for every case computes the value, the VJP and the JVP with
+(``st.one_of``: about half each, interleaved), and for every case computes the value, the VJP and the JVP with
 the reference engine, PyTorch and JAX, and checks each VJP against finite
 differences (:func:`gradverify.backends.agreement.agreement`). It records,
 per backend pair (``reference~torch``, ``reference~jax``, ``torch~jax``,
@@ -55,38 +55,33 @@ def _worker(job: dict) -> dict:
     from gradverify.backends.agreement import agreement
     from gradverify.strategies import expressions, networks
 
+    from hypothesis import strategies as st
+
     records: list[dict] = []
     deadline = job["deadline"]
-    strategies = {
-        "network": networks(),
-        "expression": expressions(max_leaves=8, max_depth=5),
-    }
-    for kind, count in job["counts"].items():
-        if count <= 0:
-            continue
-        done = [0]
+    # Networks and expressions interleaved, so a budget cut leaves both represented.
+    cases = st.one_of(networks(), expressions(max_leaves=8, max_depth=5))
 
-        @seed(job["seed"])
-        @settings(max_examples=count, deadline=None, database=None, phases=[Phase.generate],
-                  suppress_health_check=list(HealthCheck), report_multiple_bugs=False)
-        @given(strategies[kind])
-        def run(spec: Any) -> None:
-            if time.time() > deadline:
-                raise _Budget
-            a = agreement(spec, dtype="float64", seed=done[0])
-            done[0] += 1
-            rec = {"kind": kind, "seconds": a.seconds, "passed": a.passed, "errors": a.max_errors()}
-            if not a.passed:
-                rec["failures"] = [r.to_dict() for r in a.failures()]
-                rec["snippet"] = a.snippet()
-                rec["seed"] = done[0] - 1
-                rec["repr"] = repr(spec)
-            records.append(rec)
+    @seed(job["seed"])
+    @settings(max_examples=job["count"], deadline=None, database=None, phases=[Phase.generate],
+              suppress_health_check=list(HealthCheck), report_multiple_bugs=False)
+    @given(cases)
+    def run(spec: Any) -> None:
+        if time.time() > deadline:
+            raise _Budget
+        case_seed = job["worker"] * 1_000_000 + len(records)
+        a = agreement(spec, dtype="float64", seed=case_seed)
+        rec = {"kind": type(spec).__name__.lower(), "seconds": a.seconds, "passed": a.passed,
+               "errors": a.max_errors()}
+        if not a.passed:
+            rec.update(failures=[r.to_dict() for r in a.failures()], snippet=a.snippet(), seed=case_seed,
+                       repr=repr(spec))
+        records.append(rec)
 
-        try:
-            run()
-        except _Budget:
-            pass
+    try:
+        run()
+    except _Budget:
+        pass
     return {"worker": job["worker"], "records": records}
 
 
@@ -147,10 +142,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     start = time.time()
     deadline = start + args.budget if args.budget else float("inf")
-    nets = _split(args.cases // 2, args.workers)
-    exprs = _split(args.cases - args.cases // 2, args.workers)
-    jobs = [{"worker": w, "seed": args.seed + w, "deadline": deadline,
-             "counts": {"expression": exprs[w], "network": nets[w]}} for w in range(args.workers)]
+    counts = _split(args.cases, args.workers)
+    jobs = [{"worker": w, "seed": args.seed + w, "deadline": deadline, "count": counts[w]}
+            for w in range(args.workers)]
     if args.workers == 1:
         results = [_worker(jobs[0])]
     else:

@@ -17,7 +17,8 @@ measures process CPU time instead of wall time, which a busy machine disturbs le
 * ``fwd``: the plain forward evaluation, ``E.numpy_pair(f)[0]`` (records nothing);
 * ``vg``: ``E.value_and_grad(f, argnums=params)`` (forward trace + backward sweep);
   ``vg/fwd`` is the engine's ratio, the target being at most 3;
-* ``vjp``: ``E.numpy_pair(f)[1](1.0, *arrays)``, what ``gradverify.check`` calls;
+* ``vjp``: ``E.numpy_pair(f)[1](1.0, *arrays)``, what ``gradverify.check`` calls; it
+  differentiates all eight inputs (``x`` and ``target`` too), so it does a little more work;
 * ``numpy``: a hand-written numpy forward+backward of the same MLP (the floor);
 * ``torch``: eager PyTorch in float64, ``torch.set_num_threads(1)``: ``t.fwd``
   under ``no_grad`` and ``t.f+b`` = forward + ``loss.backward()``; ``t.ratio`` is
@@ -160,7 +161,8 @@ def check_gradients(arrays: list[np.ndarray]) -> float:
     return max(float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-300)) for a, b in zip(g_eng, g_np))
 
 
-def run(sizes: list[int], repeat: int, min_sample: float, with_torch: bool) -> list[dict[str, Any]]:
+def run(sizes: list[int], repeat: int, min_sample: float, with_torch: bool,
+        spread: bool = False) -> list[dict[str, Any]]:
     rows = []
     for p_req in sizes:
         h = width_for(p_req)
@@ -185,6 +187,8 @@ def run(sizes: list[int], repeat: int, min_sample: float, with_torch: bool) -> l
             row["vg_over_torch"] = row["value_and_grad"]["median"] / row["torch_fwd_bwd"]["median"]
         rows.append(row)
         print_row(row, header=len(rows) == 1)
+        if spread:
+            print_spread(row)
     return rows
 
 
@@ -192,10 +196,18 @@ def _us(t: dict[str, float]) -> str:
     return f"{t['median'] * 1e6:8.1f}"
 
 
+def print_spread(row: dict[str, Any]) -> None:
+    keys = [k for k in ("fwd", "value_and_grad", "vjp", "numpy_fwd_bwd", "torch_fwd", "torch_fwd_bwd")
+            if k in row]
+    print("        min..max: " + ", ".join(
+        f"{k} {row[k]['min'] * 1e6:.1f}..{row[k]['max'] * 1e6:.1f}" for k in keys), flush=True)
+
+
 def print_row(row: dict[str, Any], header: bool) -> None:
     if header:
         print(f"{'P':>7} {'h':>4} | {'fwd':>8} {'vg':>8} {'vg/fwd':>6} {'vjp':>8} {'vjp/fwd':>7} "
-              f"{'numpy':>8} | {'t.fwd':>8} {'t.f+b':>8} {'t.ratio':>7} {'vg/t.f+b':>8}   (us per call, median)")
+              f"{'numpy':>8} | {'t.fwd':>8} {'t.f+b':>8} {'t.ratio':>7} {'vg/t.f+b':>8}"
+              "   (us per call, median)")
     line = (f"{row['P']:>7} {row['width']:>4} | {_us(row['fwd'])} {_us(row['value_and_grad'])} "
             f"{row['ratio']:6.2f} {_us(row['vjp'])} {row['vjp_ratio']:7.2f} {_us(row['numpy_fwd_bwd'])} |")
     if "torch_fwd" in row:
@@ -228,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="wall: time.perf_counter (default); cpu: time.process_time, the process's "
                          "CPU time, steadier on a loaded machine (everything runs on one thread)")
     ap.add_argument("--no-torch", action="store_true", help="skip the torch columns")
+    ap.add_argument("--spread", action="store_true", help="also print min and max of every timing")
     ap.add_argument("--json", metavar="PATH", help="also write the rows (median/min/max) as JSON")
     args = ap.parse_args(argv)
     global clock
@@ -235,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = thread_report()
     print(f"python {platform.python_version()}, numpy {np.__version__}, {platform.machine()}, "
           f"{os.cpu_count()} cpus; clock {args.clock}; threads: {threads}")
-    rows = run(args.params, args.repeat, args.min_sample, not args.no_torch)
+    rows = run(args.params, args.repeat, args.min_sample, not args.no_torch, args.spread)
     if args.json:
         Path(args.json).write_text(json.dumps({"threads": threads, "numpy": np.__version__,
                                                "clock": args.clock,

@@ -103,13 +103,20 @@ def test_reference_agrees_with_finite_differences_without_frameworks():
     assert [r.quantity for r in a.results] == ["fd"]
 
 
-def test_agreement_record_is_json_ready():
+class _Copy(ReferenceBackend):
+    """The reference engine under another name (a second, identical backend)."""
+
+    name = "reference_copy"
+
+
+def test_agreement_record_is_json_ready(buggy):
     net = Network((Dense(2),), input_shape=(1, 3))
-    a = agreement(net, backends=("reference", "reference"), jvp=True)
+    a = agreement(net, backends=("reference", "reference_copy"))
     data = json.loads(json.dumps(a.to_dict()))
     assert data["passed"] and data["repr"] == repr(net)
     assert {"value", "vjp", "jvp", "fd"} == {r["quantity"] for r in data["results"]}
-    assert set(a.max_errors()) == {"reference~reference", "fd~reference"}
+    assert set(a.max_errors()) == {"reference~reference_copy", "fd~reference", "fd~reference_copy"}
+    assert all(e["max_abs_err"] == 0.0 for k, e in a.max_errors().items() if not k.startswith("fd"))
 
 
 # -- planted bugs: each must be caught ---------------------------------------------------
@@ -160,7 +167,7 @@ class _TransposedBackend(ReferenceBackend):
 @pytest.fixture
 def buggy(monkeypatch):
     monkeypatch.setattr(B, "_INSTANCES", {})
-    for cls in (_UnbiasedBackend, _OneElementBackend, _TransposedBackend):
+    for cls in (_UnbiasedBackend, _OneElementBackend, _TransposedBackend, _Copy):
         monkeypatch.setitem(B.BACKENDS, cls.name, cls)
     return B
 

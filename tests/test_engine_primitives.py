@@ -597,7 +597,8 @@ def test_raw_forward_helpers_match_numpy():
 def test_unbroadcast_on_arrays_and_on_tensors(gshape, shape):
     g = np.arange(float(np.prod(gshape))).reshape(gshape)
     lead = len(gshape) - len(shape)
-    axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(shape) if n == 1 and gshape[lead + i] != 1)
+    axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(shape)
+                                      if n == 1 and gshape[lead + i] != 1)
     expected = np.sum(g, axis=axes, keepdims=True).reshape(shape)
     assert np.array_equal(E.unbroadcast(g, shape), expected)            # integer sums: exact
     traced = E.unbroadcast(E.Tensor(g, requires_grad=True), shape)

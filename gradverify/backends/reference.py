@@ -23,7 +23,7 @@ import numpy as np
 from .. import ops
 from .base import Backend, Lowering, as_dtype
 
-__all__ = ["ReferenceBackend", "ReferenceLowering", "Margins"]
+__all__ = ["ReferenceBackend", "ReferenceLowering", "Margins", "TermScale"]
 
 
 class ReferenceLowering(Lowering):
@@ -77,6 +77,22 @@ class Margins:
                 and self.domain > domain_margin)
 
 
+@dataclasses.dataclass(frozen=True)
+class TermScale:
+    """The size of the terms a forward and a backward pass sum, for rounding allowances.
+
+    Attributes:
+        value: largest ``|value|`` of any node (the terms a forward pass sums).
+        adjoint: largest ``|adjoint|`` of any node in one backward sweep.
+        vjp: ``adjoint * max(1, value)``: a bound on the size of the terms
+            (adjoint times local partial) accumulated into any gradient entry.
+    """
+
+    value: float
+    adjoint: float
+    vjp: float
+
+
 class ReferenceBackend(Backend):
     """gradverify's reference engine (always available, CPU only)."""
 
@@ -105,6 +121,36 @@ class ReferenceBackend(Backend):
         import gradverify.engine as E
 
         return E.jvp(f, primals, tangents)
+
+    def term_scale(self, spec: Any, cotangent: Any, arrays: Mapping[str, Any] | None = None, *,
+                   dtype: Any = np.float64) -> TermScale:
+        """Trace ``spec``, sweep ``cotangent`` back once, and report the largest values and adjoints.
+
+        Where a gradient cancels to (near) zero -- ``f - f``, ``logsumexp``
+        of a ``log_softmax`` -- two exact implementations differ by the
+        rounding of the terms they summed, not of the result; this is the
+        size of those terms. Cost: one traced forward and one backward pass.
+        """
+        from gradverify.engine import Tensor, backward, toposort
+        from gradverify.engine.tracer import value as raw
+
+        names, vals = self._prepare(spec, arrays, dtype)
+        _, f = self.function(spec, as_dtype(dtype))
+
+        def biggest(a: Any) -> float:
+            a = np.abs(np.asarray(raw(a), dtype=np.float64))
+            a = a[np.isfinite(a)]
+            return float(a.max()) if a.size else 0.0
+
+        with np.errstate(all="ignore"):
+            leaves = [Tensor(v, requires_grad=True) for v in vals]
+            out = f(*leaves)
+            if not isinstance(out, Tensor) or not out.requires_grad:
+                return TermScale(biggest(out), biggest(cotangent), biggest(cotangent))
+            adj = backward(out, np.asarray(cotangent, dtype=out.dtype))
+            value = max(biggest(n.value) for n in toposort(out))
+            adjoint = max((biggest(a) for a in adj.values()), default=0.0)
+        return TermScale(value, adjoint, adjoint * max(1.0, value))
 
     def margins(self, spec: Any, arrays: Mapping[str, Any] | None = None, *, dtype: Any = np.float64) -> Margins:
         """Trace ``spec`` once and measure every primitive application against ops.py.

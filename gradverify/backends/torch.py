@@ -207,9 +207,13 @@ class TorchBackend(Backend):
         return out, pullback
 
     def _jvp(self, f, primals, tangents):
+        import warnings
+
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        with sdpa_kernel([SDPBackend.MATH]):
+        with sdpa_kernel([SDPBackend.MATH]), warnings.catch_warnings():
+            # torch.func's first use scripts a helper and warns that torch.jit.script is deprecated.
+            warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=DeprecationWarning)
             return self.torch.func.jvp(f, tuple(primals), tuple(tangents))
 
     def _scope(self):

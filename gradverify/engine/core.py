@@ -133,7 +133,11 @@ def _wrap(a: Any, wrt: bool) -> Any:
 
 def _trace(f: Callable[..., Any], args: Sequence[Any], wrt: Sequence[int]) -> tuple[list, Tensor, list]:
     """Run ``f`` on graph leaves; returns ``(leaves, out, tape)``, the tape listing the
-    nodes recorded meanwhile in creation order (also appended to any enclosing trace's tape)."""
+    nodes recorded meanwhile in creation order (also appended to any enclosing trace's tape).
+
+    The tape is per thread: ``f`` must build its graph on the calling thread (nodes
+    made by threads it starts would not be on the tape, and the sweep would miss them).
+    """
     leaves = [_wrap(a, i in wrt) for i, a in enumerate(args)]
     outer, RECORDING.tape = RECORDING.tape, []
     tape = RECORDING.tape
