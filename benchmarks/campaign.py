@@ -103,10 +103,14 @@ def summarize(records: list[dict], seconds: float, args: argparse.Namespace) -> 
                         cur["worst_case_kind"] = rec["kind"]
     kinds: dict[str, dict[str, Any]] = {}
     for rec in records:
-        k = kinds.setdefault(rec["kind"], {"cases": 0, "disagreements": 0, "seconds": 0.0})
+        k = kinds.setdefault(rec["kind"], {"cases": 0, "disagreements": 0, "autodiff_disagreements": 0,
+                                           "seconds": 0.0})
         k["cases"] += 1
         k["disagreements"] += 0 if rec["passed"] else 1
-        k["seconds"] += rec["seconds"]
+        # A disagreement among the autodiff backends themselves (value, VJP or JVP), not only with
+        # finite differences.
+        k["autodiff_disagreements"] += int(any(f["quantity"] != "fd" for f in rec.get("failures", ())))
+        k["seconds"] = round(k["seconds"] + rec["seconds"], 1)
     import hypothesis
     import jax
     import numpy

@@ -414,7 +414,7 @@ def projected_gradients(
                 yp, tp = at(h)
                 ym, tm = at(-h)
                 d, n, mag = diff(yp, ym, tp, tm)
-                return (yp, tp, ym, tm, d, n, mag)
+                return (yp, tp, ym, tm, d, n, mag, not np.array_equal(yp, ym))
 
             h = first_steps[i]
             levels = batched.pop(i, None) or [level(h), level(h / 2)]
@@ -482,7 +482,7 @@ def _first_levels_batched(evaluate_batch, name, arr, order, first_steps, out_sha
             levels = []
             for a, b in ((0, 1), (2, 3)):
                 d, n, mag = proj.diff(rows[a], rows[b], t[a], t[b])
-                levels.append((rows[a], t[a], rows[b], t[b], d, n, mag))
+                levels.append((rows[a], t[a], rows[b], t[b], d, n, mag, not np.array_equal(rows[a], rows[b])))
             out[i] = levels
     return out
 
@@ -603,8 +603,9 @@ def directional_mismatch(
         s = float(np.vdot(v, disp)) / vv
         num, noise, mag = proj.diff(yp, ym, s, 0.0)
         ana = float(np.vdot(g, disp)) / s
-        # the level tuple _settle reads: [1], [3] the steps, [4] the quotient, [5] its noise
-        return (None, s, None, -s, num - ana, noise, mag)
+        # the level tuple _settle reads: [1], [3] the steps, [4] the quotient, [5] its noise,
+        # [7] whether any output moved
+        return (None, s, None, -s, num - ana, noise, mag, not np.array_equal(yp, ym))
 
     first = [level(t), level(t / 2)]
     mismatch, error = _richardson(*first)
@@ -699,76 +700,101 @@ def taylor_test(
 
 
 #: A failure found at step h is confirmed at step h / _JUMP.
-_JUMP = 256.0
+_JUMP = 32.0
 
 
 def _settle(level, first, h, floor_h, judge, max_levels):
     """Richardson along a sequence of steps; the estimate whose neighbours agree best.
 
     ``first`` holds the central-difference levels at ``h`` and ``h/2``.
-    Levels at ``8h, 4h, 2h`` are added (discarded if the function is not
-    finite there), then ``h/4, h/8, ...``. Each adjacent pair gives a
+    Levels at ``8h, 4h, 2h`` are added (up to ``4096h`` where the
+    differences grow as the step shrinks, i.e. rounding already dominates at
+    ``h``; discarded if the function is not finite there), then ``h/4,
+    h/8, ...``. Each adjacent pair gives a
     Richardson value ``R_k``; its error is the larger gap to its two
     neighbours ``R_{k-1}, R_{k+1}`` plus its rounding noise, so a value
     counts only where three extrapolations in a row agree (steps outside
     the asymptotic range, as on an oscillating function, rarely do). The
     walk stops once the verdict on an estimate with both neighbours is
-    clear (``judge`` says OK, or FAIL confirmed at a step ``_JUMP`` times
-    smaller -- else the walk restarts there), once rounding in the newest
-    step dwarfs the best error, or at ``floor_h`` or ``max_levels``.
+    clear: ``judge`` says OK, or says FAIL again after the walk restarted
+    ``_JUMP`` times lower (a failure is never taken from one scale alone
+    where a smaller one is available); or once rounding in the newest step
+    dwarfs the best error, the steps fall under the resolution of what they
+    perturb, or at ``floor_h`` or ``max_levels``.
 
     Returns ``(value, error, levels)`` (levels in order of decreasing step).
     """
     big = []
-    for factor in (8.0, 4.0, 2.0):
+
+    def above(factor):
         try:
             with np.errstate(all="ignore"):
                 lv = level(h * factor)
         except Exception:  # noqa: BLE001 - outside the domain: not usable
-            big = []
-            continue
-        if not np.isfinite(lv[4]):
-            big = []
-            continue
-        big.append(lv)
+            return None
+        return lv if np.isfinite(lv[4]) else None
+
+    for factor in (8.0, 4.0, 2.0):
+        lv = above(factor)
+        big = [] if lv is None else big + [lv]
+    # Where the differences grow as the step shrinks, rounding dominates
+    # already at h (the step was sized from a coordinate far smaller than
+    # the scale it acts on, or intermediates are ill-conditioned): the walk
+    # reaches further up, until truncation takes over or up to 4096 h.
+    seq = big + list(first)
+    if len(big) == 3 and abs(seq[-1][4] - seq[-2][4]) > abs(seq[0][4] - seq[1][4]):
+        for k in range(4, 13):
+            lv = above(2.0 ** k)
+            if lv is None:
+                break
+            growing = abs(lv[4] - big[0][4]) > abs(big[0][4] - big[1][4])
+            big.insert(0, lv)
+            if growing:
+                break
     levels = big + list(first)
+    # Levels where no output moved carry no information once larger steps
+    # did move something: the step fell under the resolution of the
+    # intermediates it is added to (a bias of 1e-3 added to 3e4).
+    flat = not any(lv[7] for lv in levels)
+
+    def usable():
+        return levels if flat else [lv for lv in levels if lv[7]]
 
     def estimates():
-        """(value, error, validated, step) for each adjacent pair of levels."""
-        rs = [_richardson(a, b) for a, b in zip(levels, levels[1:])]
+        """(value, error, validated, step) for each adjacent pair of usable levels."""
+        lv_ = usable()
+        rs = [_richardson(a, b) for a, b in zip(lv_, lv_[1:])]
         out = []
         for k, (r, e) in enumerate(rs):
             gaps = [abs(r - rs[j][0]) for j in (k - 1, k + 1) if 0 <= j < len(rs)]
             err = max(gaps + [e])
-            # levels[k + 1] ends this pair; the three differences before it
+            # lv_[k + 1] ends this pair; the three differences before it
             # must shrink geometrically (or sit at the rounding level).
-            valid = len(gaps) == 2 and _asymptotic(levels[: k + 3][-4:])
-            out.append((r, err, valid, abs(levels[k + 1][1] - levels[k + 1][3]) / 2))
+            valid = len(gaps) == 2 and _asymptotic(lv_[: k + 3][-4:])
+            out.append((r, err, valid, abs(lv_[k + 1][1] - lv_[k + 1][3]) / 2, len(gaps) == 2))
         return out
 
     step = h / 2
-    jumps = 0
+    coarse = None
     budget = 2 + max_levels + len(big)
+    valid = []
     while True:
         ests = estimates()
         valid = [t for t in ests if t[2]]
         if valid:
             best = min(valid, key=lambda t: t[1])
             verdict = judge(best[0], best[1])
-            target = max(best[3] / _JUMP, 4 * floor_h)
-            if verdict == FAIL and jumps < 2 and target <= best[3] / 4:
+            target = max(best[3] / _JUMP, 16 * floor_h)
+            if verdict == FAIL and coarse is None and target <= best[3] / 4:
                 # A function can look smooth at one scale and differ below it
                 # (a fast oscillation averages out over a large step). A
-                # failure must hold at a step _JUMP times smaller too (or
-                # as small as the storage allows).
-                jumps += 1
+                # failure must be found again by a walk starting _JUMP times
+                # lower (or as low as the storage allows).
+                coarse = best
                 step = target
-                fine = [level(step), level(step / 2)]
+                levels = [level(step), level(step / 2)]
                 step /= 2
-                r, e = _richardson(*fine)
-                if abs(r - best[0]) <= 3.0 * (e + best[1]):
-                    break
-                levels = fine
+                flat = not any(lv[7] for lv in levels)
                 budget = len(levels) + max_levels
                 continue
             if verdict != REFINE:
@@ -781,15 +807,33 @@ def _settle(level, first, h, floor_h, judge, max_levels):
         if step < floor_h:
             break
         levels.append(level(step))
+        if not flat and not levels[-1][7]:
+            break  # under the resolution of the intermediates: nothing more to learn
+    if coarse is not None and (not valid or judge(best[0], best[1]) == REFINE):
+        # The walk below the coarse failure reached no verdict of its own. If
+        # what it saw agrees with the coarse value (only noisier: rounding
+        # grows as steps shrink), the coarse failure stands; if it saw
+        # something else, the function varies below the coarse scale faster
+        # than differences can follow, and the element is unverifiable.
+        seen = [t for t in estimates() if t[4]] or estimates()
+        r_f, e_f = min(((t[0], t[1]) for t in seen), key=lambda t: t[1]) if seen else (coarse[0], math.inf)
+        if math.isfinite(e_f) and abs(r_f - coarse[0]) <= 3.0 * (e_f + coarse[1]):
+            return coarse[0], coarse[1], levels
+        return r_f, math.inf, levels
     if valid:
         return best[0], best[1], levels
-    # Nothing converged: the differences never settled into their asymptotic
-    # range down to the smallest step the storage allows. The function
-    # varies faster than finite differences can resolve here: the error is
-    # infinite, and the caller reports the element as unverifiable.
-    ests = estimates()
-    r, _, _, _ = min(ests, key=lambda t: t[1])
-    return r, math.inf, levels
+    # Nothing converged geometrically. In the rounding regime the
+    # differences scatter without converging, but three extrapolations in a
+    # row that agree to 1e-6 of their value still measure the derivative (a
+    # plateau), with their scatter as the error. Otherwise the
+    # function varies faster than finite differences can follow at this
+    # resolution: the error is infinite and the element is unverifiable.
+    ests = [t for t in estimates() if t[4]]
+    if ests:
+        r, e, _, _, _ = min(ests, key=lambda t: t[1])
+        if e <= 1e-6 * abs(r):
+            return r, 2.0 * e, levels
+    return (estimates() or [(0.0,)])[0][0], math.inf, levels
 
 
 def _asymptotic(levels) -> bool:
@@ -811,7 +855,9 @@ def _asymptotic(levels) -> bool:
         return True
     if len(steps) < 3:
         return False
-    return all(b > 0 and 1.7 <= a / b <= 5.5 for a, b in zip(steps[-3:], steps[-2:]))
+    # In the truncation range: each difference well above the rounding noise
+    # (a drift under rounding can shrink geometrically by chance).
+    return all(b > 4 * noise and 1.7 <= a / b <= 5.5 for a, b in zip(steps[-3:], steps[-2:]))
 
 
 def _richardson(L1, L2):

@@ -20,8 +20,6 @@ backend computes in float32 or float64 (``dtype=``) on ``device="cpu"``, or
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..errors import SpecError
 from .base import DTYPES, Backend, Lowering, canonical_params
 from .jax import JaxBackend

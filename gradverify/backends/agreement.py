@@ -22,7 +22,9 @@ measures ``m`` with the reference engine
 (:meth:`~gradverify.backends.reference.ReferenceBackend.term_scale`: the
 largest adjoint times the largest value of one backward sweep) and passes
 the core's own ``ulps * eps * m`` (``ulps``, ``eps`` from
-:func:`gradverify.tolerance_for`) as ``atol``. It is ~1e-15 of the problem's
+:func:`gradverify.tolerance_for`) as ``atol`` -- to the finite-difference
+checks as well, whose own allowance scales with the size of the *outputs*
+(zero for a function that cancels to zero). It is ~1e-15 of the problem's
 scale: no real disagreement hides under it.
 
 Finite differences are evaluated once per case: the reference forward pass
@@ -285,7 +287,7 @@ def agreement(spec: Any, *, backends: Sequence[str] = ("reference", "torch", "ja
             def vjp(dout, _b=b, **kw):
                 return _b.vjp(spec, dout, kw, dtype=dt)[1]
 
-            res = check(fn, dict(arrays), vjp=vjp, seed=seed)
+            res = check(fn, dict(arrays), vjp=vjp, seed=seed, atol=atol["vjp"])
             results.append(_pair_result(name, FD, "fd", res, got[name][1]))
     return Agreement(spec, dt.name, tuple(names), tuple(skipped), tuple(results), seed,
                      time.perf_counter() - start)

@@ -34,7 +34,6 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 import numpy as np
 
 from ..errors import BackendUnavailable, ShapeMismatch, SpecError
-from ..ops import PRIMITIVES
 from ..spec import Const, Expression, Index, Mask, Network, Op, Var
 from ..spec._base import pair
 

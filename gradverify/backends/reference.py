@@ -63,6 +63,7 @@ class Margins:
         finite: False if some intermediate result is NaN or ``+inf``
             (``-inf`` is allowed: a masked attention score).
         where: the primitive with the smallest domain margin or kink distance.
+        output: largest ``|value|`` of the result.
     """
 
     domain: float
@@ -70,11 +71,19 @@ class Margins:
     magnitude: float
     finite: bool
     where: str = ""
+    output: float = math.inf
 
-    def safe(self, *, kink_margin: float, domain_margin: float = 0.0, max_magnitude: float = math.inf) -> bool:
-        """Whether the case is finite, bounded, inside the domains and ``kink_margin`` from any kink."""
+    def safe(self, *, kink_margin: float, domain_margin: float = 0.0, max_magnitude: float = math.inf,
+             min_output_ratio: float = 0.0) -> bool:
+        """Whether the case is finite, bounded, inside the domains and ``kink_margin`` from any kink.
+
+        ``min_output_ratio`` also asks that the result not cancel to rounding
+        residue: ``output >= min_output_ratio * magnitude`` (a function that is
+        zero up to rounding, such as the mean of a layer norm's outputs, has
+        finite differences made of rounding noise).
+        """
         return (self.finite and self.magnitude <= max_magnitude and self.kink >= kink_margin
-                and self.domain > domain_margin)
+                and self.domain > domain_margin and self.output >= min_output_ratio * self.magnitude)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,4 +201,6 @@ class ReferenceBackend(Backend):
             y = np.asarray(raw(out), dtype=np.float64)
             if np.isnan(y).any() or np.isinf(y).any():
                 finite = False
-        return Margins(dom, kink, mag, finite, where)
+            fin = np.abs(y[np.isfinite(y)])
+            mag = max(mag, float(fin.max()) if fin.size else 0.0)
+        return Margins(dom, kink, mag, finite, where, float(fin.max()) if fin.size else 0.0)

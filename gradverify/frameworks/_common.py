@@ -38,8 +38,8 @@ import numpy as np
 from ..errors import NoDifferentiableInputs, ProtocolError, SpecError
 from ..layers import FunctionTarget, _signature_names
 
-__all__ = ["Arg", "FrameworkFunctionTarget", "split_inputs", "flatten_tree", "unflatten_tree", "join_outputs",
-           "split_cotangent", "dtype_dependence"]
+__all__ = ["Arg", "BatchedEvaluation", "FrameworkFunctionTarget", "split_inputs", "flatten_tree", "unflatten_tree",
+           "join_outputs", "split_cotangent", "dtype_dependence"]
 
 
 def split_inputs(inputs: Any, is_array: Callable[[Any], bool]) -> tuple[list | dict, bool]:
@@ -112,6 +112,135 @@ def split_cotangent(dout: np.ndarray, shapes: Sequence[tuple], single: bool) -> 
         raise ProtocolError(f"the output has {at} elements on this call but {dout.size} before; "
                             "the function must return outputs of the same shapes every call")
     return pieces
+
+
+class BatchedEvaluation:
+    """``evaluate_batch`` for targets whose framework can vectorise a call (``torch.func.vmap``, ``jax.vmap``).
+
+    :func:`~gradverify.numeric.projected_gradients` hands over many
+    single-element perturbations of one tensor at a time (row ``b``: element
+    ``flat_indices[b]`` of ``point[name]`` set to ``values[b]``). A subclass
+    implements :meth:`_vectorised` (one framework call for a sub-batch);
+    this class splits the rows into sub-batches whose perturbed copies of
+    the tensor stay under :attr:`batch_input_bytes`, and trusts the
+    vectorised call only once it has been verified, per tensor, on the first
+    batch it serves: a few of its rows (the first, the middle and the last)
+    are re-evaluated one by one through ``evaluate`` and must agree to
+    rounding (:data:`BATCH_AGREEMENT` ulps of the row's largest output).
+    Code that cannot be vectorised -- Python control flow on values,
+    ``.item()``/``.numpy()`` calls, in-place writes into captured tensors,
+    random draws, an ``autograd.Function`` without a vmap rule -- raises in
+    the vectorised call or disagrees, and that tensor is evaluated by a
+    plain loop over ``evaluate`` from then on (why is kept in
+    :attr:`batch_fallbacks`). Either way the rows returned are the outputs
+    ``evaluate`` would give.
+
+    Cost: the verification re-runs 3 rows once per tensor (these evaluations
+    are not in the check's count); a vectorised sub-batch costs one
+    framework call on ``rows x tensor size`` elements.
+    """
+
+    #: Cap, in bytes, on the perturbed copies of a tensor in one vectorised call
+    #: (sub-batches of a few MiB stay in cache; the check's ``batch_bytes``
+    #: bounds the outputs).
+    batch_input_bytes = 2 * 2**20
+    #: Cap on the rows of one vectorised call.
+    batch_max_rows = 4096
+    #: Requests of fewer rows run as a loop (a vectorised call's fixed cost,
+    #: and the verification, would not pay for themselves).
+    batch_min_rows = 32
+
+    def _batch_memo(self) -> tuple[dict, dict]:
+        memo = getattr(self, "_batch_state", None)
+        if memo is None:
+            memo = self._batch_state = ({}, {})
+        return memo
+
+    @property
+    def batch_fallbacks(self) -> dict:
+        """Tensor name -> why its perturbations are evaluated one by one (empty while all vectorise)."""
+        return self._batch_memo()[1]
+
+    def evaluate_batch(self, name: str, flat_indices, values) -> np.ndarray:
+        """Outputs of many single-element perturbations of ``point[name]``, stacked (see the class docstring)."""
+        idx = np.asarray(flat_indices, dtype=np.int64).reshape(-1)
+        arr = self.point[name]
+        vals = np.asarray(values).astype(arr.dtype, copy=False).reshape(-1)
+        status, fallbacks = self._batch_memo()
+        if status.get(name) is not False and idx.size >= max(1, self.batch_min_rows):
+            try:
+                out = self._chunked(name, idx, vals)
+            except Exception as exc:  # noqa: BLE001 - not vectorisable: loop from now on
+                status[name] = False
+                fallbacks[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            else:
+                if status.get(name):
+                    return out
+                rows = sorted({0, idx.size // 2, idx.size - 1})
+                ref = self._loop_batch(name, idx[rows], vals[rows])
+                why = _rows_disagree(out[rows], ref)
+                if why is None:
+                    status[name] = True
+                    return out
+                status[name] = False
+                fallbacks[name] = why
+        return self._loop_batch(name, idx, vals)
+
+    def _rows_per_call(self, name: str) -> int:
+        """Rows of one vectorised call: perturbed copies of ``point[name]`` within :attr:`batch_input_bytes`."""
+        size = max(1, self.point[name].size * self.point[name].itemsize)
+        return int(min(self.batch_max_rows, max(1, self.batch_input_bytes // size)))
+
+    def _chunked(self, name: str, idx: np.ndarray, vals: np.ndarray) -> np.ndarray:
+        rows = self._rows_per_call(name)
+        parts = [np.asarray(self._vectorised(name, idx[s:s + rows], vals[s:s + rows]))
+                 for s in range(0, idx.size, rows)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _vectorised(self, name: str, idx: np.ndarray, vals: np.ndarray) -> np.ndarray:  # pragma: no cover
+        """One vectorised framework call: the stacked outputs, shaped ``(len(idx), *output shape)``."""
+        raise NotImplementedError
+
+    def _loop_batch(self, name: str, idx: np.ndarray, vals: np.ndarray) -> np.ndarray:
+        """The rows one by one: ``point[name]`` perturbed in place, ``evaluate()``, restored bit for bit."""
+        arr = self.point[name]
+        out = []
+        for i, v in zip(idx, vals):
+            at = np.unravel_index(int(i), arr.shape)
+            old = arr[at].copy()
+            arr[at] = v
+            try:
+                out.append(np.asarray(self.evaluate()))
+            finally:
+                arr[at] = old
+        return np.stack(out)
+
+
+#: Vectorised and one-by-one evaluations of a row must agree within this many
+#: ulps of the row's largest output (summation order may differ between a
+#: batched and a plain kernel; anything else is a different function).
+BATCH_AGREEMENT = 64
+
+
+def _rows_disagree(batched: np.ndarray, single: np.ndarray) -> str | None:
+    """Why vectorised rows are not the one-by-one outputs, or None when they agree to rounding."""
+    batched = np.asarray(batched)
+    if batched.shape != single.shape:
+        return f"vectorised outputs have shape {batched.shape[1:]}, one-by-one {single.shape[1:]}"
+    a = batched.astype(np.float64)
+    b = single.astype(np.float64)
+    if not np.array_equal(np.isfinite(a), np.isfinite(b)):
+        return "vectorised and one-by-one outputs differ in which values are finite"
+    fin = np.isfinite(b)
+    eps = float(np.finfo(single.dtype if single.dtype.kind == "f" else np.float64).eps)
+    axes = tuple(range(1, b.ndim))
+    scale = np.max(np.abs(np.where(fin, b, 0.0)), axis=axes, keepdims=True) if b.ndim > 1 else np.abs(b)
+    gap = np.abs(np.where(fin, a - b, 0.0))
+    if np.any(gap > BATCH_AGREEMENT * eps * np.maximum(scale, np.finfo(np.float64).tiny)) or \
+            not np.array_equal(a[~fin], b[~fin], equal_nan=True):
+        return (f"vectorised outputs differ from one-by-one evaluations by up to {float(np.max(gap)):.3g} "
+                "(random draws, state or value-dependent code?)")
+    return None
 
 
 class Arg:
@@ -360,7 +489,7 @@ class FrameworkFunctionTarget(FunctionTarget):
         values = self.convert(flat)
         dts = [leaf.dtype for leaf in ([self._out_tree] if self._out_single else
                                        [v for v in self.leaves_of(self._out_tree) if self.float_leaf(v)])]
-        ts = [self.to_framework(np.ascontiguousarray(p), None, dtype=dt) for p, dt in zip(pieces, dts)]
+        ts = [self.to_framework(np.ascontiguousarray(p).reshape(np.shape(p)), None, dtype=dt) for p, dt in zip(pieces, dts)]
         dout = ts[0] if self._out_single else self.rebuild(self._out_tree, ts)
         pos, kw = self.build_call(values)
         result = self.user_vjp(dout, *pos, **kw)

@@ -45,7 +45,8 @@ import torch
 from ..errors import NoDifferentiableInputs, ProtocolError, ShapeMismatch, SpecError
 from ..layers import Target, _signature_names, _to_array, draw_input, validate_gradients
 from ._common import (
-    FrameworkFunctionTarget, dtype_dependence, flatten_tree, join_outputs, split_cotangent, split_inputs,
+    BatchedEvaluation, FrameworkFunctionTarget, dtype_dependence, flatten_tree, join_outputs, split_cotangent,
+    split_inputs,
 )
 
 __all__ = ["TorchFunctionTarget", "TorchModuleTarget", "is_tensor", "names_source"]
@@ -162,12 +163,52 @@ def _torch_threads_for(size: int):
             torch.set_num_threads(before)
 
 
-class TorchFunctionTarget(FrameworkFunctionTarget):
+def _perturbed_rows(base: torch.Tensor, idx: np.ndarray, vals: np.ndarray) -> torch.Tensor:
+    """``len(idx)`` copies of ``base``, row ``b`` with flat element ``idx[b]`` set to ``vals[b]``."""
+    rows = base.reshape(1, -1).repeat(len(idx), 1)
+    rows[torch.arange(len(idx), device=base.device), torch.from_numpy(idx).to(base.device)] = \
+        torch.from_numpy(np.ascontiguousarray(vals)).to(device=base.device, dtype=base.dtype)
+    return rows.reshape((len(idx),) + tuple(base.shape))
+
+
+def _joined(out: Any) -> torch.Tensor:
+    """The floating leaves of an output joined as :func:`join_outputs` does (inside ``vmap``)."""
+    if _float_tensor(out):
+        return out
+    leaves = [v for v in flatten_tree(out, is_tensor) if _float_tensor(v)]
+    if not leaves:
+        raise ProtocolError(f"the code returned {type(out).__name__} with no floating-point tensor in it")
+    return torch.cat([v.reshape(-1) for v in leaves])
+
+
+def _vmap(fn: Callable, rows: torch.Tensor) -> np.ndarray:
+    """``torch.func.vmap(fn)(rows)`` as numpy.
+
+    Random draws raise (``randomness="error"``), so code that draws (dropout)
+    falls back to the loop, whose every call replays the pinned random state.
+    """
+    import warnings
+
+    from torch.func import vmap
+
+    with warnings.catch_warnings():
+        # torch's notes on its own missing batching rules (the op then runs in a loop) are not the user's concern
+        warnings.filterwarnings("ignore", message="There is a performance drop", category=UserWarning)
+        warnings.filterwarnings("ignore", message="An output with one or more elements was resized",
+                                category=UserWarning)
+        return vmap(fn, randomness="error")(rows).detach().cpu().numpy()
+
+
+class TorchFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
     """A torch callable (see the module docstring).
 
     Cost per evaluation: one call of ``fn`` on float64 tensors (plus a copy
     of each input); the analytic pass is one forward and one
-    ``torch.autograd.grad`` in the caller's dtype.
+    ``torch.autograd.grad`` in the caller's dtype. Full checks evaluate the
+    perturbations of a tensor in batches through ``torch.func.vmap``
+    (:class:`~gradverify.frameworks._common.BatchedEvaluation`; a plain loop
+    where the code cannot be vmapped, e.g. an ``autograd.Function``
+    without ``setup_context``/``generate_vmap_rule``).
     """
 
     framework = "torch"
@@ -209,6 +250,20 @@ class TorchFunctionTarget(FrameworkFunctionTarget):
         with self.rng():
             return self.call_user(values)
 
+    def _vectorised(self, name: str, idx: np.ndarray, vals: np.ndarray) -> np.ndarray:
+        """One ``vmap`` call of ``fn`` over perturbed copies of input ``name`` (other inputs shared)."""
+        self.random.restore()
+        base = self.convert(dict(zip(self.order, self._args(self.point))))
+        rows = _perturbed_rows(base[name], idx, vals)
+
+        def one(xn):
+            values = dict(base)
+            values[name] = xn
+            return _joined(self.call_user(values))
+
+        # No random state to pin: vmap refuses random draws (randomness="error"), and code that draws falls back.
+        return _vmap(one, rows)
+
     def autodiff(self, pieces, flat):
         with torch.enable_grad(), self.rng():
             values = self.convert(flat)
@@ -221,7 +276,7 @@ class TorchFunctionTarget(FrameworkFunctionTarget):
         outs = self._record_output(out)
         if len(outs) != len(pieces):
             raise ProtocolError("the function returned a different number of outputs on this call")
-        pairs = [(o, torch.from_numpy(np.ascontiguousarray(p)).to(device=o.device, dtype=o.dtype))
+        pairs = [(o, torch.from_numpy(np.ascontiguousarray(p).reshape(np.shape(p))).to(device=o.device, dtype=o.dtype))
                  for o, p in zip(outs, pieces) if o.requires_grad]
         names = list(leaves)
         if pairs:
@@ -266,7 +321,7 @@ class _Copy:
                 b.copy_(saved)
 
 
-class TorchModuleTarget(Target):
+class TorchModuleTarget(BatchedEvaluation, Target):
     """A ``torch.nn.Module`` (see the module docstring).
 
     The input is named ``"x"`` (``"input"`` if a parameter is called
@@ -278,6 +333,11 @@ class TorchModuleTarget(Target):
 
     Cost per evaluation: one forward of the float64 copy; the analytic pass
     is one forward and one ``torch.autograd.grad`` of the module as given.
+    Full checks evaluate the perturbations of a parameter in batches,
+    ``torch.func.vmap`` over ``torch.func.functional_call`` with the
+    parameter batched (an input: over the forward), falling back to a plain
+    loop where the module cannot be vmapped (batch norm updating running
+    statistics in training mode, dropout, value-dependent control flow).
     """
 
     kind = "layer"
@@ -408,6 +468,33 @@ class TorchModuleTarget(Target):
         leaves = self._outputs(out, f"{type(self.module).__name__}.forward")
         return join_outputs([_leaf_numpy(v) for v in leaves], self._single)
 
+    def _vectorised(self, name: str, idx: np.ndarray, vals: np.ndarray) -> np.ndarray:
+        """One ``vmap`` call of the float64 copy over perturbed copies of parameter or input ``name``."""
+        from torch.func import functional_call
+
+        use64 = self._use64 and all(v.dtype == np.float64 for v in self.point.values())
+        c = self._copy(use64)
+        c.load(self.point)
+        args, kwargs, _ = self._inputs(self.point, grad=False)
+        if name in c.params:
+            rows = _perturbed_rows(c.params[name].detach(), idx, vals)
+
+            def one(p):
+                return _joined(functional_call(c.module, {name: p}, tuple(args), kwargs))
+        else:
+            base = kwargs[name] if self.by_keyword else args[self.order.index(name)]
+            rows = _perturbed_rows(base, idx, vals)
+
+            def one(xn):
+                if self.by_keyword:
+                    return _joined(c.module(*args, **{**kwargs, name: xn}))
+                a = list(args)
+                a[self.order.index(name)] = xn
+                return _joined(c.module(*a, **kwargs))
+
+        with torch.no_grad():
+            return _vmap(one, rows)
+
     def analytic(self, cotangent: np.ndarray) -> dict[str, np.ndarray]:
         # Buffers (running statistics...) are restored once the gradients are
         # computed: the backward of some modules reads them.
@@ -420,7 +507,7 @@ class TorchModuleTarget(Target):
             pieces = split_cotangent(cotangent, [tuple(o.shape) for o in outs], self._single)
             wrt = {**leaves, **self.orig_params}
             names = list(wrt)
-            pairs = [(o, torch.from_numpy(np.ascontiguousarray(p)).to(device=o.device, dtype=o.dtype))
+            pairs = [(o, torch.from_numpy(np.ascontiguousarray(p).reshape(np.shape(p))).to(device=o.device, dtype=o.dtype))
                      for o, p in zip(outs, pieces) if o.requires_grad]
             if pairs:
                 grads = _autograd([o for o, _ in pairs], [wrt[n] for n in names], [g for _, g in pairs],

@@ -1,0 +1,741 @@
+"""Gradient checkers side by side: gradverify against ``torch.autograd.gradcheck`` and ``jax.test_util.check_grads``.
+
+The measuring library behind ``benchmarks/checkers.py`` and the report's
+checker comparison. Every function returns plain dicts (JSON-ready rows);
+nothing here asserts a time.
+
+The function measured is one tanh MLP (the one of ``benchmarks/engine_speed.py``):
+input width ``h``, two tanh hidden layers of width ``h``, one linear output,
+a batch of 8, loss ``mean((y - target)**2)``, float64, so the parameter count
+is ``P = 2 h**2 + 3 h + 1`` (``x`` and ``target`` are constants). It is built
+from the same seeded numpy arrays as a torch function and as a JAX function
+of ``(W1, b1, W2, b2, W3, b3)``.
+
+* :func:`time_checkers` -- seconds per check of each method at each ``P``:
+  a warm-up run, then repeated runs taken round-robin across the methods
+  (so a load spike hits all of them alike), median / min / max of wall
+  time and of process CPU time. Each method has a time budget per size; a
+  method whose predicted or warm-up time exceeds it is marked ``"not
+  measured"`` (never extrapolated), as is every larger size after it.
+* :func:`detection_table` -- which checkers catch (a) a 0.1% error in one
+  element of ``dW2`` and (b) a ~1e-3 relative approximation mismatch in the
+  tanh derivative, both injected through a custom ``torch.autograd.Function``
+  / ``jax.custom_vjp``, and which pass the same custom code without the bug.
+* :func:`localisation` -- gradverify fast mode on one wrong element among
+  ~20,000 parameters: the element it reports and the evaluations it used.
+* :func:`pin_threads` pins the thread pools and says what it pinned;
+  :func:`run_all` runs everything and :func:`targets` compares the results
+  with the issue's targets.
+
+torch and JAX are imported inside the functions that need them (``import
+gradverify`` never imports them); a method whose framework is missing is
+skipped with a note.
+
+Cost: at the defaults (P from ~100 to ~20,000, 5 runs, 10 s budget per
+method and size) :func:`run_all` takes one to three minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+__all__ = [
+    "BATCH", "DEFAULT_PARAMS", "METHODS", "MLP", "make_mlp", "width_for", "param_count", "torch_mlp", "jax_mlp",
+    "pin_threads", "time_checkers", "detection_table", "localisation", "targets", "run_all",
+]
+
+BATCH = 8
+#: Parameter counts measured by default (widths 7, 15, 31, 49, 99).
+DEFAULT_PARAMS = (100, 500, 2000, 5000, 20000)
+#: The single-element bug: this relative error in one element of dW2.
+ELEMENT_ERROR = 1e-3
+#: The approximation bug: the tanh derivative is off by up to this, relative.
+APPROX_ERROR = 1e-3
+BUGS = ("element", "approx")
+
+
+def param_count(h: int) -> int:
+    """Parameters of the MLP of width ``h``: ``2 h**2 + 3 h + 1``."""
+    return 2 * h * h + 3 * h + 1
+
+
+def width_for(p: int) -> int:
+    """The width whose parameter count is closest to ``p``."""
+    h = max(1, round((-3 + math.sqrt(max(9 + 8 * (p - 1), 0))) / 4))
+    return min((w for w in (h - 1, h, h + 1) if w > 0), key=lambda w: abs(param_count(w) - p))
+
+
+@dataclasses.dataclass
+class MLP:
+    """The seeded arrays of one MLP, and where the single-element bug goes.
+
+    Attributes:
+        width: ``h``.
+        x, target: the constant input ``(8, h)`` and target ``(8, 1)``.
+        params: ``[W1, b1, W2, b2, W3, b3]`` (float64).
+        bug_index: the element of ``W2`` whose gradient the ``"element"`` bug
+            scales by ``1 + ELEMENT_ERROR``: the one whose ``|dW2|`` is the
+            median of ``W2``'s (a typical element, neither tiny nor dominant).
+    """
+
+    width: int
+    x: np.ndarray
+    target: np.ndarray
+    params: list
+    bug_index: tuple
+
+    @property
+    def size(self) -> int:
+        return sum(p.size for p in self.params)
+
+
+PARAM_NAMES = ("W1", "b1", "W2", "b2", "W3", "b3")
+
+
+def make_mlp(params: int, seed: int = 0) -> MLP:
+    """The MLP with about ``params`` parameters (see the module docstring), from ``default_rng(seed)``."""
+    h = width_for(params)
+    rng = np.random.default_rng(seed)
+    s = 1.0 / math.sqrt(h)
+    x, target = rng.standard_normal((BATCH, h)), rng.standard_normal((BATCH, 1))
+    ps = [rng.standard_normal((h, h)) * s, rng.standard_normal(h) * 0.1, rng.standard_normal((h, h)) * s,
+          rng.standard_normal(h) * 0.1, rng.standard_normal((h, 1)) * s, rng.standard_normal(1) * 0.1]
+    g = np.abs(_numpy_grads(x, target, ps)[2])
+    flat = np.argsort(g, axis=None)[g.size // 2]
+    return MLP(h, x, target, ps, tuple(int(i) for i in np.unravel_index(flat, g.shape)))
+
+
+def _numpy_grads(x, target, ps):
+    """Hand-written backward of the MLP loss (to place the bug on a typical element)."""
+    W1, b1, W2, b2, W3, b3 = ps
+    a1 = np.tanh(x @ W1 + b1)
+    a2 = np.tanh(a1 @ W2 + b2)
+    r = a2 @ W3 + b3 - target
+    dy = r * (2.0 / r.size)
+    d2 = (dy @ W3.T) * (1 - a2 * a2)
+    d1 = (d2 @ W2.T) * (1 - a1 * a1)
+    return [x.T @ d1, d1.sum(0), a1.T @ d2, d2.sum(0), a2.T @ dy, dy.sum(0)]
+
+
+def _approx_factor(z, lib, error):
+    """The approximation bug's derivative factor, ``1 + error * sin(3 z)`` (a smooth relative error up to ``error``)."""
+    return 1.0 + error * lib.sin(3.0 * z)
+
+
+def _bug_options(bug, custom, error):
+    if bug not in (None,) + BUGS:
+        raise ValueError(f"bug must be None or one of {BUGS}, got {bug!r}")
+    custom = bug is not None if custom is None else custom
+    if error is None:
+        error = APPROX_ERROR if bug == "approx" else ELEMENT_ERROR
+    return custom, float(error)
+
+
+# ---------------------------------------------------------------------------
+# torch and JAX versions of the MLP
+# ---------------------------------------------------------------------------
+
+def torch_mlp(mlp: MLP, bug: str | None = None, *, custom: bool | None = None, error: float | None = None):
+    """The MLP loss as a torch function of the six parameters, and those parameters.
+
+    ``bug`` is None, ``"element"`` or ``"approx"``; ``custom`` (default:
+    whether there is a bug) builds the layers from custom
+    ``torch.autograd.Function``s (linear and tanh, with ``generate_vmap_rule``
+    so ``torch.func.vmap`` takes them), into whose backward the bug goes;
+    ``error`` is the bug's relative size (default :data:`ELEMENT_ERROR` /
+    :data:`APPROX_ERROR`).
+    Returns ``(fn, [W1, b1, W2, b2, W3, b3])``, the tensors float64 with
+    ``requires_grad=True``.
+    """
+    import torch
+
+    custom, error = _bug_options(bug, custom, error)
+    x = torch.tensor(mlp.x)
+    target = torch.tensor(mlp.target)
+    params = [torch.tensor(p).requires_grad_(True) for p in mlp.params]
+    if not custom:
+        def loss(W1, b1, W2, b2, W3, b3):
+            a1 = torch.tanh(x @ W1 + b1)
+            a2 = torch.tanh(a1 @ W2 + b2)
+            return torch.mean((a2 @ W3 + b3 - target) ** 2)
+
+        return loss, params
+
+    def linear(corrupt):
+        class Linear(torch.autograd.Function):
+            generate_vmap_rule = True
+
+            @staticmethod
+            def forward(a, W, b):
+                return a @ W + b
+
+            @staticmethod
+            def setup_context(ctx, inputs, output):
+                ctx.save_for_backward(inputs[0], inputs[1])
+
+            @staticmethod
+            def backward(ctx, g):
+                a, W = ctx.saved_tensors
+                gW = a.T @ g
+                if corrupt is not None:
+                    gW = gW.clone()
+                    gW[corrupt] = gW[corrupt] * (1.0 + error)
+                return g @ W.T, gW, g.sum(0)
+
+        return Linear.apply
+
+    class Tanh(torch.autograd.Function):
+        generate_vmap_rule = True
+
+        @staticmethod
+        def forward(z):
+            return torch.tanh(z)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.save_for_backward(inputs[0], output)
+
+        @staticmethod
+        def backward(ctx, g):
+            z, y = ctx.saved_tensors
+            d = 1 - y * y
+            if bug == "approx":
+                d = d * _approx_factor(z, torch, error)
+            return g * d
+
+    lin1, lin3 = linear(None), linear(None)
+    lin2 = linear(mlp.bug_index if bug == "element" else None)
+
+    def loss(W1, b1, W2, b2, W3, b3):
+        a1 = Tanh.apply(lin1(x, W1, b1))
+        a2 = Tanh.apply(lin2(a1, W2, b2))
+        return torch.mean((lin3(a2, W3, b3) - target) ** 2)
+
+    return loss, params
+
+
+def jax_mlp(mlp: MLP, bug: str | None = None, *, custom: bool | None = None, error: float | None = None):
+    """The MLP loss as a JAX function of the six parameters, and those parameters (float64).
+
+    Call it inside ``jax.enable_x64(True)`` (the arrays are made float64
+    there). Bugs as in :func:`torch_mlp`, through ``jax.custom_vjp``.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    custom, error = _bug_options(bug, custom, error)
+    x = jnp.asarray(mlp.x, dtype=jnp.float64)
+    target = jnp.asarray(mlp.target, dtype=jnp.float64)
+    params = tuple(jnp.asarray(p, dtype=jnp.float64) for p in mlp.params)
+    if not custom:
+        def loss(W1, b1, W2, b2, W3, b3):
+            a1 = jnp.tanh(x @ W1 + b1)
+            a2 = jnp.tanh(a1 @ W2 + b2)
+            return jnp.mean((a2 @ W3 + b3 - target) ** 2)
+
+        return loss, params
+
+    def linear(corrupt):
+        @jax.custom_vjp
+        def lin(a, W, b):
+            return a @ W + b
+
+        def fwd(a, W, b):
+            return a @ W + b, (a, W)
+
+        def bwd(res, g):
+            a, W = res
+            gW = a.T @ g
+            if corrupt is not None:
+                gW = gW.at[corrupt].multiply(1.0 + error)
+            return g @ W.T, gW, g.sum(0)
+
+        lin.defvjp(fwd, bwd)
+        return lin
+
+    @jax.custom_vjp
+    def tanh(z):
+        return jnp.tanh(z)
+
+    def tanh_fwd(z):
+        y = jnp.tanh(z)
+        return y, (z, y)
+
+    def tanh_bwd(res, g):
+        z, y = res
+        d = 1 - y * y
+        if bug == "approx":
+            d = d * _approx_factor(z, jnp, error)
+        return (g * d,)
+
+    tanh.defvjp(tanh_fwd, tanh_bwd)
+    lin1, lin3 = linear(None), linear(None)
+    lin2 = linear(mlp.bug_index if bug == "element" else None)
+
+    def loss(W1, b1, W2, b2, W3, b3):
+        a1 = tanh(lin1(x, W1, b1))
+        a2 = tanh(lin2(a1, W2, b2))
+        return jnp.mean((lin3(a2, W3, b3) - target) ** 2)
+
+    return loss, params
+
+
+# ---------------------------------------------------------------------------
+# threads
+# ---------------------------------------------------------------------------
+
+_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+               "NUMEXPR_NUM_THREADS", "BLIS_NUM_THREADS")
+_XLA_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+_limits: list = []  # keeps threadpoolctl's limit alive
+
+
+def pin_threads() -> dict[str, str]:
+    """Pin every thread pool that can be pinned to one thread; return what was pinned, and how.
+
+    BLAS/OpenMP: environment variables (effective for pools not started
+    yet; a CLI sets them before numpy is imported) and threadpoolctl where
+    installed (effective at once). torch: ``set_num_threads(1)`` (and one
+    inter-op thread where still allowed). JAX: ``XLA_FLAGS`` one-thread
+    options, effective only if jax is not imported yet. Cost: negligible.
+    """
+    out: dict[str, str] = {}
+    for v in _THREAD_ENV:
+        os.environ.setdefault(v, "1")
+    out["env"] = ", ".join(f"{v}={os.environ[v]}" for v in _THREAD_ENV)
+    try:
+        import threadpoolctl
+
+        _limits.append(threadpoolctl.threadpool_limits(1))
+        libs = sorted({i.get("internal_api", "?") for i in threadpoolctl.threadpool_info()})
+        out["blas"] = f"threadpoolctl: 1 thread ({', '.join(libs) or 'no pool found'})"
+    except ImportError:
+        out["blas"] = "environment variables only (threadpoolctl not installed)"
+    if "jax" not in sys.modules:
+        flags = os.environ.get("XLA_FLAGS", "")
+        if "intra_op_parallelism_threads" not in flags:
+            os.environ["XLA_FLAGS"] = (flags + " " + _XLA_ONE_THREAD).strip()
+        out["jax"] = f"XLA_FLAGS={os.environ['XLA_FLAGS']}"
+    else:
+        out["jax"] = "not pinned: jax was imported before pin_threads() (set XLA_FLAGS before importing it)"
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+        try:
+            torch.set_num_interop_threads(1)
+            inter = ", 1 inter-op thread"
+        except RuntimeError:
+            inter = f", inter-op threads left at {torch.get_num_interop_threads()} (already started)"
+        out["torch"] = f"set_num_threads(1){inter}"
+    except ImportError:
+        out["torch"] = "not installed"
+    return out
+
+
+# ---------------------------------------------------------------------------
+# the methods
+# ---------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One checker: ``prepare(mlp, bug, seed) -> run``, ``run() -> (passed, evaluations, result)``.
+
+    Attributes:
+        name: the row label.
+        framework: ``"torch"`` or ``"jax"`` (the import it needs).
+        random: whether the verdict depends on a seed (random probes).
+        evaluations: what the evaluation count means.
+    """
+
+    name: str
+    framework: str
+    prepare: Callable[..., Callable[[], tuple]]
+    random: bool
+    evaluations: str
+
+
+def _counted(fn):
+    calls = [0]
+
+    def wrapped(*a, **k):
+        calls[0] += 1
+        return fn(*a, **k)
+
+    return wrapped, calls
+
+
+def _gv_torch(mode):
+    def prepare(mlp, bug=None, seed=0, custom=None):
+        import gradverify as gv
+
+        fn, params = torch_mlp(mlp, bug, custom=custom)
+
+        def run():
+            r = gv.check(fn, params, mode=mode, seed=seed)
+            return r.passed, r.evaluations, r
+
+        return run
+
+    return prepare
+
+
+def _gradcheck(fast):
+    def prepare(mlp, bug=None, seed=0, custom=None):
+        import torch
+
+        fn, params = torch_mlp(mlp, bug, custom=custom)
+        counted, calls = _counted(fn)
+
+        def run():
+            calls[0] = 0
+            torch.manual_seed(seed)
+            ok = torch.autograd.gradcheck(counted, params, fast_mode=fast, raise_exception=False)
+            return bool(ok), calls[0], None
+
+        return run
+
+    return prepare
+
+
+def _gv_jax(mode):
+    def prepare(mlp, bug=None, seed=0, custom=None):
+        import gradverify as gv
+
+        with _x64():
+            fn, params = jax_mlp(mlp, bug, custom=custom)
+
+        def run():
+            with _x64():
+                r = gv.check(fn, list(params), mode=mode, seed=seed)
+            return r.passed, r.evaluations, r
+
+        return run
+
+    return prepare
+
+
+def _check_grads(mlp, bug=None, seed=0, custom=None):
+    import jax
+    from jax import test_util
+
+    with _x64():
+        fn, params = jax_mlp(mlp, bug, custom=custom)
+        jitted = jax.jit(fn)
+    counted, calls = _counted(jitted)
+
+    def run():
+        calls[0] = 0
+        with _x64():
+            try:
+                test_util.check_grads(counted, params, order=1, modes=("rev",))
+                ok = True
+            except AssertionError:
+                ok = False
+        return ok, calls[0], None
+
+    return run
+
+
+@contextlib.contextmanager
+def _x64():
+    import jax
+
+    cm = getattr(jax, "enable_x64", None)
+    if cm is None:  # an older JAX
+        from jax.experimental import enable_x64 as cm
+    with cm(True):
+        yield
+
+
+#: Every method measured, by row label.
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("gradverify full (torch)", "torch", _gv_torch("full"), False, "function evaluations (CheckResult)"),
+    Method("gradverify fast (torch)", "torch", _gv_torch("fast"), True, "function evaluations (CheckResult)"),
+    Method("torch gradcheck", "torch", _gradcheck(False), False, "calls of the function"),
+    Method("torch gradcheck fast", "torch", _gradcheck(True), True, "calls of the function"),
+    Method("gradverify full (jax)", "jax", _gv_jax("full"), False, "function evaluations (CheckResult)"),
+    Method("gradverify fast (jax)", "jax", _gv_jax("fast"), True, "function evaluations (CheckResult)"),
+    # check_grads draws its probe from np.random.RandomState(0): deterministic
+    Method("jax check_grads", "jax", _check_grads, False, "calls of the jitted function (traced ones included)"),
+)}
+
+
+def _available(framework: str) -> bool:
+    try:
+        __import__(framework)
+        return True
+    except ImportError:
+        return False
+
+
+def _methods(names: Sequence[str] | None) -> list[Method]:
+    names = list(METHODS) if names is None else list(names)
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+    return [METHODS[n] for n in names]
+
+
+# ---------------------------------------------------------------------------
+# timing
+# ---------------------------------------------------------------------------
+
+def _timed(run):
+    w, c = time.perf_counter(), time.process_time()
+    passed, evaluations, _ = run()
+    return time.perf_counter() - w, time.process_time() - c, passed, evaluations
+
+
+def time_checkers(params: Sequence[int] = DEFAULT_PARAMS, methods: Sequence[str] | None = None, *,
+                  repeats: int = 5, budget_s: float = 10.0, seed: int = 0,
+                  progress: Callable[[str], None] | None = None) -> list[dict]:
+    """Seconds per check of each method at each size, side by side in this process.
+
+    For each size: every method gets a warm-up run (compilation, caches),
+    then up to ``repeats`` timed runs, taken round-robin across the methods.
+    A method stops repeating once its time at this size would exceed
+    ``budget_s`` (it always gets one timed run after a warm-up that fits);
+    a method whose warm-up alone exceeds ``budget_s``, or whose time
+    predicted from the previous size (scaled like ``P``, a lower bound
+    for every method here) does, is marked ``"not measured"`` at this size and every larger one.
+
+    Returns one row per (method, size): ``method``, ``framework``,
+    ``params``, ``width``, ``status`` (``"measured"``/``"not measured"``/
+    ``"skipped"``), ``seconds`` (median wall time), ``min``, ``max``,
+    ``cpu_seconds`` (median process CPU time, less disturbed by other load),
+    ``runs``, ``evaluations`` (of the last run; what it counts is in
+    ``evaluations_are``), ``passed`` (every run's verdict on this correct
+    MLP), ``note``. Cost: about ``len(params) * len(methods) * budget_s``
+    at most.
+    """
+    chosen = _methods(methods)
+    rows: list[dict] = []
+    last: dict[str, tuple[int, float]] = {}
+    stopped: dict[str, str] = {}
+    say = progress or (lambda s: None)
+    for p in params:
+        mlp = make_mlp(p, seed)
+        live = []
+        for m in chosen:
+            row = {"method": m.name, "framework": m.framework, "params": mlp.size, "width": mlp.width,
+                   "status": "measured", "seconds": None, "min": None, "max": None, "cpu_seconds": None,
+                   "runs": 0, "evaluations": None, "evaluations_are": m.evaluations, "passed": None, "note": ""}
+            rows.append(row)
+            if not _available(m.framework):
+                row.update(status="skipped", note=f"{m.framework} is not installed")
+                continue
+            if m.name in stopped:
+                row.update(status="not measured", note=stopped[m.name])
+                continue
+            if m.name in last:
+                p0, t0 = last[m.name]
+                predicted = t0 * mlp.size / p0  # a lower bound for every method here
+                if predicted > budget_s:
+                    stopped[m.name] = f"predicted at least {predicted:.3g} s per run > budget {budget_s:g} s"
+                    row.update(status="not measured", note=stopped[m.name])
+                    continue
+            say(f"P={mlp.size:>6} {m.name}: warm-up")
+            run = m.prepare(mlp, None, seed)
+            wall, _, passed, evals = _timed(run)
+            if wall > budget_s:
+                stopped[m.name] = f"warm-up took {wall:.3g} s > budget {budget_s:g} s"
+                row.update(status="not measured", note=stopped[m.name], passed=passed, evaluations=evals)
+                continue
+            live.append({"row": row, "run": run, "walls": [], "cpus": [], "spent": 0.0, "verdicts": [],
+                         "evals": evals, "est": wall})
+        for r in range(max(1, repeats)):
+            for st in live:
+                if st["walls"] and st["spent"] + max(st["est"], min(st["walls"])) > budget_s:
+                    continue
+                wall, cpu, passed, evals = _timed(st["run"])
+                st["walls"].append(wall)
+                st["cpus"].append(cpu)
+                st["spent"] += wall
+                st["verdicts"].append(passed)
+                st["evals"] = evals
+        for st in live:
+            w, row = st["walls"], st["row"]
+            row.update(seconds=statistics.median(w), min=min(w), max=max(w),
+                       cpu_seconds=statistics.median(st["cpus"]), runs=len(w), evaluations=st["evals"],
+                       passed=all(st["verdicts"]))
+            if len(w) < repeats:
+                row["note"] = f"{len(w)} of {repeats} runs within the {budget_s:g} s budget"
+            last[row["method"]] = (row["params"], row["seconds"])
+            say(f"P={row['params']:>6} {row['method']}: {row['seconds']:.4g} s (median of {len(w)})")
+    return rows
+
+
+# ---------------------------------------------------------------------------
+# detection and localisation
+# ---------------------------------------------------------------------------
+
+def detection_table(params: int = 5000, methods: Sequence[str] | None = None, *, seeds: int = 3, seed: int = 0,
+                    progress: Callable[[str], None] | None = None) -> list[dict]:
+    """Which checkers catch the two injected bugs, and which pass the same code without them.
+
+    Cases: ``"correct"`` (the custom Function / custom_vjp layers, no bug),
+    ``"element"`` (0.1% error in one element of dW2), ``"approx"`` (tanh
+    derivative off by up to 1e-3 relative). Checkers with random probes run
+    at ``seeds`` seeds; deterministic ones once. Returns one row per
+    (method, case): ``failed`` runs out of ``runs`` (for a bug: caught; for
+    ``"correct"``: false alarms), and for gradverify where it located the
+    worst element (``located``; the bug is at ``expected``). Cost: a few
+    full checks at ``params`` per method.
+    """
+    chosen = _methods(methods)
+    mlp = make_mlp(params, seed)
+    say = progress or (lambda s: None)
+    rows = []
+    expected = f"W2[{', '.join(map(str, mlp.bug_index))}]"
+    for m in chosen:
+        for case in ("correct",) + BUGS:
+            row = {"method": m.name, "framework": m.framework, "params": mlp.size, "case": case, "runs": 0,
+                   "failed": 0, "located": [], "expected": expected if case == "element" else None, "note": ""}
+            rows.append(row)
+            if not _available(m.framework):
+                row["note"] = f"{m.framework} is not installed"
+                continue
+            say(f"detection P={mlp.size} {m.name}: {case}")
+            for s in range(seeds if m.random else 1):
+                run = m.prepare(mlp, None if case == "correct" else case, seed + s, True)
+                passed, _, result = run()
+                row["runs"] += 1
+                row["failed"] += not passed
+                if result is not None and not passed and result.worst is not None:
+                    w = result.worst
+                    row["located"].append(_where(w.input, w.index))
+    return rows
+
+
+def _where(name, index) -> str:
+    label = PARAM_NAMES[int(name)] if str(name).isdigit() else str(name)
+    return f"{label}[{', '.join(str(int(i)) for i in index)}]"
+
+
+def localisation(params: int = 20000, errors: Sequence[float] = (ELEMENT_ERROR, 1e-2), *,
+                 frameworks: Sequence[str] = ("torch", "jax"), seed: int = 0) -> list[dict]:
+    """gradverify fast mode on one wrong element among ``params`` parameters.
+
+    The ``"element"`` bug (one element of dW2 scaled by ``1 + error``) for
+    each of ``errors``. Returns one row per (framework, error): whether
+    fast mode failed (``detected``), the element it reports (``reported``)
+    against ``expected``, ``correct``, the check's ``evaluations`` and
+    ``seconds``. Cost: one fast check each.
+    """
+    import gradverify as gv
+
+    mlp = make_mlp(params, seed)
+    expected = f"W2[{', '.join(map(str, mlp.bug_index))}]"
+    rows = []
+    for fw in frameworks:
+        for err in errors:
+            row = {"framework": fw, "params": mlp.size, "error": err, "expected": expected, "detected": None,
+                   "reported": None, "correct": None, "evaluations": None, "seconds": None, "note": ""}
+            rows.append(row)
+            if not _available(fw):
+                row["note"] = f"{fw} is not installed"
+                continue
+            with _x64() if fw == "jax" else contextlib.nullcontext():
+                fn, ps = (torch_mlp if fw == "torch" else jax_mlp)(mlp, "element", error=err)
+                t = time.perf_counter()
+                r = gv.check(fn, list(ps), mode="fast", seed=seed)
+                row["seconds"] = time.perf_counter() - t
+            row["detected"] = not r.passed
+            row["evaluations"] = r.evaluations
+            if r.worst is not None and not r.passed:
+                row["reported"] = _where(r.worst.input, r.worst.index)
+            row["correct"] = row["reported"] == expected
+    return rows
+
+
+# ---------------------------------------------------------------------------
+# the issue's targets, and everything at once
+# ---------------------------------------------------------------------------
+
+def _cell(rows, method, near):
+    cands = [r for r in rows if r["method"] == method and r["status"] == "measured"]
+    if not cands:
+        return None
+    r = min(cands, key=lambda r: abs(math.log(r["params"] / near)))
+    return r if abs(math.log(r["params"] / near)) < 0.3 else None
+
+
+def targets(timing: list[dict], detection: list[dict] | None = None, located: list[dict] | None = None) -> list[dict]:
+    """The issue's targets against the measurements (ratios of medians, wall and CPU time).
+
+    * full check of the torch MLP at P~5000 <= 0.3x ``gradcheck(fast_mode=False)``;
+    * fast mode at P~20000 <= 3x ``gradcheck(fast_mode=True)`` (and, from
+      ``detection``, fast mode's catches);
+    * localisation at P~20000 within 200 evaluations, at the right element.
+    """
+    out = []
+    for label, num, den, near, limit in (
+        ("full check <= 0.3x gradcheck slow at P~5000", "gradverify full (torch)", "torch gradcheck", 5000, 0.3),
+        ("fast mode <= 3x gradcheck fast at P~20000", "gradverify fast (torch)", "torch gradcheck fast", 20000, 3.0),
+    ):
+        a, b = _cell(timing, num, near), _cell(timing, den, near)
+        row = {"target": label, "limit": limit, "ratio": None, "cpu_ratio": None, "met": None, "params": None}
+        if a and b:
+            row.update(ratio=a["seconds"] / b["seconds"], cpu_ratio=a["cpu_seconds"] / b["cpu_seconds"],
+                       params=a["params"])
+            row["met"] = row["ratio"] <= limit
+        out.append(row)
+    if detection:
+        fast = [r for r in detection if r["method"].startswith("gradverify fast")]
+        caught = all(r["failed"] == r["runs"] for r in fast if r["case"] != "correct" and r["runs"])
+        clean = all(r["failed"] == 0 for r in fast if r["case"] == "correct")
+        out.append({"target": "fast mode catches both MLP bugs at every seed, no false alarm",
+                    "met": caught and clean if fast else None})
+    if located:
+        rows = [r for r in located if r["evaluations"] is not None]
+        out.append({"target": "localisation within 200 evaluations at P~20000, right element",
+                    "limit": 200, "evaluations": max((r["evaluations"] for r in rows), default=None),
+                    "met": all(r["correct"] and r["evaluations"] <= 200 for r in rows) if rows else None})
+    return out
+
+
+def environment() -> dict:
+    """Versions and machine, for reproducing a table."""
+    env = {"python": platform.python_version(), "numpy": np.__version__, "machine": platform.machine(),
+           "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+           "platform": platform.platform()}
+    for mod in ("torch", "jax"):
+        try:
+            env[mod] = __import__(mod).__version__
+        except ImportError:
+            env[mod] = None
+    try:
+        env["load_average"] = os.getloadavg()
+    except OSError:
+        pass
+    return env
+
+
+def run_all(*, params: Sequence[int] = DEFAULT_PARAMS, methods: Sequence[str] | None = None, repeats: int = 5,
+            budget_s: float = 10.0, detection_params: int = 5000, seeds: int = 3, localisation_params: int = 20000,
+            seed: int = 0, progress: Callable[[str], None] | None = None) -> dict:
+    """Threads pinned, then :func:`time_checkers`, :func:`detection_table`, :func:`localisation`, :func:`targets`.
+
+    Returns ``{"pinned", "environment", "timing", "detection",
+    "localisation", "targets", "seconds"}``. Cost: see the module docstring.
+    """
+    start = time.perf_counter()
+    pinned = pin_threads()
+    timing = time_checkers(params, methods, repeats=repeats, budget_s=budget_s, seed=seed, progress=progress)
+    detection = detection_table(detection_params, methods, seeds=seeds, seed=seed, progress=progress)
+    fws = sorted({m.framework for m in _methods(methods)})
+    located = localisation(localisation_params, frameworks=fws, seed=seed)
+    return {"pinned": pinned, "environment": environment(), "timing": timing, "detection": detection,
+            "localisation": located, "targets": targets(timing, detection, located),
+            "seconds": time.perf_counter() - start}
