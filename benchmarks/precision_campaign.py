@@ -11,7 +11,10 @@ from tanh, sigmoid, softplus, sin, square, ELU and identity, weight scales
 checked with ``gradverify.check_layer`` on default settings. Correct
 networks measure the false-alarm rate; corrupted ones (one weight gradient
 scaled by ``1 + r``, either one element or the whole tensor) measure the
-smallest relative error ``r`` still caught. A corrupted case whose
+smallest relative error ``r`` still caught. A correct case whose
+low-precision forward is itself percents away from the float64 function
+gets the verdict ``unverified`` (not a false alarm, not a pass) and is
+counted apart. A corrupted case whose
 corrupted gradient is below the tensor's noise floor (a weight the output
 does not use) cannot be caught by any checker; the detection rates are
 reported as measured, without removing such cases.
@@ -104,19 +107,24 @@ def main(argv=None) -> int:
     for dtype in (np.float64, np.float32):
         name = np.dtype(dtype).name
         t = time.perf_counter()
-        alarms = [s for s in range(args.cases) if not case(s, dtype).passed]
+        results = [(s, case(s, dtype)) for s in range(args.cases)]
+        alarms = [s for s, r in results if r.status == "fail"]
+        unverified = [s for s, r in results if r.status == "unverified"]
         summary["false_alarms"][name] = {"count": len(alarms), "seeds": alarms[:20]}
+        summary.setdefault("unverified", {})[name] = {"count": len(unverified), "seeds": unverified[:20]}
         summary["seconds"][name] = time.perf_counter() - t
         for kind in ("element", "tensor"):
             for r in (1e-4, 1e-3, 1e-2):
                 n = max(1, args.cases // 4)
                 caught = sum(not case(s, dtype, kind, r).passed for s in range(n))
                 summary["detection"][f"{name}/{kind}/{r:g}"] = {"cases": n, "caught": caught}
-        print(f"{name}: {len(alarms)} false alarms in {args.cases} correct cases", file=sys.stderr)
+        print(f"{name}: {len(alarms)} false alarms, {len(unverified)} unverified, in {args.cases} correct cases",
+              file=sys.stderr)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
         print(f"false alarms: {summary['false_alarms']}")
+        print(f"unverified: {summary['unverified']}")
         for k, v in summary["detection"].items():
             print(f"  {k:<24} caught {v['caught']:>5} / {v['cases']}")
     return 0

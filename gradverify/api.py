@@ -11,6 +11,7 @@ core (:class:`~gradverify.compare.Comparison`) give the verdict.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -134,10 +135,13 @@ def _run_guarded(target: Target, *, rng, seed, mode, rtol, atol, start) -> Check
     tol, widened = _widen_for_forward_error(tol, target.analytic_output, y0, grad_dtype, eval_dtype, rtol)
     if widened:
         target._warn(widened)
-    comparison = Comparison(analytic, tol)
     u64 = u.astype(np.float64)
-    analytic64 = _analytic_in_float64(target, u64, grad_dtype, eval_dtype)
+    # Where the code's own low-precision forward is far from float64, the
+    # function is ill-conditioned at that precision; its float64 run is not
+    # the code's function either, so only the widened low-precision check runs.
+    analytic64 = None if widened else _analytic_in_float64(target, u64, grad_dtype, eval_dtype)
     evaluations += analytic64 is not None
+    comparison = Comparison(analytic, tol)
     size = sum(a.size for a in target.point.values())
     used = mode if mode != "auto" else ("full" if size <= AUTO_FULL_LIMIT else "fast")
     warnings = tuple(target.warnings) + tuple(
@@ -178,6 +182,25 @@ def _run_guarded(target: Target, *, rng, seed, mode, rtol, atol, start) -> Check
         )
         if not hi.passed:
             return _second_opinion(hi, target, comp64, u64, eval_dtype, start)
+        lo = comparison.result(
+            {k: d.value for k, d in fd.items()}, {k: d.error for k, d in fd.items()}, kind=target.kind,
+            reference="fd", kinks=kinks, constants=target.constants,
+            sensitivity={k: d.sensitivity for k, d in fd.items()}, mode="full", evaluations=evaluations,
+            seed=seed, dtype=grad_dtype.name,
+        )
+        if lo.passed:
+            return dataclasses.replace(lo, warnings=hi.warnings[:-1], seconds=time.perf_counter() - start)
+        # The formula is right (float64 run, float64 tolerance); the
+        # low-precision numbers of the same code deviate further than the
+        # dtype's table allows. That is the precision of the code, not its
+        # derivative (1 - tanh(z)**2 near saturation is off by percents in
+        # correct float32 code): reported, not failed.
+        w = lo.worst
+        return dataclasses.replace(hi, warnings=hi.warnings + (
+            f"its {grad_dtype.name} gradients deviate from the finite differences by up to {w.rel_err:.2g} relative "
+            f"(at {w.input!r}{list(w.index)}: {w.analytic:.6g} vs {w.numeric:.6g}), beyond the {grad_dtype.name} "
+            "tolerance: saturated or cancelling terms lose that much precision in this dtype",),
+            seconds=time.perf_counter() - start)
     result = comparison.result(
         {k: d.value for k, d in fd.items()},
         {k: d.error for k, d in fd.items()},
@@ -194,6 +217,14 @@ def _run_guarded(target: Target, *, rng, seed, mode, rtol, atol, start) -> Check
         seconds=time.perf_counter() - start,
         dtype=grad_dtype.name,
     )
+    if widened and not result.passed:
+        # The code's own forward is already percents away from the float64
+        # function: at its precision the function is ill-conditioned and its
+        # gradient has no meaningful value to check. Not a pass, not a
+        # gradient bug either.
+        return dataclasses.replace(result, status="unverified", warnings=result.warnings + (
+            f"could not verify: the {grad_dtype.name} forward deviates from the float64 function too much for its "
+            "gradients to be checked in this dtype; check it in float64",))
     return _second_opinion(result, target, comparison, u64, eval_dtype, start)
 
 

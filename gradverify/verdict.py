@@ -129,7 +129,10 @@ class CheckResult:
     Attributes:
         passed: True unless some element's gradient is wrong (a ``"nondiff"``
             verdict passes: every kink met had a valid subgradient).
-        status: ``"pass"``, ``"fail"`` or ``"nondiff"``.
+        status: ``"pass"``, ``"fail"``, ``"nondiff"``, or ``"unverified"``
+            (low-precision code whose own forward is already far from the
+            float64 function: its gradient cannot be checked in that dtype;
+            ``passed`` is False, but no gradient was found wrong).
         kind: what was checked: ``"layer"``, ``"pair"``, ``"function"`` or
             ``"gradients"`` (two given gradient sets).
         worst: the element with the largest error relative to its
@@ -197,7 +200,8 @@ class CheckResult:
         }
 
     def __str__(self) -> str:
-        head = {"pass": "PASS", "fail": "FAIL", "nondiff": "PASS (non-differentiable points met)"}.get(
+        head = {"pass": "PASS", "fail": "FAIL", "nondiff": "PASS (non-differentiable points met)",
+                "unverified": "UNVERIFIED (see the warnings)"}.get(
             self.status, self.status.upper()
         )
         w = self.worst
