@@ -166,8 +166,12 @@ def _run_guarded(target: Target, *, rng, seed, mode, rtol, atol, start) -> Check
         verdict = comparison.judge(name, i, value, error)
         return verdict if comp64 is None else max(verdict, comp64.judge(name, i, value, error))
 
+    def judge_many(name, idx, values, errors):
+        verdicts = comparison.judge_many(name, idx, values, errors)
+        return verdicts if comp64 is None else np.maximum(verdicts, comp64.judge_many(name, idx, values, errors))
+
     fd, n_fd = projected_gradients(target.evaluate, target.point, u64, eval_dtype=eval_dtype, judge=judge,
-                                   evaluate_batch=getattr(target, "evaluate_batch", None))
+                                   evaluate_batch=getattr(target, "evaluate_batch", None), judge_many=judge_many)
     evaluations += n_fd
     kinks = {k: (d.kink, d.left, d.right) for k, d in fd.items() if d.kink.any()}
     if comp64 is not None:
@@ -346,37 +350,56 @@ def _fast(target: Target, comparison: Comparison, u64: np.ndarray, eval_dtype, r
 
     Each input or parameter gets ``probes`` signed Gaussian directions
     ``v``; ``<g, v>`` is compared with the Richardson directional derivative
-    (:func:`~gradverify.numeric.directional_mismatch`). A failing tensor is
-    bisected with the failing direction restricted to halves of its
-    elements: the mismatch is linear in the direction, so one probe per
+    (:func:`~gradverify.numeric.directional_mismatch`). Failing probes are
+    confirmed with the full step walk, worst first; the tensor of the first
+    confirmed one is bisected with its direction restricted to halves of
+    its elements: the mismatch is linear in the direction, so one probe per
     level tells both halves' shares. Cost: ``4 * probes`` evaluations per
-    input, plus ``4 * ceil(log2(size))`` and one element check after a
-    failure.
+    input, plus, after a failure, its confirmation, ``4 * ceil(log2(size))``
+    and one element check.
     """
-    from .numeric import FAIL, OK, REFINE, directional_mismatch  # noqa: F401
+    from .numeric import FAIL, OK, directional_mismatch
 
     total = 0
     y0 = np.asarray(target.evaluate(), dtype=np.float64)
     total += 1
     results = []
-    failing = None
+    failing = []
+
+    def tolerance_of(name, v, p):
+        return comparison.projection_tolerance(name, v, p.magnitude) + comparison.tol.noise_factor * p.error
+
     for name, arr in target.point.items():
         g = comparison.analytic[name]
         for _ in range(probes):
             v = rng.standard_normal(arr.shape)
+            # Scanning: a clear failure is not refined here; the worst one is
+            # confirmed below with the full step walk.
             p = directional_mismatch(
                 target.evaluate, arr, v, g, u64, eval_dtype=eval_dtype, y0=y0,
-                judge=lambda m, e, name=name, v=v: comparison.projection_judge(name, v, m, e),
+                judge=lambda m, e, name=name, v=v: (lambda j: OK if j == FAIL else j)(
+                    comparison.projection_judge(name, v, m, e)),
             )
             total += p.evaluations
             results.append((name, v, p))
-            tol = comparison.projection_tolerance(name, v, p.magnitude) + comparison.tol.noise_factor * p.error
+            tol = tolerance_of(name, v, p)
             ratio = abs(p.mismatch) / tol if tol > 0 else (0.0 if p.mismatch == 0 else np.inf)
-            if ratio > 1 and (failing is None or ratio > failing[0]):
-                failing = (ratio, name, v, p)
-    if failing is None:
+            if ratio > 1:
+                failing.append((ratio, len(results) - 1))
+    chosen = None
+    for _, k in sorted(failing, reverse=True):
+        name, v, _ = results[k]
+        p = directional_mismatch(target.evaluate, target.point[name], v, comparison.analytic[name], u64,
+                                 eval_dtype=eval_dtype, y0=y0,
+                                 judge=lambda m, e, name=name, v=v: comparison.projection_judge(name, v, m, e))
+        total += p.evaluations
+        results[k] = (name, v, p)
+        if abs(p.mismatch) > tolerance_of(name, v, p):
+            chosen = (name, v, p)
+            break
+    if chosen is None:
         return results, None, total
-    _, name, v, p = failing
+    name, v, p = chosen
     arr = target.point[name]
     g = comparison.analytic[name]
     flat_v = v.reshape(-1)
@@ -387,8 +410,8 @@ def _fast(target: Target, comparison: Comparison, u64: np.ndarray, eval_dtype, r
         vh = np.zeros(arr.size)
         vh[half] = flat_v[half]
         vh = vh.reshape(arr.shape)
-        ph = directional_mismatch(target.evaluate, arr, vh, g, u64, eval_dtype=eval_dtype, y0=y0,
-                                  judge=lambda m, e, vh=vh: comparison.projection_judge(name, vh, m, e))
+        # bisection only compares the halves' shares of a confirmed mismatch
+        ph = directional_mismatch(target.evaluate, arr, vh, g, u64, eval_dtype=eval_dtype, y0=y0, judge=None)
         total += ph.evaluations
         vo = np.zeros(arr.size)
         vo[other] = flat_v[other]

@@ -129,6 +129,21 @@ class Comparison:
         return (t.atol + t.tiny + t.rtol * np.abs(numeric) + t.floor * s + t.cross * g
                 + t.ulps * t.eps * np.asarray(sensitivity))
 
+    def judge_many(self, name: str, flat_indices: np.ndarray, numeric: np.ndarray, error: np.ndarray) -> np.ndarray:
+        """:meth:`judge` for many elements of one tensor at once (array of verdicts)."""
+        from .numeric import FAIL, OK, REFINE
+
+        a = self.analytic[name].reshape(-1)[np.asarray(flat_indices)].astype(np.float64)
+        numeric = np.asarray(numeric, dtype=np.float64)
+        error = np.asarray(error, dtype=np.float64)
+        tb = self.base_tolerance(name, numeric)
+        gap = np.abs(a - numeric)
+        out = np.full(gap.shape, REFINE, dtype=np.int64)
+        with np.errstate(invalid="ignore"):
+            out[(gap - tb > 10.0 * error + self.tol.noise_factor * error) & np.isfinite(error)] = FAIL
+            out[(gap <= tb) & (error <= tb) & np.isfinite(error)] = OK
+        return out
+
     def judge(self, name: str, flat_index: int, numeric: float, error: float) -> int:
         """Provisional verdict on one element, for adaptive finite differences.
 

@@ -332,6 +332,7 @@ def projected_gradients(
     indices: Mapping[str, Sequence[int]] | None = None,
     evaluate_batch: Callable[[str, np.ndarray, np.ndarray], np.ndarray] | None = None,
     batch_bytes: int = 64 * 2**20,
+    judge_many: Callable[[str, np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> tuple[dict[str, ElementDerivative], int]:
     """Gradient of ``phi = <u, evaluate()>`` with respect to every element of ``point``.
 
@@ -363,7 +364,9 @@ def projected_gradients(
     ``flat_indices[b]`` of ``point[name]`` set to ``values[b]``, all else at
     the base point) and returns the stacked outputs; the first four
     evaluations of every element go through it in chunks of at most
-    ``batch_bytes`` of output (``torch.func.vmap``, ``jax.vmap``...).
+    ``batch_bytes`` of output (``torch.func.vmap``, ``jax.vmap``...), judged
+    a chunk at a time by ``judge_many(name, flat_indices, values, errors)``
+    when given (the array form of ``judge``).
 
     Cost: 4 evaluations per element, +2 per refinement, +1 for the base
     point. Returns the per-name results and the evaluation count.
@@ -394,8 +397,22 @@ def projected_gradients(
                 # at least a few ulps of the storage, or float16 rounds the step away
                 h = max(h, 8.0 * float(np.spacing(np.abs(arr.flat[i]).astype(arr.dtype))))
             first_steps[i] = h
-        batched = _first_levels_batched(evaluate_batch, name, arr, order, first_steps, y0.shape, batch_bytes, proj) \
-            if evaluate_batch is not None else {}
+        batched = {}
+        if evaluate_batch is not None:
+            # First pass over whole chunks as array arithmetic; only elements
+            # the judge does not settle keep their levels for the walk.
+            many = None
+            if judge_many is not None:
+                many = lambda idx, v, e: judge_many(name, idx, v, e)  # noqa: E731
+            elif judge is not None:
+                many = lambda idx, v, e: np.array([judge(name, int(i), a, b) for i, a, b in zip(idx, v, e)])  # noqa: E731
+            settled = _first_pass_batched(evaluate_batch, name, arr, order, first_steps, y0.shape, batch_bytes, proj,
+                                          scale, many)
+            for i, (v, e, sens, levels) in settled.items():
+                value[i], error[i], sensitivity[i] = v, e, sens
+                if levels is not None:
+                    batched[i] = levels
+            order = list(batched)
         for i in order:
             idx = np.unravel_index(i, arr.shape)
             x0 = arr[idx].copy()
@@ -417,9 +434,11 @@ def projected_gradients(
                 return (yp, tp, ym, tm, d, n, mag, not np.array_equal(yp, ym))
 
             h = first_steps[i]
-            levels = batched.pop(i, None) or [level(h), level(h / 2)]
-            value[i], error[i] = _richardson(levels[0], levels[1])
-            sensitivity[i] = levels[1][6] / scale[i]
+            levels = batched.pop(i, None)
+            if levels is None:
+                levels = [level(h), level(h / 2)]
+                value[i], error[i] = _richardson(levels[0], levels[1])
+                sensitivity[i] = levels[1][6] / scale[i]
             if judge is None:
                 continue
             verdict = judge(name, i, value[i], error[i])
@@ -455,35 +474,60 @@ def projected_gradients(
     return out, proj.evaluations
 
 
-def _first_levels_batched(evaluate_batch, name, arr, order, first_steps, out_shape, batch_bytes, proj):
-    """The levels at ``h`` and ``h/2`` of every element, from batched evaluations.
+def _first_pass_batched(evaluate_batch, name, arr, order, first_steps, out_shape, batch_bytes, proj, scale, judge):
+    """The first two levels of every element from batched evaluations, as array arithmetic.
 
-    Returns flat index -> [level(h), level(h/2)] in the tuple layout of
-    :func:`projected_gradients`; counts the evaluations on ``proj``.
+    Row ``b`` of each batch sets one element to ``x0 +- h`` or ``x0 +- h/2``
+    (the stored value fixes the step actually taken). Returns flat index ->
+    ``(value, error, sensitivity, levels)`` where ``levels`` (the tuples of
+    :func:`projected_gradients`) is kept only for elements that ``judge(i,
+    value, error)`` does not settle as OK, so memory stays one chunk of
+    outputs. Counts the evaluations on ``proj``.
     """
     per_element = 4
     out_size = int(np.prod(out_shape))
     chunk = max(1, batch_bytes // max(1, 8 * out_size * per_element))
-    x = arr.reshape(-1).astype(np.float64) if arr.flags.c_contiguous else np.ascontiguousarray(arr).reshape(-1)
+    x = np.ascontiguousarray(arr).reshape(-1).astype(np.float64)
+    u = proj.u.reshape(-1)
+    absu = proj.absu.reshape(-1)
+    signs = np.array([1.0, -1.0, 0.5, -0.5])
+    shape = tuple(out_shape)
     out = {}
     for start in range(0, len(order), chunk):
-        part = order[start:start + chunk]
-        idx = np.repeat(np.asarray(part, dtype=np.int64), per_element)
-        x0 = x[idx].astype(np.float64)
-        h = np.array([first_steps[i] for i in part]).repeat(per_element)
-        signs = np.tile(np.array([1.0, -1.0, 0.5, -0.5]), len(part))
-        values = (x0 + signs * h).astype(arr.dtype)
-        actual = values.astype(np.float64) - x0
-        ys = np.asarray(evaluate_batch(name, idx, values), dtype=np.float64).reshape((len(idx),) + tuple(out_shape))
+        part = np.asarray(order[start:start + chunk], dtype=np.int64)
+        n = len(part)
+        idx = np.repeat(part, per_element)
+        x0 = x[idx]
+        h = np.repeat([first_steps[int(i)] for i in part], per_element)
+        values = (x0 + np.tile(signs, n) * h).astype(arr.dtype)
+        actual = (values.astype(np.float64) - x0).reshape(n, per_element)
+        ys = np.asarray(evaluate_batch(name, idx, values), dtype=np.float64).reshape(n, per_element, out_size)
         proj.evaluations += len(idx)
-        for k, i in enumerate(part):
-            rows = ys[4 * k: 4 * k + 4]
-            t = actual[4 * k: 4 * k + 4]
-            levels = []
-            for a, b in ((0, 1), (2, 3)):
-                d, n, mag = proj.diff(rows[a], rows[b], t[a], t[b])
-                levels.append((rows[a], t[a], rows[b], t[b], d, n, mag, not np.array_equal(rows[a], rows[b])))
-            out[i] = levels
+        quot, noise, mags = [], [], []
+        for a, b in ((0, 1), (2, 3)):
+            ya, yb = ys[:, a], ys[:, b]
+            d = ya - yb
+            changed = d != 0
+            w = absu * (np.abs(ya) + np.abs(yb))
+            moved = np.sum(w * changed, axis=1)
+            still = np.sum(w, axis=1) - moved
+            dt = actual[:, a] - actual[:, b]
+            quot.append((d @ u) / dt)
+            noise.append(proj.eps * (_ULPS_PER_OUTPUT * moved + 0.5 * still) / np.abs(dt))
+            mags.append(np.where(changed.any(axis=1), moved, still) / 2.0)
+        val = quot[1] + (quot[1] - quot[0]) / 3.0
+        err = np.abs(quot[1] - quot[0]) / 3.0 + (4.0 * noise[1] + noise[0]) / 3.0
+        sens = mags[1] / scale[part]
+        verdicts = judge(part, val, err) if judge is not None else np.full(n, OK)
+        for k, i in enumerate(part.tolist()):
+            levels = None
+            if verdicts[k] != OK:
+                levels = [
+                    (ys[k, a].reshape(shape).copy(), actual[k, a], ys[k, b].reshape(shape).copy(), actual[k, b],
+                     quot[lv][k], noise[lv][k], mags[lv][k], bool(np.any(ys[k, a] != ys[k, b])))
+                    for lv, (a, b) in enumerate(((0, 1), (2, 3)))
+                ]
+            out[i] = (float(val[k]), float(err[k]), float(sens[k]), levels)
     return out
 
 

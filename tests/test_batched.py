@@ -1,4 +1,4 @@
-"""Batched full mode: ``evaluate_batch`` of the torch and JAX targets.
+"""Batched full mode: ``evaluate_batch`` / ``evaluate_rows`` of the torch and JAX targets.
 
 A full check evaluates four perturbations per element; torch and JAX
 targets evaluate the perturbations of one tensor in batches
@@ -44,6 +44,21 @@ def _rows(target, name, rng, n=7):
     return idx, vals
 
 
+def _probe_rows(target, name, rng, n=6):
+    """Points x + t v of directional probes: whole values of ``point[name]``."""
+    target.batch_min_rows = 1
+    arr = target.point[name]
+    v = rng.standard_normal(arr.shape)
+    return np.stack([arr + t * v for t in np.linspace(-1e-3, 1e-3, n)])
+
+
+def _assert_probe_rows(target, name, rng):
+    rows = _probe_rows(target, name, rng)
+    before = target.point[name].copy()
+    _assert_rows_equal(target.evaluate_rows(name, rows), target._loop_rows(name, rows))
+    assert np.array_equal(target.point[name], before)
+
+
 def _same_derivatives(target):
     """projected_gradients with and without evaluate_batch on one target: values, errors, counts."""
     y = np.asarray(target.evaluate())
@@ -85,6 +100,13 @@ class _Numpy(BatchedEvaluation):
         out = np.tanh(np.einsum("ij,bjk->bik", self.x, Ws))
         return out * (1 + 1e-9) if self.mode == "wrong" else out
 
+    def _vectorised_rows(self, name, rows):
+        self.calls += 1
+        if self.mode == "raise":
+            raise ValueError("cannot vectorise this")
+        out = np.tanh(np.einsum("ij,bjk->bik", self.x, rows))
+        return out * (1 + 1e-9) if self.mode == "wrong" else out
+
 
 @pytest.mark.parametrize("mode", ["right", "wrong", "raise"])
 def test_the_rows_are_the_one_by_one_outputs_whatever_the_vectorised_call_does(mode):
@@ -97,6 +119,13 @@ def test_the_rows_are_the_one_by_one_outputs_whatever_the_vectorised_call_does(m
     _assert_rows_equal(t.evaluate_batch("W", idx, vals), ref)
     # decided once: a tensor that fell back is not retried
     assert (t.calls == calls) == (mode != "right")
+
+
+@pytest.mark.parametrize("mode", ["right", "wrong", "raise"])
+def test_whole_rows_are_the_one_by_one_outputs_whatever_the_vectorised_call_does(mode):
+    t = _Numpy(mode)
+    _assert_probe_rows(t, "W", np.random.default_rng(3))
+    assert bool(t.batch_fallbacks) == (mode != "right")
 
 
 def test_sub_batches_respect_the_input_budget():
@@ -153,6 +182,8 @@ def test_torch_function_rows_and_derivatives_match_the_loop(tt):
         idx, vals = _rows(t, name, rng)
         _assert_rows_equal(t.evaluate_batch(name, idx, vals), t._loop_batch(name, idx, vals))
     _same_derivatives(t)
+    for name in t.point:
+        _assert_probe_rows(t, name, rng)
     assert t.batch_fallbacks == {}
 
 
@@ -161,11 +192,14 @@ def test_torch_tuple_outputs_and_integer_inputs_are_batched(tt):
         h = torch.tanh(x[idx] @ W)
         return h, {"s": (h * h).sum(), "i": idx}
 
-    t = callable_target(f, [_t(0, 4, 3), torch.tensor([2, 0, 3]), _t(1, 3, 2)], None)
+    inputs = [_t(0, 4, 3), torch.tensor([2, 0, 3]), _t(1, 3, 2)]
+    t = callable_target(f, inputs, None)
     for name in t.point:
         idx, vals = _rows(t, name, np.random.default_rng(4))
         _assert_rows_equal(t.evaluate_batch(name, idx, vals), t._loop_batch(name, idx, vals))
     assert t.batch_fallbacks == {}
+    # a 0-d output leaf gets a 0-d cotangent (it once got shape (1,) and autograd refused it)
+    assert gv.check(f, inputs, mode="full").passed
 
 
 def test_torch_full_checks_batched_and_unbatched_agree(tt, monkeypatch):
@@ -189,6 +223,7 @@ def test_torch_module_rows_match_the_loop_for_parameters_and_input(tt):
     for name in t.point:
         idx, vals = _rows(t, name, rng)
         _assert_rows_equal(t.evaluate_batch(name, idx, vals), t._loop_batch(name, idx, vals))
+        _assert_probe_rows(t, name, rng)
     _same_derivatives(t)
     assert t.batch_fallbacks == {}
 
@@ -233,9 +268,10 @@ def test_torch_code_that_cannot_be_vmapped_falls_back_to_a_loop(tt, case):
     else:
         fn, W = (_item_scaled if case == "item" else _writes_into_captured), _t(1, 4, 3)
     t = callable_target(fn, [x, W], None)
+    _assert_probe_rows(t, "W", np.random.default_rng(6))  # decides: falls back
+    assert "W" in t.batch_fallbacks
     idx, vals = _rows(t, "W", np.random.default_rng(6))
     _assert_rows_equal(t.evaluate_batch("W", idx, vals), t._loop_batch("W", idx, vals))
-    assert "W" in t.batch_fallbacks
     assert gv.check(fn, [x, W], mode="full").passed
 
 
@@ -320,6 +356,7 @@ def test_jax_rows_and_derivatives_match_the_loop_under_x64():
         out = t.evaluate_batch(name, idx, vals)
         assert out.dtype == np.float64
         _assert_rows_equal(out, t._loop_batch(name, idx, vals))
+        _assert_probe_rows(t, name, rng)
     _same_derivatives(t)
     assert t.batch_fallbacks == {}
 

@@ -115,33 +115,42 @@ def split_cotangent(dout: np.ndarray, shapes: Sequence[tuple], single: bool) -> 
 
 
 class BatchedEvaluation:
-    """``evaluate_batch`` for targets whose framework can vectorise a call (``torch.func.vmap``, ``jax.vmap``).
+    """Batched evaluation for targets whose framework can vectorise a call (``torch.func.vmap``, ``jax.vmap``).
 
-    :func:`~gradverify.numeric.projected_gradients` hands over many
-    single-element perturbations of one tensor at a time (row ``b``: element
-    ``flat_indices[b]`` of ``point[name]`` set to ``values[b]``). A subclass
-    implements :meth:`_vectorised` (one framework call for a sub-batch);
-    this class splits the rows into sub-batches whose perturbed copies of
-    the tensor stay under :attr:`batch_input_bytes`, and trusts the
-    vectorised call only once it has been verified, per tensor, on the first
-    batch it serves: a few of its rows (the first, the middle and the last)
-    are re-evaluated one by one through ``evaluate`` and must agree to
-    rounding (:data:`BATCH_AGREEMENT` ulps of the row's largest output).
-    Code that cannot be vectorised -- Python control flow on values,
-    ``.item()``/``.numpy()`` calls, in-place writes into captured tensors,
-    random draws, an ``autograd.Function`` without a vmap rule -- raises in
-    the vectorised call or disagrees, and that tensor is evaluated by a
-    plain loop over ``evaluate`` from then on (why is kept in
-    :attr:`batch_fallbacks`). Either way the rows returned are the outputs
-    ``evaluate`` would give.
+    Two requests, each about one tensor ``point[name]`` (everything else at
+    the base point), each returning the stacked outputs:
 
-    Cost: the verification re-runs 3 rows once per tensor (these evaluations
-    are not in the check's count); a vectorised sub-batch costs one
-    framework call on ``rows x tensor size`` elements.
+    * :meth:`evaluate_batch` -- many single-element perturbations (row
+      ``b``: element ``flat_indices[b]`` set to ``values[b]``), what
+      :func:`~gradverify.numeric.projected_gradients` hands over;
+    * :meth:`evaluate_rows` -- many whole values of the tensor (row ``b``:
+      ``point[name]`` replaced by ``rows[b]``), e.g. the points ``x + t v``
+      of several directional probes.
+
+    A subclass implements :meth:`_vectorised` and :meth:`_vectorised_rows`
+    (one framework call each). This class splits a request into calls
+    whose copies of the tensor stay under :attr:`batch_input_bytes`, and
+    trusts the vectorised call only once it has been verified, per tensor,
+    on the first request it serves: two of its rows (the first and the
+    last) are re-evaluated one by one through ``evaluate``
+    and must agree to rounding (:data:`BATCH_AGREEMENT` ulps of the row's
+    largest output). Code that cannot be vectorised -- Python control flow
+    on values, ``.item()``/``.numpy()`` calls, in-place writes into captured
+    tensors, random draws, an ``autograd.Function`` without a vmap rule --
+    raises in the vectorised call or disagrees, and that tensor is
+    evaluated by a plain loop over ``evaluate`` from then on (why is kept
+    in :attr:`batch_fallbacks`). Either way the rows returned are the
+    outputs ``evaluate`` would give, and ``point`` is left bit for bit as
+    it was.
+
+    Cost: the verification re-runs 2 rows once per tensor (these evaluations
+    are not in the check's count); a vectorised call costs one framework
+    call on ``rows x tensor size`` elements. Requests of fewer than
+    :attr:`batch_min_rows` rows run as a loop.
     """
 
-    #: Cap, in bytes, on the perturbed copies of a tensor in one vectorised call
-    #: (sub-batches of a few MiB stay in cache; the check's ``batch_bytes``
+    #: Cap, in bytes, on the copies of a tensor in one vectorised call
+    #: (calls of a few MiB stay in cache; the check's ``batch_bytes``
     #: bounds the outputs).
     batch_input_bytes = 2 * 2**20
     #: Cap on the rows of one vectorised call.
@@ -158,51 +167,62 @@ class BatchedEvaluation:
 
     @property
     def batch_fallbacks(self) -> dict:
-        """Tensor name -> why its perturbations are evaluated one by one (empty while all vectorise)."""
+        """Tensor name -> why its evaluations run one by one (empty while all vectorise)."""
         return self._batch_memo()[1]
 
     def evaluate_batch(self, name: str, flat_indices, values) -> np.ndarray:
         """Outputs of many single-element perturbations of ``point[name]``, stacked (see the class docstring)."""
         idx = np.asarray(flat_indices, dtype=np.int64).reshape(-1)
+        vals = np.asarray(values).astype(self.point[name].dtype, copy=False).reshape(-1)
+        return self._batched(name, idx.size, lambda s: self._vectorised(name, idx[s], vals[s]),
+                             lambda sel: self._loop_batch(name, idx[sel], vals[sel]))
+
+    def evaluate_rows(self, name: str, rows) -> np.ndarray:
+        """Outputs with ``point[name]`` replaced by each of ``rows`` (shape ``(B, *point[name].shape)``), stacked."""
         arr = self.point[name]
-        vals = np.asarray(values).astype(arr.dtype, copy=False).reshape(-1)
+        rows = np.ascontiguousarray(np.asarray(rows).astype(arr.dtype, copy=False))
+        if rows.shape[1:] != arr.shape:
+            raise ValueError(f"rows for {name!r} have shape {rows.shape[1:]}, the tensor {arr.shape}")
+        return self._batched(name, len(rows), lambda s: self._vectorised_rows(name, rows[s]),
+                             lambda sel: self._loop_rows(name, rows[sel]))
+
+    def _batched(self, name: str, n: int, vectorised, loop) -> np.ndarray:
         status, fallbacks = self._batch_memo()
-        if status.get(name) is not False and idx.size >= max(1, self.batch_min_rows):
+        if status.get(name) is not False and n >= max(1, self.batch_min_rows):
             try:
-                out = self._chunked(name, idx, vals)
+                step = self._rows_per_call(name)
+                parts = [np.asarray(vectorised(slice(s, s + step))) for s in range(0, n, step)]
+                out = parts[0] if len(parts) == 1 else np.concatenate(parts)
             except Exception as exc:  # noqa: BLE001 - not vectorisable: loop from now on
                 status[name] = False
                 fallbacks[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             else:
                 if status.get(name):
                     return out
-                rows = sorted({0, idx.size // 2, idx.size - 1})
-                ref = self._loop_batch(name, idx[rows], vals[rows])
-                why = _rows_disagree(out[rows], ref)
+                check = np.array(sorted({0, n - 1}))
+                why = _rows_disagree(out[check], loop(check))
                 if why is None:
                     status[name] = True
                     return out
                 status[name] = False
                 fallbacks[name] = why
-        return self._loop_batch(name, idx, vals)
+        return loop(slice(None))
 
     def _rows_per_call(self, name: str) -> int:
-        """Rows of one vectorised call: perturbed copies of ``point[name]`` within :attr:`batch_input_bytes`."""
+        """Rows of one vectorised call: copies of ``point[name]`` within :attr:`batch_input_bytes`."""
         size = max(1, self.point[name].size * self.point[name].itemsize)
         return int(min(self.batch_max_rows, max(1, self.batch_input_bytes // size)))
 
-    def _chunked(self, name: str, idx: np.ndarray, vals: np.ndarray) -> np.ndarray:
-        rows = self._rows_per_call(name)
-        parts = [np.asarray(self._vectorised(name, idx[s:s + rows], vals[s:s + rows]))
-                 for s in range(0, idx.size, rows)]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
     def _vectorised(self, name: str, idx: np.ndarray, vals: np.ndarray) -> np.ndarray:  # pragma: no cover
-        """One vectorised framework call: the stacked outputs, shaped ``(len(idx), *output shape)``."""
+        """One vectorised call over single-element perturbations: outputs shaped ``(len(idx), *output)``."""
+        raise NotImplementedError
+
+    def _vectorised_rows(self, name: str, rows: np.ndarray) -> np.ndarray:  # pragma: no cover
+        """One vectorised call over whole values of ``point[name]``: outputs shaped ``(len(rows), *output)``."""
         raise NotImplementedError
 
     def _loop_batch(self, name: str, idx: np.ndarray, vals: np.ndarray) -> np.ndarray:
-        """The rows one by one: ``point[name]`` perturbed in place, ``evaluate()``, restored bit for bit."""
+        """The perturbations one by one: ``point[name]`` changed in place, ``evaluate()``, restored bit for bit."""
         arr = self.point[name]
         out = []
         for i, v in zip(idx, vals):
@@ -213,6 +233,19 @@ class BatchedEvaluation:
                 out.append(np.asarray(self.evaluate()))
             finally:
                 arr[at] = old
+        return np.stack(out)
+
+    def _loop_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """The rows one by one: ``point[name]`` overwritten in place, ``evaluate()``, restored bit for bit."""
+        arr = self.point[name]
+        saved = arr.copy()
+        out = []
+        try:
+            for row in rows:
+                arr[...] = row
+                out.append(np.asarray(self.evaluate()))
+        finally:
+            arr[...] = saved
         return np.stack(out)
 
 
@@ -489,7 +522,9 @@ class FrameworkFunctionTarget(FunctionTarget):
         values = self.convert(flat)
         dts = [leaf.dtype for leaf in ([self._out_tree] if self._out_single else
                                        [v for v in self.leaves_of(self._out_tree) if self.float_leaf(v)])]
-        ts = [self.to_framework(np.ascontiguousarray(p).reshape(np.shape(p)), None, dtype=dt) for p, dt in zip(pieces, dts)]
+        # (ascontiguousarray makes 0-d pieces 1-d: keep each piece's shape)
+        ts = [self.to_framework(np.ascontiguousarray(p).reshape(np.shape(p)), None, dtype=dt)
+              for p, dt in zip(pieces, dts)]
         dout = ts[0] if self._out_single else self.rebuild(self._out_tree, ts)
         pos, kw = self.build_call(values)
         result = self.user_vjp(dout, *pos, **kw)

@@ -29,10 +29,14 @@ import jax.numpy as jnp
 from ..errors import ShapeMismatch
 from ._common import BatchedEvaluation, FrameworkFunctionTarget
 
-__all__ = ["JaxFunctionTarget", "is_jax_array", "x64_context", "JIT_MIN_ELEMENTS"]
+__all__ = ["JaxFunctionTarget", "is_jax_array", "x64_context", "JIT_MIN_ELEMENTS", "JIT_AFTER_CALLS"]
 
-#: Points with at least this many elements are evaluated through ``jax.jit``.
+#: Points with at least this many elements are evaluated through ``jax.jit``...
 JIT_MIN_ELEMENTS = 64
+#: ...once a check has made this many eager calls: a compilation costs
+#: ~0.1-0.2 s, about 500-1000 eager calls of a small network (~0.2-0.3 ms
+#: each), so a fast-mode check (~100-300 calls) never pays for one.
+JIT_AFTER_CALLS = 512
 
 
 def is_jax_array(value: Any) -> bool:
@@ -94,6 +98,7 @@ class JaxFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
     def __init__(self, fn: Callable, inputs: Any, vjp: Callable | None):
         super().__init__(fn, inputs, vjp)
         self._jit = None if sum(v.size for v in self.point.values()) >= JIT_MIN_ELEMENTS else False
+        self._eager_calls = 0
         self._x64 = x64_context()
         if self._x64 is None and not _x64_enabled():
             low = {v.dtype.name for v in self.originals.values() if v.dtype != np.float64}
@@ -162,16 +167,20 @@ class JaxFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
         return contextlib.nullcontext()
 
     def run(self, flat):
-        """Evaluate ``fn``; compiled with ``jax.jit`` once the point is large enough to pay for it.
+        """Evaluate ``fn``; compiled with ``jax.jit`` once the check has called it often enough to pay for it.
 
-        Eager dispatch costs ~0.1-1 ms a call, compilation ~0.1 s once per
-        dtype, so inputs of at least :data:`JIT_MIN_ELEMENTS` elements (4
-        evaluations each) use the compiled function. Code that cannot be
-        traced (Python control flow on values, numpy calls on arrays, side
-        effects...) falls back to eager calls for good.
+        Eager dispatch costs ~0.1-1 ms a call, compilation ~0.1-0.2 s once
+        per dtype, so inputs of at least :data:`JIT_MIN_ELEMENTS` elements
+        use the compiled function after :data:`JIT_AFTER_CALLS` eager calls
+        (a full check of such a point makes at least 4 per element; a fast
+        one about a hundred). Code that cannot be traced (Python control
+        flow on values, numpy calls on arrays, side effects...) falls back
+        to eager calls for good.
         """
         values = self.convert(flat)
-        if self._jit is not False:
+        if self._jit is None and self._eager_calls < JIT_AFTER_CALLS:
+            self._eager_calls += 1
+        elif self._jit is not False:
             try:
                 if self._jit is None:
                     self._jit = jax.jit(self.call_user)
@@ -189,42 +198,66 @@ class JaxFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
         return 1 << (super()._rows_per_call(name).bit_length() - 1)
 
     def _vectorised(self, name: str, idx: np.ndarray, vals: np.ndarray) -> np.ndarray:
-        """One call of the compiled ``vmap`` of ``fn`` over perturbed copies of input ``name``.
+        """One call of the compiled ``vmap`` of ``fn`` over single-element perturbations of input ``name``.
 
-        Rows are padded to a power of two (at least the largest batch seen
-        for ``name``), so a check compiles about once per input.
+        Rows are padded (with copies of the first) to a power of two, at
+        least the largest batch seen for ``name``, so a check compiles about
+        once per input.
         """
-        fns = self.__dict__.setdefault("_vmapped", {})
-        sizes = self.__dict__.setdefault("_vmapped_rows", {})
-        n = len(idx)
-        rows = max(sizes.get(name, 1), 1 << max(0, (n - 1).bit_length()))
-        sizes[name] = rows
-        pad_idx = np.zeros(rows, dtype=np.int32)
-        pad_idx[:n] = idx
-        pad_vals = np.full(rows, self.point[name].reshape(-1)[0], dtype=self.point[name].dtype)
-        pad_vals[:n] = vals
-        with self.context(self.point):
-            if name not in fns:
-                fns[name] = self._batched_fn(name)
-            base = self.convert(dict(zip(self.order, self._args(self.point))))
-            out = fns[name](base, jnp.asarray(pad_idx), jnp.asarray(pad_vals))
-            return np.asarray(out)[:n]
+        (idx_p, vals_p), n = self._padded(("element", name), idx.astype(np.int32), vals)
+        return self._compiled(("element", name), self._element_fn, idx_p, vals_p)[:n]
 
-    def _batched_fn(self, name: str):
+    def _vectorised_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """One call of the compiled ``vmap`` of ``fn`` over whole values of input ``name`` (padded likewise)."""
+        (rows_p,), n = self._padded(("rows", name), rows)
+        return self._compiled(("rows", name), self._rows_fn, rows_p)[:n]
+
+    def _padded(self, key, *arrays):
+        sizes = self.__dict__.setdefault("_vmapped_rows", {})
+        n = len(arrays[0])
+        rows = max(sizes.get(key, 1), 1 << max(0, (n - 1).bit_length()))
+        sizes[key] = rows
+        out = []
+        for a in arrays:
+            p = np.empty((rows,) + a.shape[1:], dtype=a.dtype)
+            p[:n] = a
+            p[n:] = a[0]
+            out.append(p)
+        return out, n
+
+    def _compiled(self, key, build, *batched):
+        fns = self.__dict__.setdefault("_vmapped", {})
+        with self.context(self.point):
+            if key not in fns:
+                fns[key] = build(key[1])
+            base = self.convert(dict(zip(self.order, self._args(self.point))))
+            return np.asarray(fns[key](base, *[jnp.asarray(b) for b in batched]))
+
+    def _output(self, out):
+        if self.float_leaf(out):
+            return out
+        leaves = [leaf for leaf in self.leaves_of(out) if self.float_leaf(leaf)]
+        if not leaves:
+            raise TypeError(f"the function returned {type(out).__name__} with no floating-point array")
+        return jnp.concatenate([jnp.reshape(leaf, -1) for leaf in leaves])
+
+    def _element_fn(self, name: str):
         shape = self.point[name].shape
 
         def one(base, i, v):
             values = dict(base)
             values[name] = base[name].reshape(-1).at[i].set(v).reshape(shape)
-            out = self.call_user(values)
-            if self.float_leaf(out):
-                return out
-            leaves = [leaf for leaf in self.leaves_of(out) if self.float_leaf(leaf)]
-            if not leaves:
-                raise TypeError(f"the function returned {type(out).__name__} with no floating-point array")
-            return jnp.concatenate([jnp.reshape(leaf, -1) for leaf in leaves])
+            return self._output(self.call_user(values))
 
         return jax.jit(jax.vmap(one, in_axes=(None, 0, 0)))
+
+    def _rows_fn(self, name: str):
+        def one(base, row):
+            values = dict(base)
+            values[name] = row
+            return self._output(self.call_user(values))
+
+        return jax.jit(jax.vmap(one, in_axes=(None, 0)))
 
     def autodiff(self, pieces, flat):
         values = self.convert(flat)

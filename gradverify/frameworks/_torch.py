@@ -145,6 +145,12 @@ def _autograd(outputs, inputs, grad_outputs, what: str):
 _RANDOM = "draws random numbers (dropout?) whose values depend on the dtype"
 
 
+def _cotangent(piece: np.ndarray, out: torch.Tensor) -> torch.Tensor:
+    """The cotangent piece as a tensor like ``out`` (a 0-d piece stays 0-d: ascontiguousarray makes it 1-d)."""
+    t = torch.from_numpy(np.ascontiguousarray(piece).reshape(np.shape(piece)))
+    return t.to(device=out.device, dtype=out.dtype)
+
+
 #: Below this many elements to differentiate, a check runs torch on one
 #: thread: each evaluation is small, and a thread pool's wake-ups cost more
 #: than the work (18 ms against 2 us for a tiny linear on a loaded machine).
@@ -251,10 +257,17 @@ class TorchFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
             return self.call_user(values)
 
     def _vectorised(self, name: str, idx: np.ndarray, vals: np.ndarray) -> np.ndarray:
-        """One ``vmap`` call of ``fn`` over perturbed copies of input ``name`` (other inputs shared)."""
-        self.random.restore()
+        """One ``vmap`` call of ``fn`` over single-element perturbations of input ``name``."""
         base = self.convert(dict(zip(self.order, self._args(self.point))))
-        rows = _perturbed_rows(base[name], idx, vals)
+        return self._vmap_over(name, base, _perturbed_rows(base[name], idx, vals))
+
+    def _vectorised_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """One ``vmap`` call of ``fn`` over whole values of input ``name``."""
+        base = self.convert(dict(zip(self.order, self._args(self.point))))
+        return self._vmap_over(name, base, torch.from_numpy(rows).to(base[name].device))
+
+    def _vmap_over(self, name: str, base: dict, rows: torch.Tensor) -> np.ndarray:
+        self.random.restore()
 
         def one(xn):
             values = dict(base)
@@ -276,7 +289,7 @@ class TorchFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
         outs = self._record_output(out)
         if len(outs) != len(pieces):
             raise ProtocolError("the function returned a different number of outputs on this call")
-        pairs = [(o, torch.from_numpy(np.ascontiguousarray(p).reshape(np.shape(p))).to(device=o.device, dtype=o.dtype))
+        pairs = [(o, _cotangent(p, o))
                  for o, p in zip(outs, pieces) if o.requires_grad]
         names = list(leaves)
         if pairs:
@@ -469,7 +482,14 @@ class TorchModuleTarget(BatchedEvaluation, Target):
         return join_outputs([_leaf_numpy(v) for v in leaves], self._single)
 
     def _vectorised(self, name: str, idx: np.ndarray, vals: np.ndarray) -> np.ndarray:
-        """One ``vmap`` call of the float64 copy over perturbed copies of parameter or input ``name``."""
+        """One ``vmap`` call of the float64 copy over single-element perturbations of parameter or input ``name``."""
+        return self._vmap_over(name, lambda base: _perturbed_rows(base, idx, vals))
+
+    def _vectorised_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """One ``vmap`` call of the float64 copy over whole values of parameter or input ``name``."""
+        return self._vmap_over(name, lambda base: torch.from_numpy(rows).to(base.device))
+
+    def _vmap_over(self, name: str, make_rows: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
         from torch.func import functional_call
 
         use64 = self._use64 and all(v.dtype == np.float64 for v in self.point.values())
@@ -477,13 +497,12 @@ class TorchModuleTarget(BatchedEvaluation, Target):
         c.load(self.point)
         args, kwargs, _ = self._inputs(self.point, grad=False)
         if name in c.params:
-            rows = _perturbed_rows(c.params[name].detach(), idx, vals)
+            rows = make_rows(c.params[name].detach())
 
             def one(p):
                 return _joined(functional_call(c.module, {name: p}, tuple(args), kwargs))
         else:
-            base = kwargs[name] if self.by_keyword else args[self.order.index(name)]
-            rows = _perturbed_rows(base, idx, vals)
+            rows = make_rows(kwargs[name] if self.by_keyword else args[self.order.index(name)])
 
             def one(xn):
                 if self.by_keyword:
@@ -507,7 +526,7 @@ class TorchModuleTarget(BatchedEvaluation, Target):
             pieces = split_cotangent(cotangent, [tuple(o.shape) for o in outs], self._single)
             wrt = {**leaves, **self.orig_params}
             names = list(wrt)
-            pairs = [(o, torch.from_numpy(np.ascontiguousarray(p).reshape(np.shape(p))).to(device=o.device, dtype=o.dtype))
+            pairs = [(o, _cotangent(p, o))
                      for o, p in zip(outs, pieces) if o.requires_grad]
             if pairs:
                 grads = _autograd([o for o, _ in pairs], [wrt[n] for n in names], [g for _, g in pairs],

@@ -1,0 +1,142 @@
+"""gradverify against torch.autograd.gradcheck and jax.test_util.check_grads, side by side.
+
+Run by hand from the repository root (no timed assertions anywhere in the tests)::
+
+    /work/venv/bin/python benchmarks/checkers.py                       # P ~ 100 .. 20000, ~2-3 min
+    /work/venv/bin/python benchmarks/checkers.py --quick               # P ~ 100 .. 2000, seconds
+    /work/venv/bin/python benchmarks/checkers.py --json out.json       # also write every row
+    /work/venv/bin/python benchmarks/checkers.py --params 5000 20000 --repeats 9 --budget 20
+    /work/venv/bin/python benchmarks/checkers.py --methods "gradverify full (torch)" "torch gradcheck"
+
+A thin command line over :mod:`gradverify.checkers` (the library the report
+calls): the same tanh MLP (batch 8, float64) as a torch and a JAX function,
+timed with every checker (median / min / max wall time of repeated runs
+after a warm-up, and the median process CPU time, which other load on the
+machine disturbs less), then the detection table (a 0.1% error in one
+weight element; a ~1e-3 approximation mismatch in the tanh derivative) and
+the localisation of one wrong element among ~20,000 parameters by fast
+mode. Threads are pinned to one before numpy, torch or jax is imported; the
+script prints what it pinned.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+           "NUMEXPR_NUM_THREADS", "BLIS_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
+if "intra_op_parallelism_threads" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from gradverify import checkers as C  # noqa: E402
+
+
+def _fmt(v, spec=".4g"):
+    return "-" if v is None else format(v, spec)
+
+
+def timing_table(rows) -> str:
+    head = f"{'method':<26}{'P':>7}{'median s':>11}{'min s':>10}{'max s':>10}{'cpu s':>10}{'runs':>5}" \
+           f"{'evals':>8}{'passed':>8}  note"
+    out = [head, "-" * len(head)]
+    for r in rows:
+        if r["status"] != "measured":
+            out.append(f"{r['method']:<26}{r['params']:>7}{r['status']:>11}{'':>43}  {r['note']}")
+            continue
+        out.append(f"{r['method']:<26}{r['params']:>7}{_fmt(r['seconds']):>11}{_fmt(r['min']):>10}"
+                   f"{_fmt(r['max']):>10}{_fmt(r['cpu_seconds']):>10}{r['runs']:>5}{_fmt(r['evaluations'], 'd'):>8}"
+                   f"{str(r['passed']):>8}  {r['note']}")
+    return "\n".join(out)
+
+
+def ratio_table(rows) -> str:
+    """gradverify / torch per size: full vs gradcheck slow, fast vs gradcheck fast."""
+    by = {(r["method"], r["params"]): r for r in rows if r["status"] == "measured"}
+    sizes = sorted({r["params"] for r in rows})
+    pairs = (("gradverify full (torch)", "torch gradcheck"), ("gradverify fast (torch)", "torch gradcheck fast"),
+             ("gradverify fast (jax)", "jax check_grads"))
+    out = [f"{'ratio (median wall; cpu)':<50}" + "".join(f"{p:>16}" for p in sizes)]
+    for a, b in pairs:
+        cells = []
+        for p in sizes:
+            ra, rb = by.get((a, p)), by.get((b, p))
+            cells.append(f"{ra['seconds'] / rb['seconds']:.2f}; {ra['cpu_seconds'] / rb['cpu_seconds']:.2f}"
+                         if ra and rb else "-")
+        out.append(f"{a + ' / ' + b:<50}" + "".join(f"{c:>16}" for c in cells))
+    return "\n".join(out)
+
+
+def detection_text(rows) -> str:
+    out = [f"{'method':<26}{'correct (false alarms)':>24}{'element 0.1%':>14}{'approx 1e-3':>13}  located"]
+    for m in dict.fromkeys(r["method"] for r in rows):
+        cells = {r["case"]: r for r in rows if r["method"] == m}
+        fmt = {k: (f"{v['failed']}/{v['runs']}" if v["runs"] else "-") for k, v in cells.items()}
+        loc = cells["element"]["located"]
+        where = (", ".join(sorted(set(loc))) + f" (bug at {cells['element']['expected']})") if loc else ""
+        out.append(f"{m:<26}{fmt['correct']:>24}{fmt['element']:>14}{fmt['approx']:>13}  {where}")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--params", type=int, nargs="+", default=None, help="parameter counts (default 100..20000)")
+    ap.add_argument("--methods", nargs="+", default=None, choices=list(C.METHODS), metavar="METHOD",
+                    help=f"methods to run (default all): {', '.join(C.METHODS)}")
+    ap.add_argument("--repeats", type=int, default=5, help="timed runs per method and size (default 5)")
+    ap.add_argument("--budget", type=float, default=C.DEFAULT_BUDGET_S,
+                    help=f"seconds per method and size, warm-up included (default {C.DEFAULT_BUDGET_S:g})")
+    ap.add_argument("--seeds", type=int, default=3, help="seeds for the random checkers' detection (default 3)")
+    ap.add_argument("--detection-params", type=int, default=None, help="P of the detection table (default 5000)")
+    ap.add_argument("--localisation-params", type=int, default=None, help="P of the localisation (default 20000)")
+    ap.add_argument("--quick", action="store_true", help="P up to 2000, 3 runs, 3 s budget: seconds")
+    ap.add_argument("--json", metavar="PATH", help="write every row to PATH")
+    ap.add_argument("--quiet", action="store_true", help="no progress lines")
+    a = ap.parse_args(argv)
+    params = a.params or ((100, 500, 2000) if a.quick else C.DEFAULT_PARAMS)
+    repeats = 3 if a.quick and a.repeats == 5 else a.repeats
+    budget = 3.0 if a.quick and a.budget == C.DEFAULT_BUDGET_S else a.budget
+    det_p = a.detection_params or (500 if a.quick else 5000)
+    loc_p = a.localisation_params or (2000 if a.quick else 20000)
+    say = None if a.quiet else (lambda s: print("  ..", s, file=sys.stderr, flush=True))
+    start = time.perf_counter()
+    res = C.run_all(params=params, methods=a.methods, repeats=repeats, budget_s=budget, detection_params=det_p,
+                    seeds=a.seeds, localisation_params=loc_p, progress=say)
+    res["command"] = " ".join(["benchmarks/checkers.py"] + (argv if argv is not None else sys.argv[1:]))
+    print("pinned:", "; ".join(f"{k}: {v}" for k, v in res["pinned"].items()))
+    env = res["environment"]
+    print("environment:", ", ".join(f"{k}={v}" for k, v in env.items()))
+    print("\nseconds per check (tanh MLP, batch 8, float64):")
+    print(timing_table(res["timing"]))
+    print()
+    print(ratio_table(res["timing"]))
+    print(f"\ndetection at P={res['detection'][0]['params'] if res['detection'] else '-'} "
+          "(failed runs / runs; random checkers at several seeds):")
+    print(detection_text(res["detection"]))
+    print("\nlocalisation by gradverify fast mode (one element of dW2 wrong):")
+    for r in res["localisation"]:
+        print(f"  {r['framework']:<6} P={r['params']} error={r['error']:g}: detected={r['detected']} "
+              f"reported={r['reported']} expected={r['expected']} evaluations={r['evaluations']} "
+              f"{_fmt(r['seconds'])} s {r['note']}")
+    print("\ntargets:")
+    for t in res["targets"]:
+        extra = {k: v for k, v in t.items() if k not in ("target", "met")}
+        print(f"  {'met' if t['met'] else ('NOT met' if t['met'] is False else 'n/a'):>7}  {t['target']}  "
+              + ", ".join(f"{k}={_fmt(v, '.3g') if isinstance(v, float) else v}" for k, v in extra.items()))
+    print(f"\n({time.perf_counter() - start:.0f} s)")
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=2, default=str))
+        print(f"wrote {a.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
