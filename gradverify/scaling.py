@@ -27,11 +27,18 @@ evaluates each stencil at ``h/2`` for its error estimate, which doubles the
 counts (2P + 1 and 4P), and the point of this measurement is the textbook
 count. The checks never use these loops.
 
-Timing (:func:`time_call`): a warm-up call, then ``repeats`` samples, each a
-loop calibrated to last about ``min_sample`` seconds, and the median per
-call. A whole-gradient loop whose predicted cost (its evaluation count times
-the measured cost of one evaluation) is over the per-measurement budget is
-not run: its row says ``measured: False`` and why, and no number is made up
+Timing (:func:`time_calls`): a warm-up call, then ``repeats`` samples,
+each a loop calibrated to last about ``min_sample`` seconds, and the median
+per call. The forward pass, the reverse-mode gradient and one JVP of a size
+are sampled in turn (round-robin), so a change of machine load hits all
+three alike and their ratios stay meaningful. Every sample is read on two
+clocks, wall time and the process's CPU time; ``clock="cpu"`` (the default)
+reports CPU time, which time spent descheduled by other processes on a busy
+machine does not inflate -- with every thread pool pinned to one thread the
+two agree on an idle machine, and both are kept in the rows. A
+whole-gradient loop whose predicted cost (its evaluation count times the
+measured cost of one evaluation) is over the per-measurement budget is not
+run: its row says ``measured: False`` and why, and no number is made up
 for it. :func:`pin_threads` pins BLAS, PyTorch and XLA to one thread and
 :func:`tune_allocator` keeps large temporary arrays off fresh ``mmap``
 pages (see its docstring) -- both are reported with the results.
@@ -63,7 +70,7 @@ from .numeric import default_step
 
 __all__ = [
     "METHODS", "EVALUATIONS", "Problem", "make_problem", "width_for", "mlp_loss",
-    "Timing", "time_call", "measure_scaling", "fit_line", "fit_slope", "slopes", "lines",
+    "CLOCKS", "Timing", "time_call", "time_calls", "measure_scaling", "fit_line", "fit_slope", "slopes", "lines",
     "cheap_gradient_ratios", "pin_threads", "tune_allocator", "thread_settings",
 ]
 
@@ -158,15 +165,22 @@ def make_problem(p: int, *, batch: int = BATCH, seed: int = 0) -> Problem:
 # Timing
 # ---------------------------------------------------------------------------
 
+#: The clocks a measurement can be reported in.
+CLOCKS = ("cpu", "wall")
+
+
 @dataclasses.dataclass(frozen=True)
 class Timing:
-    """Per-call seconds of a timed callable.
+    """Per-call seconds of a timed callable, on both clocks.
 
     Attributes:
-        median: median over the samples (what is reported).
-        min, max: the spread of the samples.
+        median: median over the samples on the chosen clock (what is reported).
+        min, max: the spread of the samples on that clock.
         loops: calls per sample.
         repeats: samples taken.
+        wall: median wall-clock seconds (``time.perf_counter``).
+        cpu: median process CPU seconds (``time.process_time``).
+        clock: which of the two ``median`` is.
     """
 
     median: float
@@ -174,39 +188,72 @@ class Timing:
     max: float
     loops: int
     repeats: int
+    wall: float
+    cpu: float
+    clock: str = "cpu"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def time_call(fn: Callable[[], Any], *, repeats: int = 5, min_sample: float = 0.02, warmup: int = 1,
-              clock: Callable[[], float] = time.perf_counter) -> Timing:
-    """Median seconds per call of ``fn``: ``warmup`` calls, then ``repeats`` calibrated samples.
+def _timing(walls: list[float], cpus: list[float], loops: int, clock: str) -> Timing:
+    samples = cpus if clock == "cpu" else walls
+    return Timing(statistics.median(samples), min(samples), max(samples), loops, len(samples),
+                  statistics.median(walls), statistics.median(cpus), clock)
 
-    Each sample runs ``fn`` in a loop long enough to last about
-    ``min_sample`` seconds (one call when a call is longer than that), so
-    microsecond calls are not drowned by the clock's resolution. Cost:
-    about ``warmup`` calls plus ``repeats * max(min_sample, one call)``.
+
+def _check_clock(clock: str) -> None:
+    if clock not in CLOCKS:
+        raise ValueError(f"unknown clock {clock!r}; choose from {CLOCKS}")
+
+
+def time_calls(fns: dict[str, Callable[[], Any]], *, repeats: int = 5, min_sample: float = 0.02, warmup: int = 1,
+               clock: str = "cpu") -> dict[str, Timing]:
+    """Median seconds per call of each of ``fns``, their samples taken in turn (round-robin).
+
+    Each callable gets ``warmup`` calls, then a loop length calibrated so a
+    sample lasts about ``min_sample`` seconds (one call when a call is longer
+    than that); then ``repeats`` rounds, each taking one sample of every
+    callable in turn, so a change of machine load hits them all alike and
+    their ratio stays meaningful. Every sample is read on both clocks: wall
+    (``time.perf_counter``) and this process's CPU time
+    (``time.process_time``, which time spent descheduled by other processes
+    does not inflate); ``clock`` picks the one reported as ``median``.
+    Cost: about ``warmup`` calls plus ``repeats * max(min_sample, one call)``
+    per callable.
     """
-    t0 = clock()
-    for _ in range(max(warmup, 1)):
-        fn()
-    one = (clock() - t0) / max(warmup, 1)
-    loops = 1
-    if one < min_sample:
-        loops = max(1, int(min_sample / max(one, 1e-9)))
-        t0 = clock()                              # calibrate on a real loop: the first call is often slow
-        for _ in range(loops):
+    _check_clock(clock)
+    loops: dict[str, int] = {}
+    for name, fn in fns.items():
+        t0 = time.perf_counter()
+        for _ in range(max(warmup, 1)):
             fn()
-        per = (clock() - t0) / loops
-        loops = max(1, int(min_sample / max(per, 1e-9)))
-    samples = []
+        one = (time.perf_counter() - t0) / max(warmup, 1)
+        n = 1
+        if one < min_sample:
+            n = max(1, int(min_sample / max(one, 1e-9)))
+            t0 = time.perf_counter()          # calibrate on a real loop: the first calls are often slow
+            for _ in range(n):
+                fn()
+            n = max(1, int(min_sample / max((time.perf_counter() - t0) / n, 1e-9)))
+        loops[name] = n
+    walls: dict[str, list[float]] = {k: [] for k in fns}
+    cpus: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(max(repeats, 1)):
-        t0 = clock()
-        for _ in range(loops):
-            fn()
-        samples.append((clock() - t0) / loops)
-    return Timing(statistics.median(samples), min(samples), max(samples), loops, len(samples))
+        for name, fn in fns.items():
+            n = loops[name]
+            w0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(n):
+                fn()
+            walls[name].append((time.perf_counter() - w0) / n)
+            cpus[name].append((time.process_time() - c0) / n)
+    return {k: _timing(walls[k], cpus[k], loops[k], clock) for k in fns}
+
+
+def time_call(fn: Callable[[], Any], *, repeats: int = 5, min_sample: float = 0.02, warmup: int = 1,
+              clock: str = "cpu") -> Timing:
+    """Median seconds per call of ``fn``: :func:`time_calls` of one callable."""
+    return time_calls({"fn": fn}, repeats=repeats, min_sample=min_sample, warmup=warmup, clock=clock)["fn"]
 
 
 # ---------------------------------------------------------------------------
@@ -270,33 +317,21 @@ def _gradient_fns(prob: Problem) -> dict[str, Callable[[], np.ndarray]]:
             "central_diff": central_diff}
 
 
-def _unit_cost(method: str, prob: Problem, timings: dict[str, Timing], repeats: int,
-               min_sample: float) -> float:
-    """Seconds of one evaluation of ``method``'s inner loop (one forward pass or one JVP)."""
-    if method == "forward_mode":
-        if "jvp" not in timings:
-            tangents = (None, None, *(np.zeros_like(a) for a in prob.params_arrays))
-            arrays = prob.arrays
-            timings["jvp"] = time_call(lambda: E.jvp(mlp_loss, arrays, tangents), repeats=repeats,
-                                       min_sample=min_sample)
-        return timings["jvp"].median
-    return timings["forward"].median
-
-
 def measure_scaling(sizes: Sequence[int], *, methods: Sequence[str] = METHODS, budget: float = 30.0,
-                    repeats: int = 5, min_sample: float = 0.02, seed: int = 0,
+                    repeats: int = 5, min_sample: float = 0.02, seed: int = 0, clock: str = "cpu",
                     progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Time every method's full gradient at every size; rows of plain data.
 
-    For each requested size a :func:`make_problem` instance is built, its
-    forward pass timed (the unit everything is measured against), then each
-    method: reverse mode with :func:`time_call`; the per-parameter loops
-    only when their predicted cost, evaluations x one evaluation, fits in
-    ``budget`` seconds -- with as many repeats (at most ``repeats``) as fit in
-    half the budget,
-    the calls that measured one evaluation serving as their warm-up. Each
-    measured gradient is compared with the reverse-mode one
-    (``max_rel_diff_vs_reverse``: largest ``|g - g_rev|`` over ``max|g_rev|``).
+    For each requested size a :func:`make_problem` instance is built and
+    three short calls are timed together by :func:`time_calls` (samples
+    taken in turn): one forward pass -- the unit everything is measured
+    against --, one reverse-mode gradient, and one JVP (the unit of forward
+    mode). The per-parameter loops then run only when their predicted cost,
+    evaluations x one evaluation, fits in ``budget`` seconds, with as many
+    samples (at most ``repeats``) as fit in a third of the budget; the short
+    timings served as their warm-up. Each measured gradient is compared
+    with the reverse-mode one (``max_rel_diff_vs_reverse``: largest
+    ``|g - g_rev|`` over ``max|g_rev|``).
 
     Args:
         sizes: approximate parameter counts (the actual P is reported).
@@ -305,15 +340,19 @@ def measure_scaling(sizes: Sequence[int], *, methods: Sequence[str] = METHODS, b
         repeats: samples per timing (medians are reported).
         min_sample: seconds per sample of the short timings.
         seed: seeds the problems.
+        clock: ``"cpu"`` (process CPU time) or ``"wall"``: which clock
+            ``seconds`` and ``relative`` are read on (both medians are kept,
+            as ``cpu_seconds`` and ``wall_seconds``).
         progress: called with a short description after each measurement
             (``len(sizes) * (len(methods) + 1)`` calls in all).
 
     Returns:
         One dict per (size, method) and one ``method="forward"`` row per
         size: ``method``, ``params``, ``width``, ``seconds`` (median, None
-        when not measured), ``evaluations``, ``passes``, ``forward_seconds``,
-        ``relative`` (seconds / forward_seconds), ``measured``, ``reason``,
-        ``repeats``, ``min``, ``max``, ``max_rel_diff_vs_reverse``.
+        when not measured), ``wall_seconds``, ``cpu_seconds``,
+        ``evaluations``, ``passes``, ``forward_seconds``, ``relative``
+        (seconds / forward_seconds), ``measured``, ``reason``, ``repeats``,
+        ``min``, ``max``, ``max_rel_diff_vs_reverse``.
 
     Cost: bounded by about ``len(sizes) * len(methods) * budget`` seconds
     (much less in practice: see the module docstring).
@@ -321,22 +360,26 @@ def measure_scaling(sizes: Sequence[int], *, methods: Sequence[str] = METHODS, b
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown scaling method(s) {unknown}; choose from {METHODS}")
+    _check_clock(clock)
     rows: list[dict[str, Any]] = []
     for p_req in sizes:
         prob = make_problem(int(p_req), seed=seed)
         P = prob.params
         fwd, _ = E.numpy_pair(mlp_loss)
         arrays = prob.arrays
-        timings: dict[str, Timing] = {"forward": time_call(lambda: fwd(*arrays), repeats=repeats,
-                                                           min_sample=min_sample)}
+        fns = _gradient_fns(prob)
+        short: dict[str, Callable[[], Any]] = {"forward": lambda: fwd(*arrays), "reverse": fns["reverse"]}
+        if "forward_mode" in methods:
+            zero = (None, None, *(np.zeros_like(a) for a in prob.params_arrays))
+            short["jvp"] = lambda: E.jvp(mlp_loss, arrays, zero)
+        timings = time_calls(short, repeats=repeats, min_sample=min_sample, clock=clock)
         t_fwd = timings["forward"].median
-        base = {"params": P, "width": prob.width, "batch": prob.batch, "forward_seconds": t_fwd}
-        rows.append({"method": "forward", **base, "seconds": t_fwd, "evaluations": 1,
-                     "passes": "1 forward pass (no graph recorded)", "relative": 1.0, "measured": True,
-                     "reason": "", **_spread(timings["forward"]), "max_rel_diff_vs_reverse": None})
+        base = {"params": P, "width": prob.width, "batch": prob.batch, "forward_seconds": t_fwd, "clock": clock}
+        rows.append({"method": "forward", **base, "evaluations": 1, "passes": "1 forward pass (no graph recorded)",
+                     "relative": 1.0, "measured": True, "reason": "", **_spread(timings["forward"]),
+                     "max_rel_diff_vs_reverse": None})
         if progress:
             progress(f"P={P:,} forward pass {_fmt_s(t_fwd)}")
-        fns = _gradient_fns(prob)
         g_rev = fns["reverse"]()
         scale = float(np.max(np.abs(g_rev))) or 1.0
         for method in methods:
@@ -344,31 +387,32 @@ def measure_scaling(sizes: Sequence[int], *, methods: Sequence[str] = METHODS, b
             evals = count(P)
             row = {"method": method, **base, "evaluations": evals, "passes": passes}
             if method == "reverse":
-                t = time_call(fns["reverse"], repeats=repeats, min_sample=min_sample)
+                t = timings["reverse"]
                 diff = 0.0
             else:
-                unit = _unit_cost(method, prob, timings, repeats, min_sample)
+                unit = timings["jvp" if method == "forward_mode" else "forward"].wall
                 predicted = unit * evals
                 if predicted > budget:
-                    row.update(seconds=None, relative=None, measured=False,
+                    row.update(seconds=None, wall_seconds=None, cpu_seconds=None, relative=None, measured=False,
                                reason=f"predicted {_fmt_s(predicted)} ({evals:,} evaluations of "
                                       f"{_fmt_s(unit)}) is over the budget of {_fmt_s(budget)}",
-                               repeats=0, min=None, max=None, max_rel_diff_vs_reverse=None)
+                               repeats=0, loops=0, min=None, max=None, max_rel_diff_vs_reverse=None)
                     rows.append(row)
                     if progress:
                         progress(f"P={P:,} {method} not measured (over budget)")
                     continue
-                # As many samples as fit in half the budget (at least one): long loops get one or two.
-                n = max(1, min(repeats, int(0.5 * budget / max(predicted, 1e-12))))
-                samples, g = [], None
+                # As many samples as fit in a third of the budget (at least one): long loops get one or two.
+                n = max(1, min(repeats, int(budget / (3 * max(predicted, 1e-12)))))
+                walls, cpus, g = [], [], None
                 for _ in range(n):
-                    t0 = time.perf_counter()
+                    w0, c0 = time.perf_counter(), time.process_time()
                     g = fns[method]()
-                    samples.append(time.perf_counter() - t0)
-                t = Timing(statistics.median(samples), min(samples), max(samples), 1, n)
+                    walls.append(time.perf_counter() - w0)
+                    cpus.append(time.process_time() - c0)
+                t = _timing(walls, cpus, 1, clock)
                 diff = float(np.max(np.abs(g - g_rev))) / scale
-            row.update(seconds=t.median, relative=t.median / t_fwd, measured=True, reason="",
-                       **_spread(t), max_rel_diff_vs_reverse=diff)
+            row.update(relative=t.median / t_fwd, measured=True, reason="", **_spread(t),
+                       max_rel_diff_vs_reverse=diff)
             rows.append(row)
             if progress:
                 progress(f"P={P:,} {method} {_fmt_s(t.median)}")
@@ -376,7 +420,8 @@ def measure_scaling(sizes: Sequence[int], *, methods: Sequence[str] = METHODS, b
 
 
 def _spread(t: Timing) -> dict[str, Any]:
-    return {"repeats": t.repeats, "loops": t.loops, "min": t.min, "max": t.max}
+    return {"seconds": t.median, "wall_seconds": t.wall, "cpu_seconds": t.cpu, "repeats": t.repeats,
+            "loops": t.loops, "min": t.min, "max": t.max}
 
 
 def _fmt_s(s: float) -> str:
@@ -486,7 +531,7 @@ def _jax_pair(prob: Problem) -> tuple[Callable[[], Any], Callable[[], Any]]:
 
 
 def cheap_gradient_ratios(sizes: Sequence[int], *, frameworks: Sequence[str] = ("reference", "torch", "jax"),
-                          repeats: int = 5, min_sample: float = 0.02, seed: int = 0,
+                          repeats: int = 5, min_sample: float = 0.02, seed: int = 0, clock: str = "cpu",
                           progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """The measured ratio (forward + backward) / forward of each framework on :func:`make_problem`.
 
@@ -494,13 +539,14 @@ def cheap_gradient_ratios(sizes: Sequence[int], *, frameworks: Sequence[str] = (
     forward evaluation; ``torch``: eager float64, ``torch.autograd.grad`` of
     the loss over the loss under ``no_grad``; ``jax``: ``jit`` of
     ``value_and_grad`` over ``jit`` of the loss, float64, compiled during the
-    warm-up. A framework that is not installed gives one row with
-    ``available: False``.
+    warm-up. The two calls are timed together (:func:`time_calls`, samples
+    in turn) on ``clock``. A framework that is not installed gives one row
+    with ``available: False``.
 
     Returns:
         Rows ``framework, params, forward_seconds, gradient_seconds, ratio,
-        available, reason``. Cost: ``len(sizes) * len(frameworks)`` pairs of
-        :func:`time_call`.
+        wall_ratio, cpu_ratio, clock, available, reason``. Cost:
+        ``len(sizes) * len(frameworks)`` calls of :func:`time_calls`.
     """
     unknown = [f for f in frameworks if f not in ("reference", "torch", "jax")]
     if unknown:
@@ -509,7 +555,7 @@ def cheap_gradient_ratios(sizes: Sequence[int], *, frameworks: Sequence[str] = (
     for name in frameworks:
         if name != "reference" and importlib.util.find_spec(name) is None:
             rows.append({"framework": name, "params": None, "forward_seconds": None, "gradient_seconds": None,
-                         "ratio": None, "available": False,
+                         "ratio": None, "wall_ratio": None, "cpu_ratio": None, "clock": clock, "available": False,
                          "reason": f"{name} is not installed (pip install gradverify[{name}])"})
             if progress:
                 for _ in sizes:
@@ -526,11 +572,13 @@ def cheap_gradient_ratios(sizes: Sequence[int], *, frameworks: Sequence[str] = (
                 fwd, fwd_bwd = _torch_pair(prob)
             else:
                 fwd, fwd_bwd = _jax_pair(prob)
-            tf = time_call(fwd, repeats=repeats, min_sample=min_sample, warmup=3)
-            tg = time_call(fwd_bwd, repeats=repeats, min_sample=min_sample, warmup=3)
+            t = time_calls({"fwd": fwd, "grad": fwd_bwd}, repeats=repeats, min_sample=min_sample, warmup=3,
+                           clock=clock)
+            tf, tg = t["fwd"], t["grad"]
             rows.append({"framework": name, "params": prob.params, "forward_seconds": tf.median,
-                         "gradient_seconds": tg.median, "ratio": tg.median / tf.median, "available": True,
-                         "reason": ""})
+                         "gradient_seconds": tg.median, "ratio": tg.median / tf.median,
+                         "wall_ratio": tg.wall / tf.wall, "cpu_ratio": tg.cpu / tf.cpu, "clock": clock,
+                         "available": True, "reason": ""})
             if progress:
                 progress(f"{name} P={prob.params:,} ratio {tg.median / tf.median:.2f}")
     return rows

@@ -108,9 +108,11 @@ def _fake_checkers(monkeypatch, compare):
 
 
 def test_checkers_section_copies_the_modules_rows(monkeypatch):
-    rows = [{"method": "gradverify full (torch)", "params": 10, "seconds": 0.01, "status": "measured"},
-            {"method": "torch gradcheck", "params": 10, "seconds": 0.05, "status": "measured"},
-            {"method": "torch gradcheck", "params": 99, "seconds": None, "status": "not measured", "note": "budget"}]
+    rows = [{"method": "gradverify full (torch)", "params": 10, "seconds": 0.02, "cpu_seconds": 0.01,
+             "status": "measured"},
+            {"method": "torch gradcheck", "params": 10, "seconds": 0.07, "cpu_seconds": 0.05, "status": "measured"},
+            {"method": "torch gradcheck", "params": 99, "seconds": None, "cpu_seconds": None, "status": "not measured",
+             "note": "budget"}]
     seen = {}
 
     def time_checkers(params, *, repeats, budget_s, seed, progress):
@@ -121,10 +123,13 @@ def test_checkers_section_copies_the_modules_rows(monkeypatch):
     _fake_checkers(monkeypatch, time_checkers)
     settings = model.Options(quick=True).settings()
     sec = model.measure_checkers_section(settings, seed=9)
-    assert sec["available"] and sec["rows"] == rows
+    assert sec["available"] and [{k: v for k, v in r.items() if k != "reported_seconds"} for r in sec["rows"]] == rows
+    assert [r["reported_seconds"] for r in sec["rows"]] == [0.01, 0.05, None]        # the cpu clock by default
     assert seen == {"params": settings["checker_sizes"], "budget_s": settings["checker_budget"], "seed": 9}
     head = model.headline({"checkers": sec})
-    assert head == ["seconds per check at P=10: gradverify full (torch) 0.01, torch gradcheck 0.05"]
+    assert head == ["seconds per check at P=10 (cpu time): gradverify full (torch) 0.01, torch gradcheck 0.05"]
+    wall = model.measure_checkers_section(model.Options(quick=True, clock="wall").settings(), seed=9)
+    assert [r["reported_seconds"] for r in wall["rows"]] == [0.02, 0.07, None]
     md = markdown.render({"seed": 0, "checkers": sec})
     assert "torch gradcheck" in md and "not measured" in md and "budget" in md
     assert "<svg" in html.render({"seed": 0, "checkers": sec})

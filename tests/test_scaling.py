@@ -98,6 +98,7 @@ def test_measure_scaling_rows(rows):
     for r in methods:
         P = r["params"]
         assert r["measured"] and r["seconds"] > 0 and r["relative"] > 0 and r["forward_seconds"] > 0
+        assert r["seconds"] == r["cpu_seconds"] and r["wall_seconds"] > 0 and r["clock"] == "cpu"
         assert r["evaluations"] == {"reverse": 1, "forward_mode": P, "forward_diff": P + 1, "central_diff": 2 * P}[
             r["method"]]
     assert [r["params"] for r in rows if r["method"] == "forward"] == [6, 45]
@@ -139,6 +140,18 @@ def test_unknown_method_is_refused():
 def test_time_call_reports_a_median():
     t = S.time_call(lambda: sum(range(100)), repeats=3, min_sample=0.001)
     assert t.repeats == 3 and t.loops >= 1 and 0 < t.min <= t.median <= t.max
+    assert t.clock == "cpu" and t.median == t.cpu and t.wall > 0
+
+
+def test_time_calls_samples_every_callable_in_turn():
+    order = []
+    ts = S.time_calls({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeats=3,
+                      min_sample=0.0, warmup=1, clock="wall")
+    assert set(ts) == {"a", "b"} and all(t.repeats == 3 and t.clock == "wall" and t.median == t.wall
+                                         for t in ts.values())
+    assert order[-6:] == ["a", "b"] * 3                       # one loop = one call here: strictly alternating
+    with pytest.raises(ValueError, match="unknown clock"):
+        S.time_call(lambda: None, clock="sundial")
 
 
 def test_cheap_gradient_ratio_reference():

@@ -67,6 +67,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"sections to run: {', '.join(SECTIONS)} (default: all)")
     p.add_argument("--threads", type=int, default=1, metavar="N",
                    help="pin BLAS, torch and XLA to N threads for the timings; 0 leaves them alone (default: 1)")
+    p.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                   help="clock of the scaling timings: the process's CPU time, steady on a busy machine, or wall "
+                        "time (default: cpu; both are kept in report.json)")
     p.add_argument("--from-json", default=None, metavar="FILE",
                    help="re-render an existing report.json into --out without measuring anything")
 
@@ -92,6 +95,8 @@ def command_line(args: argparse.Namespace) -> str:
         parts += ["--sections", *args.sections]
     if args.threads != 1:
         parts += ["--threads", str(args.threads)]
+    if args.clock != "cpu":
+        parts += ["--clock", args.clock]
     parts += ["--out", shlex.quote(args.out)]
     return " ".join(parts)
 
@@ -161,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
                           backends=tuple(args.backends) if args.backends else None,
                           sizes=tuple(args.sizes) if args.sizes else None, budget=args.budget,
                           repeats=args.repeats, sections=tuple(dict.fromkeys(args.sections)),
-                          threads=args.threads, command=command_line(args))
+                          threads=args.threads, clock=args.clock, command=command_line(args))
 
         def progress(section: str, total: int) -> Progress:
             return Progress(section, total)

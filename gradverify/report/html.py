@@ -23,7 +23,7 @@ h1{margin-bottom:.2em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin
 table{border-collapse:collapse;margin:.8em 0;font-size:.9em}
 th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right;vertical-align:top}
 th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}
-table.env td{text-align:left}
+table.env td,table.env th{text-align:left}
 .headline{background:#f4f8fb;border-left:4px solid #0072B2;padding:.6em 1em}
 .plots{display:flex;flex-wrap:wrap;gap:8px}
 .muted{color:#666;font-size:.9em}.bad{color:#b00020;font-weight:bold}.good{color:#007a3d;font-weight:bold}
@@ -88,10 +88,10 @@ def render(report: dict[str, Any]) -> str:
                   f"{escape(r['reason'])}</li>" for r in sc["not_measured"]]
             h.append("</ul>")
         h.append("<h3>(forward + backward) / forward</h3>")
-        h.append(_table(["framework", "P", "forward", "forward + backward", "ratio"],
+        h.append(_table(["framework", "P", "forward", "forward + backward", "ratio", "wall-time ratio"],
                         [[r["framework"], text.number(r["params"]), text.seconds(r["forward_seconds"]),
                           text.seconds(r["gradient_seconds"]),
-                          text.ratio(r["ratio"]) if r["available"] else r["reason"]]
+                          text.ratio(r["ratio"]) if r["available"] else r["reason"], text.ratio(r.get("wall_ratio"))]
                          for r in sc["cheap_gradient_rows"]]))
 
     ch = report.get("checkers")

@@ -75,10 +75,10 @@ def render(report: dict[str, Any]) -> str:
             md += [f"- {text.LABELS.get(r['method'], r['method'])} at P = {text.number(r['params'])}: {r['reason']}"
                    for r in sc["not_measured"]] + [""]
         md += ["### (forward + backward) / forward", ""]
-        md += [_table(["framework", "P", "forward", "forward + backward", "ratio"],
+        md += [_table(["framework", "P", "forward", "forward + backward", "ratio", "wall-time ratio"],
                       [[r["framework"], text.number(r["params"]), text.seconds(r["forward_seconds"]),
                         text.seconds(r["gradient_seconds"]),
-                        text.ratio(r["ratio"]) if r["available"] else r["reason"]]
+                        text.ratio(r["ratio"]) if r["available"] else r["reason"], text.ratio(r.get("wall_ratio"))]
                        for r in sc["cheap_gradient_rows"]]), ""]
 
     ch = report.get("checkers")

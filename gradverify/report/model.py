@@ -60,12 +60,22 @@ PRESETS: dict[str, dict[str, Any]] = {
         "sizes": (10, 100, 1000, 10000),
         "budget": 2.0, "repeats": 3, "min_sample": 0.01,
         "ratio_sizes": (1000, 10000), "cases": 20,
-        "checker_sizes": (100, 1000), "checker_budget": 2.0,
+        "checker_sizes": (100, 1000), "checker_budget": 5.0,
     },
 }
 
 #: Histogram bin edges of the agreement errors, as powers of ten (1e-18 ... 1).
 HIST_EDGES = tuple(range(-18, 1))
+
+_TIMING = {
+    "cpu": "scaling: process CPU time (time.process_time), which time spent descheduled by other processes does "
+           "not inflate (wall time is kept in report.json too); checkers: wall time (and CPU time in report.json). "
+           "A warm-up call, then repeated samples taken in turn across the compared calls; medians reported; "
+           "sub-millisecond calls looped so each sample lasts a few milliseconds.",
+    "wall": "scaling: wall time (time.perf_counter; CPU time is kept in report.json too); checkers: wall time. "
+            "A warm-up call, then repeated samples taken in turn across the compared calls; medians reported; "
+            "sub-millisecond calls looped so each sample lasts a few milliseconds.",
+}
 
 #: Pair labels in the order they are shown.
 _PAIR_ORDER = ("reference~torch", "reference~jax", "torch~jax", "fd~reference", "fd~torch", "fd~jax")
@@ -85,6 +95,7 @@ class Options:
         repeats: samples per timing.
         sections: which of :data:`SECTIONS` to run.
         threads: pin BLAS/torch/XLA to this many threads (0: leave them as they are).
+        clock: ``"cpu"`` (process CPU time) or ``"wall"``: the clock the scaling timings are read on.
         command: the command line, as reported.
     """
 
@@ -97,6 +108,7 @@ class Options:
     repeats: int | None = None
     sections: tuple[str, ...] = SECTIONS
     threads: int = 1
+    clock: str = "cpu"
     command: str = "gradverify report"
 
     def settings(self) -> dict[str, Any]:
@@ -108,6 +120,7 @@ class Options:
         s["sizes"] = tuple(int(x) for x in s["sizes"])
         s["ratio_sizes"] = tuple(x for x in s["ratio_sizes"] if x <= max(s["sizes"])) or (max(s["sizes"]),)
         s["preset"] = "quick" if self.quick else "default"
+        s["clock"] = self.clock
         return s
 
 
@@ -223,8 +236,7 @@ def environment(*, threads: dict[str, Any] | None = None, allocator: str = "", s
         "versions": versions,
         "threads": threads if threads is not None else thread_settings(),
         "allocator": allocator or "default",
-        "timing": "wall clock (time.perf_counter); a warm-up call, then repeated samples; the median is "
-                  "reported. Sub-millisecond calls are looped so each sample lasts a few milliseconds.",
+        "timing": _TIMING[(settings or {}).get("clock", "cpu")],
         "settings": dict(settings or {}),
     }
 
@@ -243,8 +255,9 @@ def measure_scaling_section(settings: dict[str, Any], *, seed: int = 0,
 
     sizes, budget = settings["sizes"], float(settings["budget"])
     bar = progress("scaling", len(sizes) * (len(S.METHODS) + 1))
+    clock = settings.get("clock", "cpu")
     all_rows = S.measure_scaling(sizes, budget=budget, repeats=settings["repeats"],
-                                 min_sample=settings["min_sample"], seed=seed, progress=bar.step)
+                                 min_sample=settings["min_sample"], seed=seed, clock=clock, progress=bar.step)
     seconds = bar.close()
     rows = [r for r in all_rows if r["method"] != "forward"]
     forward = [r for r in all_rows if r["method"] == "forward"]
@@ -252,7 +265,7 @@ def measure_scaling_section(settings: dict[str, Any], *, seed: int = 0,
     bar = progress("ratio", len(settings["ratio_sizes"]) * len(frameworks))
     ratio_rows = S.cheap_gradient_ratios(settings["ratio_sizes"], frameworks=frameworks,
                                          repeats=settings["repeats"], min_sample=settings["min_sample"],
-                                         seed=seed, progress=bar.step)
+                                         seed=seed, clock=clock, progress=bar.step)
     seconds += bar.close()
     measured = [r for r in ratio_rows if r["available"]]
     by_fw = {fw: {r["params"]: r for r in measured if r["framework"] == fw} for fw in frameworks}
@@ -275,6 +288,7 @@ def measure_scaling_section(settings: dict[str, Any], *, seed: int = 0,
         "sizes_requested": list(sizes),
         "budget_seconds": budget,
         "repeats": settings["repeats"],
+        "clock": clock,
         "methods": {m: S.EVALUATIONS[m][1] for m in S.METHODS},
         "rows": rows,
         "forward": forward,
@@ -325,12 +339,16 @@ def measure_checkers_section(settings: dict[str, Any], *, seed: int = 0,
         return {"available": False, "reason": f"gradverify.checkers.time_checkers raised {type(exc).__name__}: {exc}",
                 "rows": []}
     bar.close()
+    clock = settings.get("clock", "cpu")
+    key = "cpu_seconds" if clock == "cpu" else "seconds"
     rows = [dict(r) for r in rows]
+    for r in rows:                      # the module's "seconds" is wall time; report on the run's clock
+        r["reported_seconds"] = r.get(key) if r.get(key) is not None else r.get("seconds")
     measured = [r for r in rows if r.get("seconds") is not None]
     if not measured:
         return {"available": False, "reason": "no checker could be timed (torch and JAX not installed?)",
                 "rows": rows, "seconds": time.perf_counter() - start}
-    return {"available": True, "reason": "", "sizes_requested": list(sizes),
+    return {"available": True, "reason": "", "sizes_requested": list(sizes), "clock": clock,
             "budget_seconds": float(settings["checker_budget"]), "rows": rows,
             "seconds": time.perf_counter() - start}
 
@@ -477,6 +495,10 @@ def build(options: Options, *, progress: ProgressFactory = _null_progress) -> di
     """
     from .. import scaling as S
 
+    from ..scaling import CLOCKS
+
+    if options.clock not in CLOCKS:
+        raise ValueError(f"unknown clock {options.clock!r}; choose from {CLOCKS}")
     unknown = [s for s in options.sections if s not in SECTIONS]
     if unknown:
         raise ValueError(f"unknown report section(s) {unknown}; choose from {SECTIONS}")
@@ -534,14 +556,15 @@ def headline(report: dict[str, Any]) -> list[str]:
     ag = report.get("agreement")
     if ag:
         worst = max((p["max_ratio"] for p in ag["pairs"].values()), default=0.0)
-        lines.append(f"agreement: {ag['cases']} random cases, {len(ag['pairs'])} pairs, "
+        n = len(ag["pairs"])
+        lines.append(f"agreement: {ag['cases']} random cases, {n} pair{'' if n == 1 else 's'}, "
                      f"{len(ag['disagreements'])} disagreements (worst error/tolerance {_num(worst):.2g})")
     return lines
 
 
 def _checker_headline(ch: dict[str, Any]) -> str | None:
     """Seconds per check of every checker at the largest P all of them measured."""
-    rows = [r for r in ch.get("rows", []) if r.get("seconds") is not None and r.get("params")]
+    rows = [r for r in ch.get("rows", []) if r.get("reported_seconds") is not None and r.get("params")]
     by: dict[str, dict[int, Any]] = {}
     for r in rows:
         by.setdefault(str(r.get("method")), {})[r["params"]] = r
@@ -551,4 +574,5 @@ def _checker_headline(ch: dict[str, Any]) -> str | None:
     if not common:
         return None
     p = max(common)
-    return f"seconds per check at P={p:,}: " + ", ".join(f"{m} {_num(v[p]['seconds']):.3g}" for m, v in by.items())
+    return (f"seconds per check at P={p:,} ({ch.get('clock', 'wall')} time): "
+            + ", ".join(f"{m} {_num(v[p]['reported_seconds']):.3g}" for m, v in by.items()))

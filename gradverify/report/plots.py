@@ -235,7 +235,8 @@ def histogram(hist: dict[str, Any], *, title: str, xlabel: str = "error (log10 b
                 body = "1" if k == 0 else f'10<tspan dy="-4" font-size="7">{k}</tspan>'
                 out.append(f'<text x="{_f(x)}" y="{top + ph + 13}" text-anchor="middle" font-size="9" '
                            f'{_FONT}>{body}</text>')
-    xr = left + pw
+    xr = left + (len(bars) - 1) * bw                  # 10^0 = 1: the left edge of the ">1" bar
+    out.append(f'<line x1="{_f(xr)}" y1="{top + ph}" x2="{_f(xr)}" y2="{top + ph + 3}" stroke="#333"/>')
     out.append(f'<text x="{_f(xr)}" y="{top + ph + 13}" text-anchor="middle" font-size="9" {_FONT}>1</text>')
     out.append(f'<text x="{left + pw / 2:.1f}" y="{height - 8}" text-anchor="middle" font-size="10" '
                f'{_FONT}>{escape(xlabel)}</text>')
@@ -279,7 +280,7 @@ def scaling_plots(scaling: dict[str, Any]) -> dict[str, str]:
         "relative": loglog(rel, title="Cost of one full gradient, in forward passes",
                            xlabel="parameters P", ylabel="time / time of one forward pass", note=note),
         "seconds": loglog(sec, title="Time of one full gradient", xlabel="parameters P",
-                          ylabel="seconds (median)", note=note),
+                          ylabel=f"seconds (median, {scaling.get('clock', 'wall')} time)", note=note),
         "evaluations": loglog(ev, title="Function evaluations per gradient", xlabel="parameters P",
                               ylabel="evaluations"),
     }
@@ -290,20 +291,21 @@ def agreement_plots(agreement: dict[str, Any]) -> dict[str, str]:
     out = {}
     for i, (label, p) in enumerate(agreement["pairs"].items()):
         out[label] = histogram(p["histogram"], title=f"{label}  ({p['cases']} cases)",
-                               xlabel="max|a - b| / max|b| per case", color=PALETTE[i % 6])
+                               xlabel="max|a - b| / max|b| per case (grey: 0 or < 1e-18; > 1)",
+                               color=PALETTE[i % 6])
     return out
 
 
 def checker_plot(checkers: dict[str, Any]) -> str | None:
     """Seconds per check against P, one line per checker; None without measured rows."""
-    rows = [r for r in checkers.get("rows", []) if r.get("params") and r.get("seconds")]
+    rows = [r for r in checkers.get("rows", []) if r.get("params") and r.get("reported_seconds")]
     if not rows:
         return None
     names = list(dict.fromkeys(str(r.get("method")) for r in rows))
     series = []
     for i, n in enumerate(names):
         rs = sorted((r for r in rows if str(r.get("method")) == n), key=lambda r: r["params"])
-        series.append({"name": n, "x": [r["params"] for r in rs], "y": [r["seconds"] for r in rs],
+        series.append({"name": n, "x": [r["params"] for r in rs], "y": [r["reported_seconds"] for r in rs],
                        "color": PALETTE[i % len(PALETTE)], "dashed": "fast" in n})
     return loglog(series, title="Time per gradient check (median)", xlabel="parameters P",
-                  ylabel="seconds per check", height=440)
+                  ylabel=f"seconds per check ({checkers.get('clock', 'wall')} time)", height=440)

@@ -72,7 +72,7 @@ def error(v: Any) -> str:
 def scaling_pivot(sc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the time table: one row per P, one column per method ("time (x forward)")."""
     methods = list(sc["methods"])
-    header = ["P", "one forward pass"] + [LABELS.get(m, m) for m in methods]
+    header = ["P", f"one forward pass ({sc.get('clock', 'wall')} time)"] + [LABELS.get(m, m) for m in methods]
     by = {(r["method"], r["params"]): r for r in sc["rows"]}
     fwd = {r["params"]: r for r in sc.get("forward", [])}
     rows = []
@@ -153,9 +153,11 @@ def checkers_explanation(ch: dict[str, Any]) -> str:
         return f"Not available in this run: {ch.get('reason')}."
     return ("The same tanh MLP (float64, the function of every row) checked by gradverify in full and fast "
             "mode -- on the PyTorch function and on the JAX function -- by torch.autograd.gradcheck (slow and "
-            "fast mode) and by jax.test_util.check_grads, side by side in one run: median wall seconds per "
-            f"check, with the number of function evaluations it made. Each checker had {ch.get('budget_seconds', 0):g} s "
-            "per size; one over it is marked not measured at that size and every larger one, never extrapolated.")
+            "fast mode) and by jax.test_util.check_grads, side by side in one run: median seconds per check "
+            f"({ch.get('clock', 'wall')} time; report.json keeps wall and CPU time), with the number of "
+            "function evaluations it made. Each checker had "
+            f"{ch.get('budget_seconds', 0):g} s per size; one over it is marked not measured at that size and "
+            "every larger one, never extrapolated.")
 
 
 def checker_pivot(ch: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -170,10 +172,10 @@ def checker_pivot(ch: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             r = by.get((m, p))
             if r is None:
                 line.append("-")
-            elif r.get("seconds") is None:
+            elif r.get("reported_seconds") is None:
                 line.append(str(r.get("status") or "not measured"))
             else:
-                cell = seconds(r["seconds"])
+                cell = seconds(r["reported_seconds"])
                 if r.get("evaluations") is not None:
                     cell += f" ({number(r['evaluations'])} ev.)"
                 if r.get("passed") is False:
