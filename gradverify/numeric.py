@@ -407,9 +407,10 @@ def projected_gradients(
             elif judge is not None:
                 many = lambda idx, v, e: np.array([judge(name, int(i), a, b) for i, a, b in zip(idx, v, e)])  # noqa: E731
             settled = _first_pass_batched(evaluate_batch, name, arr, order, first_steps, y0.shape, batch_bytes, proj,
-                                          scale, many)
-            for i, (v, e, sens, levels) in settled.items():
+                                          scale, many, y0)
+            for i, (v, e, sens, levels, one_sided) in settled.items():
                 value[i], error[i], sensitivity[i] = v, e, sens
+                left[i], right[i], kink[i] = one_sided
                 if levels is not None:
                     batched[i] = levels
             order = list(batched)
@@ -433,28 +434,11 @@ def projected_gradients(
                 d, n, mag = diff(yp, ym, tp, tm)
                 return (yp, tp, ym, tm, d, n, mag, not np.array_equal(yp, ym))
 
-            h = first_steps[i]
-            levels = batched.pop(i, None)
-            if levels is None:
-                levels = [level(h), level(h / 2)]
-                value[i], error[i] = _richardson(levels[0], levels[1])
-                sensitivity[i] = levels[1][6] / scale[i]
-            if judge is None:
-                continue
-            verdict = judge(name, i, value[i], error[i])
-            if verdict == OK:
-                continue
-            # Not clearly settled: walk a whole step sequence (see _settle).
-            floor_h = 64 * _eps(arr.dtype if arr.dtype.kind == "f" else np.float64) * max(abs(x0f), 1e-300)
-            value[i], error[i], levels = _settle(
-                level, levels, h, floor_h, lambda v, e: judge(name, i, v, e), max_refinements
-            )
-            verdict = judge(name, i, value[i], error[i])
-            if verdict != OK:
-                # Kink diagnosis from the two smallest steps tried: at a kink
-                # each one-sided derivative is stable while the gap between
-                # them stays; for a smooth function the gap halves with the
-                # step (and where nothing is stable it is no kink either).
+            def diagnose(levels):
+                # Kink diagnosis from the two smallest steps tried (no new
+                # evaluations): at a kink each one-sided derivative is stable
+                # while the gap between them stays; for a smooth function the
+                # gap halves with the step (where nothing is stable, no kink).
                 gaps = []
                 for lv in levels[-2:]:
                     yp, tp, ym, tm = lv[:4]
@@ -466,6 +450,25 @@ def projected_gradients(
                 g1, g2 = abs(r1 - l1), abs(r2 - l2)
                 stable = abs(r1 - r2) <= 0.1 * g2 + 4 * n2 and abs(l1 - l2) <= 0.1 * g2 + 4 * n2
                 kink[i] = g2 > 4 * n2 and g2 > 0.75 * g1 and stable
+
+            h = first_steps[i]
+            levels = batched.pop(i, None)
+            if levels is None:
+                levels = [level(h), level(h / 2)]
+                value[i], error[i] = _richardson(levels[0], levels[1])
+                sensitivity[i] = levels[1][6] / scale[i]
+            if judge is None:
+                continue
+            verdict = judge(name, i, value[i], error[i])
+            if verdict == OK:
+                diagnose(levels)  # a valid subgradient at a kink still names the kink
+                continue
+            # Not clearly settled: walk a whole step sequence (see _settle).
+            floor_h = 64 * _eps(arr.dtype if arr.dtype.kind == "f" else np.float64) * max(abs(x0f), 1e-300)
+            value[i], error[i], levels = _settle(
+                level, levels, h, floor_h, lambda v, e: judge(name, i, v, e), max_refinements
+            )
+            diagnose(levels)
         shape = arr.shape
         out[name] = ElementDerivative(
             value.reshape(shape), error.reshape(shape), left.reshape(shape), right.reshape(shape),
@@ -474,12 +477,13 @@ def projected_gradients(
     return out, proj.evaluations
 
 
-def _first_pass_batched(evaluate_batch, name, arr, order, first_steps, out_shape, batch_bytes, proj, scale, judge):
+def _first_pass_batched(evaluate_batch, name, arr, order, first_steps, out_shape, batch_bytes, proj, scale, judge,
+                        y0):
     """The first two levels of every element from batched evaluations, as array arithmetic.
 
     Row ``b`` of each batch sets one element to ``x0 +- h`` or ``x0 +- h/2``
     (the stored value fixes the step actually taken). Returns flat index ->
-    ``(value, error, sensitivity, levels)`` where ``levels`` (the tuples of
+    ``(value, error, sensitivity, levels, (left, right, kink))`` where ``levels`` (the tuples of
     :func:`projected_gradients`) is kept only for elements that ``judge(i,
     value, error)`` does not settle as OK, so memory stays one chunk of
     outputs. Counts the evaluations on ``proj``.
@@ -518,6 +522,19 @@ def _first_pass_batched(evaluate_batch, name, arr, order, first_steps, out_shape
         val = quot[1] + (quot[1] - quot[0]) / 3.0
         err = np.abs(quot[1] - quot[0]) / 3.0 + (4.0 * noise[1] + noise[0]) / 3.0
         sens = mags[1] / scale[part]
+        # one-sided differences at both steps (the kink diagnosis of projected_gradients)
+        base = y0.reshape(-1)
+        sides = []
+        for a, b in ((0, 1), (2, 3)):
+            right = ((ys[:, a] - base) @ u) / actual[:, a]
+            left = ((base - ys[:, b]) @ u) / -actual[:, b]
+            n_lr = proj.eps * _ULPS_PER_OUTPUT * ((np.abs(ys[:, a]) + np.abs(ys[:, b]) + 2 * np.abs(base)) @ absu) \
+                / np.abs(actual[:, a])
+            sides.append((right, left, n_lr))
+        (r1, l1, _), (r2, l2, n2) = sides
+        g1, g2 = np.abs(r1 - l1), np.abs(r2 - l2)
+        stable = (np.abs(r1 - r2) <= 0.1 * g2 + 4 * n2) & (np.abs(l1 - l2) <= 0.1 * g2 + 4 * n2)
+        kinks = (g2 > 4 * n2) & (g2 > 0.75 * g1) & stable
         verdicts = judge(part, val, err) if judge is not None else np.full(n, OK)
         for k, i in enumerate(part.tolist()):
             levels = None
@@ -527,7 +544,7 @@ def _first_pass_batched(evaluate_batch, name, arr, order, first_steps, out_shape
                      quot[lv][k], noise[lv][k], mags[lv][k], bool(np.any(ys[k, a] != ys[k, b])))
                     for lv, (a, b) in enumerate(((0, 1), (2, 3)))
                 ]
-            out[i] = (float(val[k]), float(err[k]), float(sens[k]), levels)
+            out[i] = (float(val[k]), float(err[k]), float(sens[k]), levels, (float(l2[k]), float(r2[k]), bool(kinks[k])))
     return out
 
 
