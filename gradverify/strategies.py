@@ -214,11 +214,14 @@ class _Builder:
     def extend(self, children: st.SearchStrategy) -> st.SearchStrategy:
         options: list[st.SearchStrategy] = []
         p = self.prims
-        un = [n for n in p if ops.primitive(n).kind == "elementwise" and ops.primitive(n).arity == 1]
-        bi = [n for n in p if ops.primitive(n).kind == "elementwise" and ops.primitive(n).arity == 2]
-        red = [n for n in p if n in ("sum", "mean", "max", "logsumexp")]
-        soft = [n for n in p if n in ("softmax", "log_softmax")]
-        shp = [n for n in p if ops.primitive(n).kind == "shape"]
+        row = ops.primitive
+        # Families read from the table: kind, arity, and the static parameters each row takes.
+        un = [n for n in p if row(n).kind == "elementwise" and row(n).arity == 1]
+        bi = [n for n in p if row(n).kind == "elementwise" and row(n).arity == 2]
+        red = [n for n in p if row(n).kind == "reduction" and "keepdims" in row(n).params]
+        soft = [n for n in p if row(n).kind == "reduction" and "keepdims" not in row(n).params]
+        shp = [n for n in p if row(n).kind == "shape"]
+        nn = [n for n in p if row(n).kind == "nn"]
         # Unary and binary elementwise ops are listed twice: they are the bulk of the table.
         # The first option is what Hypothesis shrinks toward: a unary op (a shallow tree).
         if un:
@@ -235,7 +238,6 @@ class _Builder:
             options.append(st.builds(self._shape, st.sampled_from(shp), children, children, st.data()))
         if "matmul" in p:
             options.append(st.builds(self._matmul, children, children))
-        nn = [n for n in p if n in ("conv2d", "max_pool2d", "avg_pool2d")]
         if nn:
             options.append(st.builds(self._nn, st.sampled_from(nn), children, st.data()))
         return st.one_of(options)
@@ -468,7 +470,7 @@ def expressions(*, max_leaves: int = 6, max_depth: int = 4, max_inputs: int = 3,
     kink_margin = _check_float("kink_margin", kink_margin, positive=False)
     max_magnitude = _check_float("max_magnitude", max_magnitude)
     builder = _Builder(prims, max_depth, max_size)
-    allow_image = max_size >= 4 and any(p in prims for p in ("conv2d", "max_pool2d", "avg_pool2d"))
+    allow_image = max_size >= 4 and any(ops.primitive(p).kind == "nn" for p in prims)
 
     @st.composite
     def draw_expression(draw):

@@ -52,7 +52,7 @@ import numpy as np
 from ..errors import BackendUnavailable
 from .base import as_dtype
 
-__all__ = ["PairResult", "Agreement", "agreement", "FD"]
+__all__ = ["PairResult", "Agreement", "agreement", "term_sizes", "FD"]
 
 #: The name finite differences go by in pair labels.
 FD = "fd"
@@ -71,8 +71,9 @@ class PairResult:
         max_rel_err: largest relative error (the core's definition: per
             element, ``|a - b| / max(|b|, floor * max|b|)``; huge where a
             whole tensor's true gradient is zero).
-        scaled_err: largest ``max|a - b| / max|b|`` over the compared
-            tensors: the error relative to each tensor's scale.
+        scaled_err: ``max|a - b| / max(max|b|, m)`` over all the compared
+            tensors together, ``m`` the size of the summed terms: the error
+            relative to the problem's scale.
         ratio: the worst element's error over its tolerance (above 1 fails).
         worst: where the worst element is (``"0.W[1, 2]"``), empty if none.
         detail: ``str()`` of the failing CheckResult, empty when it passed.
@@ -180,26 +181,46 @@ class Agreement:
         }
 
 
-def _scaled(res: Any, scale: dict[str, np.ndarray]) -> float:
-    """Largest per-tensor ``max|a - b| / max|b|`` from a CheckResult and the tensors' scales."""
-    worst = 0.0
-    for s in res.inputs:
-        if not s.checked or s.name not in scale:
-            continue
-        m = float(np.max(np.abs(scale[s.name]))) if np.size(scale[s.name]) else 0.0
-        e = s.max_abs_err / m if m > 0 else (0.0 if s.max_abs_err == 0 else math.inf)
-        worst = max(worst, e)
-    return worst
+def _scaled(res: Any, scale: dict[str, np.ndarray], terms: float) -> float:
+    """``max|a - b| / max(max|b|, terms)`` over all compared tensors: the error relative to the problem's scale.
+
+    ``terms`` (the size of the summed terms, see the module docstring) keeps the ratio
+    meaningful where the true result is identically zero.
+    """
+    err = max((s.max_abs_err for s in res.inputs if s.checked), default=0.0)
+    m = max([float(np.max(np.abs(v))) for v in scale.values() if np.size(v)] + [terms])
+    return err / m if m > 0 else (0.0 if err == 0 else math.inf)
 
 
-def _pair_result(a: str, b: str, quantity: str, res: Any, scale: dict[str, np.ndarray]) -> PairResult:
+def _pair_result(a: str, b: str, quantity: str, res: Any, scale: dict[str, np.ndarray],
+                 terms: float = 0.0) -> PairResult:
     max_abs = max((s.max_abs_err for s in res.inputs if s.checked), default=0.0)
     max_rel = max((s.max_rel_err for s in res.inputs if s.checked), default=0.0)
     w = res.worst
     where = "" if w is None else f"{w.input}[{', '.join(str(i) for i in w.index)}]"
     ratio = 0.0 if w is None else w.ratio
     return PairResult(a, b, quantity, res.status, float(max_abs), float(max_rel), float(ratio),
-                      _scaled(res, scale), where, "" if res.passed else str(res))
+                      _scaled(res, scale, terms), where, "" if res.passed else str(res))
+
+
+def term_sizes(spec: Any, cotangent: Any, tangents: dict[str, Any] | None = None) -> dict[str, float]:
+    """The size of the terms summed for the value, the VJP along ``cotangent`` and the JVP along ``tangents``.
+
+    Measured by the reference engine in float64
+    (:meth:`~gradverify.backends.reference.ReferenceBackend.term_scale`); the
+    JVP's is the VJP's rescaled from ``max|cotangent|`` to ``max|tangents|``.
+    ``ulps * eps * size`` (the comparison core's rounding term, ``ulps`` and
+    ``eps`` from :func:`gradverify.tolerance_for` of the dtype under test) is
+    the ``atol`` :func:`agreement` passes to the comparisons. Cost: one traced
+    forward and one backward pass.
+    """
+    from . import get_backend
+
+    u = np.asarray(cotangent, dtype=np.float64)
+    scale = get_backend("reference").term_scale(spec, u, dtype=np.float64)
+    vmax = max((float(np.max(np.abs(t))) for t in (tangents or {}).values() if np.size(t)), default=0.0)
+    umax = float(np.max(np.abs(u))) if u.size else 0.0
+    return {"value": scale.value, "vjp": scale.vjp, "jvp": scale.vjp * (vmax / umax if umax > 0 else 1.0)}
 
 
 def agreement(spec: Any, *, backends: Sequence[str] = ("reference", "torch", "jax"), dtype: Any = "float64",
@@ -246,14 +267,9 @@ def agreement(spec: Any, *, backends: Sequence[str] = ("reference", "torch", "ja
     shape = ref.value(spec, dtype=np.float64).shape
     u = rng.standard_normal(shape)
     v = {k: rng.standard_normal(a.shape) for k, a in arrays.items()}
-    # The rounding allowance of exact comparisons (see the module docstring).
-    scale = ref.term_scale(spec, u, dtype=np.float64)
+    terms = term_sizes(spec, u, v)
     tol = tolerance_for(dt)
-    vmax = max((float(np.max(np.abs(t))) for t in v.values() if t.size), default=0.0)
-    umax = float(np.max(np.abs(u))) if u.size else 0.0
-    atol = {"value": tol.ulps * tol.eps * scale.value,
-            "vjp": tol.ulps * tol.eps * scale.vjp,
-            "jvp": tol.ulps * tol.eps * scale.vjp * (vmax / umax if umax > 0 else 1.0)}
+    atol = {k: tol.ulps * tol.eps * m for k, m in terms.items()}
     got = {}
     for name, b in runs.items():
         value, grads = b.vjp(spec, u, dtype=dt)
@@ -265,12 +281,13 @@ def agreement(spec: Any, *, backends: Sequence[str] = ("reference", "torch", "ja
         for b in names[i + 1:]:
             (va, ga, ta), (vb, gb, tb) = got[a], got[b]
             results.append(_pair_result(a, b, "value", compare_gradients(
-                {"output": va}, {"output": vb}, reference_name=b, atol=atol["value"]), {"output": vb}))
+                {"output": va}, {"output": vb}, reference_name=b, atol=atol["value"]), {"output": vb},
+                terms["value"]))
             results.append(_pair_result(a, b, "vjp", compare_gradients(
-                ga, gb, reference_name=b, atol=atol["vjp"]), gb))
+                ga, gb, reference_name=b, atol=atol["vjp"]), gb, terms["vjp"]))
             if jvp:
                 results.append(_pair_result(a, b, "jvp", compare_gradients(
-                    {"jvp": ta}, {"jvp": tb}, reference_name=b, atol=atol["jvp"]), {"jvp": tb}))
+                    {"jvp": ta}, {"jvp": tb}, reference_name=b, atol=atol["jvp"]), {"jvp": tb}, terms["jvp"]))
     fd_names = list(runs) if fd is True else [n for n in (fd or ()) if n in runs]
     if fd_names:
         memo: dict[tuple, np.ndarray] = {}
@@ -288,6 +305,6 @@ def agreement(spec: Any, *, backends: Sequence[str] = ("reference", "torch", "ja
                 return _b.vjp(spec, dout, kw, dtype=dt)[1]
 
             res = check(fn, dict(arrays), vjp=vjp, seed=seed, atol=atol["vjp"])
-            results.append(_pair_result(name, FD, "fd", res, got[name][1]))
+            results.append(_pair_result(name, FD, "fd", res, got[name][1], terms["vjp"]))
     return Agreement(spec, dt.name, tuple(names), tuple(skipped), tuple(results), seed,
                      time.perf_counter() - start)
