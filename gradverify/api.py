@@ -246,10 +246,10 @@ def _second_opinion(result: CheckResult, target: Target, comparison: Comparison,
     w = result.worst
     if w is None or (result.passed and w.ratio < BORDERLINE) or result.status == "nondiff":
         return result
-    arr = target.point[w.input]
-    v = np.zeros(arr.shape)
     if w.projection:
         return result
+    arr = target.point[w.input]
+    v = np.zeros(arr.shape)
     v[w.index] = 1.0
     t = taylor_test(target.evaluate, arr, v, comparison.analytic[w.input], u64, eval_dtype=eval_dtype)
     where = f"{w.input!r}[{', '.join(str(i) for i in w.index)}]"

@@ -349,12 +349,15 @@ def projected_gradients(
     not touch cancel exactly rather than through a rounded sum.
 
     ``judge(name, flat_index, value, error)`` returns :data:`OK`,
-    :data:`REFINE` or :data:`FAIL`. Uncertain elements (``REFINE``) are
-    retried with steps ``h/4, h/8, ...`` (up to ``max_refinements``),
-    keeping the estimate with the smallest error. For every element not
-    judged ``OK`` at the end, one-sided differences ``(phi(h) - phi(0)) / h`` and
-    ``(phi(0) - phi(-h)) / h`` at two steps decide whether the element sits
-    on a kink (their gap does not shrink with the step).
+    :data:`REFINE` or :data:`FAIL`. Elements not judged ``OK`` at the
+    first two levels walk a whole step sequence (see :func:`_settle`:
+    larger steps where rounding dominates, halving steps down to the
+    resolution of the storage, a failure re-found 32x lower, unconverged
+    elements returned with an infinite error). For every element,
+    one-sided differences ``(phi(h) - phi(0)) / h`` and
+    ``(phi(0) - phi(-h)) / h`` at the two smallest steps (no extra
+    evaluations) decide whether it sits on a kink (their gap does not
+    shrink with the step).
 
     ``indices`` (name -> flat indices) restricts the work to those elements
     of those arrays (others are left at zero and absent names skipped).
