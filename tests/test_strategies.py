@@ -96,7 +96,7 @@ def test_network_kinds_and_losses_are_honoured(net):
 def test_every_layer_kind_is_drawn():
     seen: set[str] = set()
 
-    @settings(max_examples=150, database=None)
+    @settings(max_examples=300, database=None, derandomize=True)
     @given(networks())
     def collect(net):
         for l in net.layers:
