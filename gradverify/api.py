@@ -119,10 +119,10 @@ def _run_guarded(target: Target, *, rng, seed, mode, rtol, atol, start) -> Check
     low = _lowest_precision(list(target.originals.values()))
     u = rng.standard_normal(y0.shape).astype(low)
     if isinstance(target, FunctionTarget):
-        y_orig = _check_output(target._call(target.fn, target._args(target.originals)), "the function")
+        # the function in the caller's dtype, on copies (which must come back unchanged)
+        y_orig = _check_output(target.check_forward_mutation(), "the function")
         target.analytic_output = y_orig
-        target.check_forward_mutation()
-        evaluations += 2
+        evaluations += 1
         u_an = u.astype(y_orig.dtype if y_orig.dtype.kind == "f" else np.float64)
     else:
         evaluations += 1
@@ -350,7 +350,9 @@ def _fast(target: Target, comparison: Comparison, u64: np.ndarray, eval_dtype, r
 
     Each input or parameter gets ``probes`` signed Gaussian directions
     ``v``; ``<g, v>`` is compared with the Richardson directional derivative
-    (:func:`~gradverify.numeric.directional_mismatch`). Failing probes are
+    (:func:`~gradverify.numeric.directional_mismatches`: the probes of one
+    tensor evaluated in one vectorised call where the target offers
+    ``evaluate_rows``). Failing probes are
     confirmed with the full step walk, worst first; the tensor of the first
     confirmed one is bisected with its direction restricted to halves of
     its elements: the mismatch is linear in the direction, so one probe per
@@ -358,7 +360,7 @@ def _fast(target: Target, comparison: Comparison, u64: np.ndarray, eval_dtype, r
     input, plus, after a failure, its confirmation, ``4 * ceil(log2(size))``
     and one element check.
     """
-    from .numeric import FAIL, OK, directional_mismatch
+    from .numeric import FAIL, OK, directional_mismatch, directional_mismatches
 
     total = 0
     y0 = np.asarray(target.evaluate(), dtype=np.float64)
@@ -369,17 +371,19 @@ def _fast(target: Target, comparison: Comparison, u64: np.ndarray, eval_dtype, r
     def tolerance_of(name, v, p):
         return comparison.projection_tolerance(name, v, p.magnitude) + comparison.tol.noise_factor * p.error
 
+    rows = getattr(target, "evaluate_rows", None)
     for name, arr in target.point.items():
-        g = comparison.analytic[name]
-        for _ in range(probes):
-            v = rng.standard_normal(arr.shape)
-            # Scanning: a clear failure is not refined here; the worst one is
-            # confirmed below with the full step walk.
-            p = directional_mismatch(
-                target.evaluate, arr, v, g, u64, eval_dtype=eval_dtype, y0=y0,
-                judge=lambda m, e, name=name, v=v: (lambda j: OK if j == FAIL else j)(
-                    comparison.projection_judge(name, v, m, e)),
-            )
+        vs = [rng.standard_normal(arr.shape) for _ in range(probes)]
+        # Scanning: all probes of a tensor in one batch where the target
+        # vectorises; a clear failure is not refined here (the worst one is
+        # confirmed below with the full step walk).
+        ps = directional_mismatches(
+            target.evaluate, arr, vs, comparison.analytic[name], u64, eval_dtype=eval_dtype, y0=y0,
+            judge=lambda k, m, e, name=name, vs=vs: (lambda j: OK if j == FAIL else j)(
+                comparison.projection_judge(name, vs[k], m, e)),
+            evaluate_rows=None if rows is None else (lambda r, name=name: rows(name, r)),
+        )
+        for v, p in zip(vs, ps):
             total += p.evaluations
             results.append((name, v, p))
             tol = tolerance_of(name, v, p)

@@ -119,6 +119,7 @@ class Comparison:
         # the tensor scale (only used to decide where to refine).
         self._scale_est = {k: _maxabs(v) for k, v in self.analytic.items()}
         self._glob_est = max(self._scale_est.values(), default=0.0)
+        self._element_tolerances: dict[str, np.ndarray] = {}  # per tensor, for projection_tolerance
 
     def base_tolerance(self, name: str, numeric, scale: float | None = None, glob: float | None = None,
                        sensitivity=0.0):
@@ -327,11 +328,14 @@ class Comparison:
         (:class:`~gradverify.numeric.Projection`) adds the analytic dtype's
         rounding of the projected terms. Cost: O(size of the tensor).
         """
-        a = self.analytic[name].astype(np.float64)
-        v = np.asarray(direction, dtype=np.float64)
-        tb = self.base_tolerance(name, np.abs(a))
-        spread = float(np.sqrt(np.sum((tb * v) ** 2)))
-        rms_v = float(np.sqrt(np.mean(v * v))) if v.size else 0.0
+        tb = self._element_tolerances.get(name)
+        if tb is None:
+            a = self.analytic[name].astype(np.float64)
+            tb = self._element_tolerances[name] = self.base_tolerance(name, np.abs(a))
+        v = np.asarray(direction, dtype=np.float64).reshape(-1)
+        w = tb.reshape(-1) * v
+        spread = float(np.sqrt(np.dot(w, w)))
+        rms_v = float(np.sqrt(np.dot(v, v) / v.size)) if v.size else 0.0
         return self.projection_sigmas * spread + self.tol.ulps * self.tol.eps * magnitude * rms_v
 
     def projection_judge(self, name: str, direction, mismatch: float, error: float, magnitude: float = 0.0) -> int:

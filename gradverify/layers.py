@@ -567,11 +567,12 @@ class FunctionTarget(Target):
             grads = dict(zip(self.order, result))
         return validate_gradients({k: grads.get(k) for k in self.point}, self.originals, what=self.what)
 
-    def check_forward_mutation(self) -> None:
-        """Run ``fn`` once on copies and warn if it wrote into its inputs."""
+    def check_forward_mutation(self) -> Any:
+        """Run ``fn`` once on copies of the caller's inputs, warn if it wrote into them; return its output."""
         self.random.restore()
         args = self._args(self.originals)
-        self._call(self.fn, args)
+        out = self._call(self.fn, args)
         if any(isinstance(a, np.ndarray) and not np.array_equal(a, b) for a, b in zip(args, self._args(self.originals))):
             self._warn("the function modifies its inputs in place; in a network this corrupts other layers' "
                        "values (the check handed over copies)")
+        return out

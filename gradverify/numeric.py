@@ -47,6 +47,7 @@ __all__ = [
     "gradient",
     "projected_gradients",
     "directional_mismatch",
+    "directional_mismatches",
     "Projection",
     "taylor_test",
     "TaylorTest",
@@ -512,16 +513,10 @@ def _first_pass_batched(evaluate_batch, name, arr, order, first_steps, out_shape
         proj.evaluations += len(idx)
         quot, noise, mags = [], [], []
         for a, b in ((0, 1), (2, 3)):
-            ya, yb = ys[:, a], ys[:, b]
-            d = ya - yb
-            changed = d != 0
-            w = absu * (np.abs(ya) + np.abs(yb))
-            moved = np.sum(w * changed, axis=1)
-            still = np.sum(w, axis=1) - moved
-            dt = actual[:, a] - actual[:, b]
-            quot.append((d @ u) / dt)
-            noise.append(proj.eps * (_ULPS_PER_OUTPUT * moved + 0.5 * still) / np.abs(dt))
-            mags.append(np.where(changed.any(axis=1), moved, still) / 2.0)
+            q, n_, m, _ = proj.diff_many(ys[:, a], ys[:, b], actual[:, a] - actual[:, b])
+            quot.append(q)
+            noise.append(n_)
+            mags.append(m)
         val = quot[1] + (quot[1] - quot[0]) / 3.0
         err = np.abs(quot[1] - quot[0]) / 3.0 + (4.0 * noise[1] + noise[0]) / 3.0
         sens = mags[1] / scale[part]
@@ -586,6 +581,20 @@ class _Projector:
         noise = self.eps * (_ULPS_PER_OUTPUT * moved + 0.5 * still) / abs(dt)
         return num / dt, noise, mag / 2.0
 
+    def diff_many(self, ya, yb, dt):
+        """:meth:`diff` for many pairs at once: rows of ``ya``, ``yb`` (flattened outputs), steps ``dt``.
+
+        Returns arrays: quotients, noises, magnitudes, and whether any output moved.
+        """
+        d = ya - yb
+        changed = d != 0
+        w = self.absu.reshape(-1) * (np.abs(ya) + np.abs(yb))
+        moved = np.sum(w * changed, axis=1)
+        still = np.sum(w, axis=1) - moved
+        any_moved = changed.any(axis=1)
+        noise = self.eps * (_ULPS_PER_OUTPUT * moved + 0.5 * still) / np.abs(dt)
+        return (d @ self.u.reshape(-1)) / dt, noise, np.where(any_moved, moved, still) / 2.0, any_moved
+
 
 @dataclasses.dataclass(frozen=True)
 class Projection:
@@ -634,51 +643,144 @@ def directional_mismatch(
     step sequence of :func:`projected_gradients` settles the value.
 
     Cost: 4 evaluations (more where unsettled; +1 if ``y0`` is not given),
-    independent of the size of ``arr``.
+    independent of the size of ``arr``. :func:`directional_mismatches` does
+    several directions at once.
+    """
+    (p,) = directional_mismatches(
+        evaluate, arr, [direction], grad, cotangent, eval_dtype=eval_dtype, y0=y0,
+        judge=None if judge is None else (lambda k, m, e: judge(m, e)), max_refinements=max_refinements,
+    )
+    return p
+
+
+def directional_mismatches(
+    evaluate: Callable[[], np.ndarray],
+    arr: np.ndarray,
+    directions: Sequence[np.ndarray],
+    grad: np.ndarray,
+    cotangent: np.ndarray,
+    *,
+    eval_dtype=np.float64,
+    y0: np.ndarray | None = None,
+    judge: Callable[[int, float, float], int] | None = None,
+    max_refinements: int = 20,
+    evaluate_rows: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> list[Projection]:
+    """:func:`directional_mismatch` along each of ``directions``, the first levels evaluated together.
+
+    The four displaced points of every direction (``+-t``, ``+-t/2``) are
+    formed first; ``evaluate_rows(rows)``, when given, evaluates them in one
+    call (row ``b`` is a whole value of ``arr``; ``torch.func.vmap`` /
+    ``jax.vmap`` behind it), otherwise ``arr`` is moved in place for each.
+    ``judge(k, mismatch, error)`` (``k`` the direction's position) decides
+    which directions walk the step sequence, one evaluation at a time.
+
+    Cost: 4 evaluations per direction (more where unsettled; the first
+    direction also counts ``y0`` if it is not given).
     """
     proj = _Projector(evaluate, cotangent, eval_dtype)
     if y0 is None:
         y0 = proj.output()
-    v = np.asarray(direction, dtype=np.float64)
+    counted = proj.evaluations  # y0's evaluation goes to the first direction's count
     g = np.asarray(grad, dtype=np.float64)
     x0 = arr.copy()
     x064 = x0.astype(np.float64)
-    vv = float(np.vdot(v, v))
-    if vv == 0.0:
-        return Projection(0.0, 0.0, 0.0, 0.0, 0.0, proj.evaluations)
     rms = float(np.sqrt(np.mean(x064 * x064))) if x064.size else 0.0
     scale = rms if rms > 0 else 1.0
-    t = default_step(np.ones(1), eval_dtype, "richardson")[0] * scale / float(np.sqrt(vv / v.size))
-    if arr.dtype.kind == "f":
-        t = max(t, 16.0 * _eps(arr.dtype) * scale / float(np.sqrt(vv / v.size)))
+    floor = 64 * _eps(arr.dtype if arr.dtype.kind == "f" else np.float64) * max(
+        float(np.max(np.abs(x064))) if x064.size else 0.0, 1e-300)
+    plans = []
+    for direction in directions:
+        v = np.asarray(direction, dtype=np.float64)
+        vv = float(np.vdot(v, v))
+        if vv == 0.0:
+            plans.append(None)
+            continue
+        t = default_step(np.ones(1), eval_dtype, "richardson")[0] * scale / float(np.sqrt(vv / v.size))
+        if arr.dtype.kind == "f":
+            t = max(t, 16.0 * _eps(arr.dtype) * scale / float(np.sqrt(vv / v.size)))
+        plans.append((v, vv, t))
+    steps = [(k, s) for k, plan in enumerate(plans) if plan is not None
+             for s in (plan[2], -plan[2], plan[2] / 2, -plan[2] / 2)]
+    first_levels = {}  # direction -> its levels at t and t/2
+    if steps:
+        # Every displaced point x + s v at once, as stored in arr's dtype (in
+        # place: large temporaries cost more than the arithmetic).
+        stored = np.empty((len(steps),) + arr.shape, dtype=arr.dtype)
+        row = np.empty(arr.shape) if arr.dtype != np.float64 else None
+        for b, (k, st) in enumerate(steps):
+            out_row = stored[b] if row is None else row
+            np.multiply(plans[k][0], st, out=out_row)
+            np.add(out_row, x064, out=out_row)
+            if row is not None:
+                stored[b] = row
+        if evaluate_rows is not None:
+            ys = np.asarray(evaluate_rows(stored)).astype(np.float64).reshape((len(stored),) + y0.shape)
+            proj.evaluations += len(stored)
+        else:
+            ys = []
+            for point in stored:
+                arr[...] = point
+                try:
+                    ys.append(proj.output())
+                finally:
+                    arr[...] = x0
+        # The first two levels of every direction as array arithmetic: the
+        # displacement actually stored (float32 storage rounds x + s v) of
+        # each pair of rows, its step along v and the analytic <g, d>.
+        pairs = len(steps) // 2
+        disp = (stored[0::2].astype(np.float64, copy=False) - stored[1::2].astype(np.float64, copy=False)).reshape(
+            pairs, -1)
+        vrows = np.stack([plans[k][0].reshape(-1) for k, _ in steps[0::4]])
+        vvs = np.array([plans[k][1] for k, _ in steps[0::4]])
+        along = np.einsum("kpj,kj->kp", disp.reshape(len(vrows), 2, -1), vrows).reshape(-1) / np.repeat(vvs, 2)
+        ana = (disp @ g.reshape(-1)) / along
+        flat = np.asarray(ys).reshape(len(steps), -1)
+        quot, noise, mag, moved = proj.diff_many(flat[0::2], flat[1::2], along)
+        for p_, (k, _) in enumerate(steps[0::2]):
+            s_ = float(along[p_])
+            first_levels.setdefault(k, []).append(
+                (None, s_, None, -s_, float(quot[p_] - ana[p_]), float(noise[p_]), float(mag[p_]), bool(moved[p_])))
+    out = []
+    for k, plan in enumerate(plans):
+        if plan is None:
+            out.append(Projection(0.0, 0.0, 0.0, 0.0, 0.0, counted))
+            counted = 0
+            continue
+        v, vv, t = plan
 
-    def at(step):
-        arr[...] = x064 + step * v
-        d = arr.astype(np.float64) - x064
-        try:
-            y = proj.output()
-        finally:
-            arr[...] = x0
-        return y, d
+        def at(step, v=v):
+            arr[...] = x064 + step * v
+            point = arr.copy()
+            try:
+                y = proj.output()
+            finally:
+                arr[...] = x0
+            return y, point
 
-    def level(step):
-        (yp, dp), (ym, dm) = at(step), at(-step)
-        disp = dp - dm
-        s = float(np.vdot(v, disp)) / vv
-        num, noise, mag = proj.diff(yp, ym, s, 0.0)
-        ana = float(np.vdot(g, disp)) / s
-        # the level tuple _settle reads: [1], [3] the steps, [4] the quotient, [5] its noise,
-        # [7] whether any output moved
-        return (None, s, None, -s, num - ana, noise, mag, not np.array_equal(yp, ym))
+        def level(step, v=v, vv=vv):
+            (yp, xp), (ym, xm) = at(step), at(-step)
+            # the displacement actually stored (float32 storage rounds x + s v)
+            disp = xp.astype(np.float64) - xm.astype(np.float64)
+            s = float(np.vdot(v, disp)) / vv
+            num, noise, mag = proj.diff(yp, ym, s, 0.0)
+            ana = float(np.vdot(g, disp)) / s
+            # the level tuple _settle reads: [1], [3] the steps, [4] the quotient, [5] its noise,
+            # [7] whether any output moved
+            return (None, s, None, -s, num - ana, noise, mag, not np.array_equal(yp, ym))
 
-    first = [level(t), level(t / 2)]
-    mismatch, error = _richardson(*first)
-    if judge is not None and judge(mismatch, error) != OK:
-        floor_t = 64 * _eps(arr.dtype if arr.dtype.kind == "f" else np.float64) * max(
-            float(np.max(np.abs(x064))), 1e-300) / float(np.max(np.abs(v)))
-        mismatch, error, _ = _settle(level, first, t, floor_t, judge, max_refinements)
-    analytic = float(np.vdot(g, v))
-    return Projection(analytic, analytic + mismatch, mismatch, error, first[1][6] / scale, proj.evaluations)
+        before = proj.evaluations
+        first = first_levels[k]
+        mismatch, error = _richardson(*first)
+        if judge is not None and judge(k, mismatch, error) != OK:
+            floor_t = floor / float(np.max(np.abs(v)))
+            mismatch, error, _ = _settle(level, first, t, floor_t, lambda m, e, k=k: judge(k, m, e),
+                                         max_refinements)
+        analytic = float(np.vdot(g, v))
+        used = counted + 4 + proj.evaluations - before
+        counted = 0
+        out.append(Projection(analytic, analytic + mismatch, mismatch, error, first[1][6] / scale, used))
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
