@@ -30,6 +30,7 @@ import time
 import numpy as np
 
 import gradverify as gv
+import gradverify.numeric
 
 ACTS = {
     "tanh": (np.tanh, lambda z, a: 1 - a * a),
@@ -45,9 +46,9 @@ ACTS = {
 class MLP:
     """A random dense network; ``corrupt=(layer, flat index or None, factor)`` breaks one weight gradient."""
 
-    def __init__(self, rng: np.random.Generator, dtype, corrupt=None):
+    def __init__(self, rng: np.random.Generator, dtype, corrupt=None, widths=(1, 6)):
         n = int(rng.integers(1, 4))
-        self.dims = [int(rng.integers(1, 7)) for _ in range(n + 1)]
+        self.dims = [int(rng.integers(widths[0], widths[1] + 1)) for _ in range(n + 1)]
         self.acts = [list(ACTS)[rng.integers(len(ACTS))] for _ in range(n)]
         ws = 10.0 ** rng.uniform(-3, 2)
         self.x_scale = 10.0 ** rng.uniform(-3, 3)
@@ -88,9 +89,9 @@ class MLP:
         return d
 
 
-def case(seed: int, dtype, corrupt_kind=None, r=0.0, mode="full"):
+def case(seed: int, dtype, corrupt_kind=None, r=0.0, mode="full", widths=(1, 6)):
     rng = np.random.default_rng(seed)
-    net = MLP(rng, dtype)
+    net = MLP(rng, dtype, widths=widths)
     if corrupt_kind is not None:
         layer = int(rng.integers(net.n))
         net.corrupt = (layer, None if corrupt_kind == "tensor" else int(rng.integers(100)), 1 + r)
@@ -102,12 +103,23 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", type=int, default=2000, help="cases per configuration (default 2000)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--widths", type=int, nargs=2, default=(1, 6), metavar=("MIN", "MAX"),
+                   help="layer widths drawn from MIN..MAX (default 1 6; from 8 up, weight matrices reach the "
+                        "screened size, gradverify.numeric.SCREEN_MIN_SIZE)")
+    p.add_argument("--dtypes", nargs="+", default=["float64", "float32"], choices=["float64", "float32"])
+    p.add_argument("--no-screen", action="store_true",
+                   help="Richardson for every element (no one-difference screen): the reference for A/B runs")
     args = p.parse_args(argv)
-    summary = {"cases": args.cases, "false_alarms": {}, "detection": {}, "seconds": {}}
-    for dtype in (np.float64, np.float32):
+    if args.no_screen:
+        gradverify.numeric.SCREEN_MIN_SIZE = 2**62
+    widths = tuple(args.widths)
+    summary = {"cases": args.cases, "widths": list(widths), "screen": not args.no_screen, "false_alarms": {},
+               "detection": {}, "seconds": {}, "evaluations": {}}
+    for dtype in (np.dtype(d).type for d in args.dtypes):
         name = np.dtype(dtype).name
         t = time.perf_counter()
-        results = [(s, case(s, dtype)) for s in range(args.cases)]
+        results = [(s, case(s, dtype, widths=widths)) for s in range(args.cases)]
+        summary["evaluations"][name] = int(sum(r.evaluations for _, r in results))
         alarms = [s for s, r in results if r.status == "fail"]
         unverified = [s for s, r in results if r.status == "unverified"]
         summary["false_alarms"][name] = {"count": len(alarms), "seeds": alarms[:20]}
@@ -116,7 +128,7 @@ def main(argv=None) -> int:
         for kind in ("element", "tensor"):
             for r in (1e-4, 1e-3, 1e-2):
                 n = max(1, args.cases // 4)
-                caught = sum(not case(s, dtype, kind, r).passed for s in range(n))
+                caught = sum(not case(s, dtype, kind, r, widths=widths).passed for s in range(n))
                 summary["detection"][f"{name}/{kind}/{r:g}"] = {"cases": n, "caught": caught}
         print(f"{name}: {len(alarms)} false alarms, {len(unverified)} unverified, in {args.cases} correct cases",
               file=sys.stderr)

@@ -334,6 +334,7 @@ def projected_gradients(
     evaluate_batch: Callable[[str, np.ndarray, np.ndarray], np.ndarray] | None = None,
     batch_bytes: int = 64 * 2**20,
     judge_many: Callable[[str, np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None,
+    tolerance: Callable[[str, np.ndarray], np.ndarray] | None = None,
 ) -> tuple[dict[str, ElementDerivative], int]:
     """Gradient of ``phi = <u, evaluate()>`` with respect to every element of ``point``.
 
@@ -372,8 +373,34 @@ def projected_gradients(
     a chunk at a time by ``judge_many(name, flat_indices, values, errors)``
     when given (the array form of ``judge``).
 
-    Cost: 4 evaluations per element, +2 per refinement, +1 for the base
-    point. Returns the per-name results and the evaluation count.
+    ``tolerance(name, values)``, when given (with a judge, evaluating in
+    float64), is the base tolerance at reference ``values``; it turns on
+    the *screen* for tensors of at least :data:`SCREEN_MIN_SIZE` elements:
+    one central difference per element at ``h / SCREEN_STEP_DIVISOR``
+    (2 evaluations). An element is settled by it when the judge says OK
+    with four times its rounding noise as the error, and its one-sided
+    slopes agree to the tolerance (a kink, or curvature that one difference
+    cannot resolve, goes on to Richardson, so kinks are still named).
+    First :data:`SCREEN_SAMPLES` elements drawn at random (seeded by the
+    tensor size) run both the screen and Richardson; the rest of the tensor
+    is screened only if the screen settles at least half of them and each
+    one it settles agrees with its Richardson value to a quarter of the
+    tolerance (plus both error estimates) -- otherwise the tensor runs
+    Richardson, at a cost of 2 evaluations per sampled element.
+    The step is small (its truncation, ``(h / SCREEN_STEP_DIVISOR)**2``
+    times the third derivative over 6, is 256x below that of Richardson's
+    first level), so a gradient the screen passes differs from the true one
+    by less than the tolerance plus that truncation, and the sample checks
+    the truncation where it could matter: a tensor whose elements share a
+    length scale. What the screen
+    cannot see is a single element whose truncation alone exceeds the
+    tolerance *and* a gradient wrong by exactly that amount (an analytic
+    side that is itself a central difference with this step); an element
+    whose truncation exceeds the tolerance fails the screen when its
+    gradient is right, and goes on to Richardson.
+
+    Cost: 4 evaluations per element (2 for elements the screen settles, 6
+    for sampled ones), +2 per refinement, +1 for the base point. Returns the per-name results and the evaluation count.
     """
     proj = _Projector(evaluate, cotangent, eval_dtype)
     phi_out, diff = proj.output, proj.diff
@@ -401,84 +428,187 @@ def projected_gradients(
                 # at least a few ulps of the storage, or float16 rounds the step away
                 h = max(h, 8.0 * float(np.spacing(np.abs(arr.flat[i]).astype(arr.dtype))))
             first_steps[i] = h
-        batched = {}
-        if evaluate_batch is not None:
-            # First pass over whole chunks as array arithmetic; only elements
-            # the judge does not settle keep their levels for the walk.
-            many = None
-            if judge_many is not None:
-                many = lambda idx, v, e: judge_many(name, idx, v, e)  # noqa: E731
-            elif judge is not None:
-                many = lambda idx, v, e: np.array([judge(name, int(i), a, b) for i, a, b in zip(idx, v, e)])  # noqa: E731
-            settled = _first_pass_batched(evaluate_batch, name, arr, order, first_steps, y0.shape, batch_bytes, proj,
-                                          scale, many, y0)
-            for i, (v, e, sens, levels, one_sided) in settled.items():
-                value[i], error[i], sensitivity[i] = v, e, sens
-                left[i], right[i], kink[i] = one_sided
-                if levels is not None:
-                    batched[i] = levels
-            order = list(batched)
-        for i in order:
-            idx = np.unravel_index(i, arr.shape)
-            x0 = arr[idx].copy()
-            x0f = float(x0)
 
-            def at(t):
-                arr[idx] = x0f + t
-                ta = float(arr[idx]) - x0f
-                try:
-                    y = phi_out()
-                finally:
-                    arr[idx] = x0
-                return y, ta
+        def run_standard(order):
+            """Richardson at h, h/2 for ``order`` (batched where possible), then the walk where unsettled."""
+            batched = {}
+            if evaluate_batch is not None:
+                # First pass over whole chunks as array arithmetic; only elements
+                # the judge does not settle keep their levels for the walk.
+                many = None
+                if judge_many is not None:
+                    many = lambda idx, v, e: judge_many(name, idx, v, e)  # noqa: E731
+                elif judge is not None:
+                    many = lambda idx, v, e: np.array(  # noqa: E731
+                        [judge(name, int(i), a, b) for i, a, b in zip(idx, v, e)])
+                settled = _first_pass_batched(evaluate_batch, name, arr, order, first_steps, y0.shape, batch_bytes,
+                                              proj, scale, many, y0)
+                for i, (v, e, sens, levels, one_sided) in settled.items():
+                    value[i], error[i], sensitivity[i] = v, e, sens
+                    left[i], right[i], kink[i] = one_sided
+                    if levels is not None:
+                        batched[i] = levels
+                order = list(batched)
+            for i in order:
+                idx = np.unravel_index(i, arr.shape)
+                x0 = arr[idx].copy()
+                x0f = float(x0)
 
-            def level(h):
-                yp, tp = at(h)
-                ym, tm = at(-h)
-                d, n, mag = diff(yp, ym, tp, tm)
-                return (yp, tp, ym, tm, d, n, mag, not np.array_equal(yp, ym))
+                def at(t):
+                    arr[idx] = x0f + t
+                    ta = float(arr[idx]) - x0f
+                    try:
+                        y = phi_out()
+                    finally:
+                        arr[idx] = x0
+                    return y, ta
 
-            def diagnose(levels):
-                # Kink diagnosis from the two smallest steps tried (no new
-                # evaluations): at a kink each one-sided derivative is stable
-                # while the gap between them stays; for a smooth function the
-                # gap halves with the step (where nothing is stable, no kink).
-                gaps = []
-                for lv in levels[-2:]:
-                    yp, tp, ym, tm = lv[:4]
-                    r, rn, _ = diff(yp, y0, tp, 0.0)
-                    lft, ln, _ = diff(y0, ym, 0.0, tm)
-                    gaps.append((r, lft, rn + ln))
-                (r1, l1, _), (r2, l2, n2) = gaps
-                left[i], right[i] = l2, r2
-                g1, g2 = abs(r1 - l1), abs(r2 - l2)
-                stable = abs(r1 - r2) <= 0.1 * g2 + 4 * n2 and abs(l1 - l2) <= 0.1 * g2 + 4 * n2
-                kink[i] = g2 > 4 * n2 and g2 > 0.75 * g1 and stable
+                def level(h):
+                    yp, tp = at(h)
+                    ym, tm = at(-h)
+                    d, n, mag = diff(yp, ym, tp, tm)
+                    return (yp, tp, ym, tm, d, n, mag, not np.array_equal(yp, ym))
 
-            h = first_steps[i]
-            levels = batched.pop(i, None)
-            if levels is None:
-                levels = [level(h), level(h / 2)]
-                value[i], error[i] = _richardson(levels[0], levels[1])
-                sensitivity[i] = levels[1][6] / scale[i]
-            if judge is None:
-                continue
-            verdict = judge(name, i, value[i], error[i])
-            if verdict == OK:
-                diagnose(levels)  # a valid subgradient at a kink still names the kink
-                continue
-            # Not clearly settled: walk a whole step sequence (see _settle).
-            floor_h = 64 * _eps(arr.dtype if arr.dtype.kind == "f" else np.float64) * max(abs(x0f), 1e-300)
-            value[i], error[i], levels = _settle(
-                level, levels, h, floor_h, lambda v, e: judge(name, i, v, e), max_refinements
-            )
-            diagnose(levels)
+                def diagnose(levels):
+                    # Kink diagnosis from the two smallest steps tried (no new
+                    # evaluations): at a kink each one-sided derivative is stable
+                    # while the gap between them stays; for a smooth function the
+                    # gap halves with the step (where nothing is stable, no kink).
+                    gaps = []
+                    for lv in levels[-2:]:
+                        yp, tp, ym, tm = lv[:4]
+                        r, rn, _ = diff(yp, y0, tp, 0.0)
+                        lft, ln, _ = diff(y0, ym, 0.0, tm)
+                        gaps.append((r, lft, rn + ln))
+                    (r1, l1, _), (r2, l2, n2) = gaps
+                    left[i], right[i] = l2, r2
+                    g1, g2 = abs(r1 - l1), abs(r2 - l2)
+                    stable = abs(r1 - r2) <= 0.1 * g2 + 4 * n2 and abs(l1 - l2) <= 0.1 * g2 + 4 * n2
+                    kink[i] = g2 > 4 * n2 and g2 > 0.75 * g1 and stable
+
+                h = first_steps[i]
+                levels = batched.pop(i, None)
+                if levels is None:
+                    levels = [level(h), level(h / 2)]
+                    value[i], error[i] = _richardson(levels[0], levels[1])
+                    sensitivity[i] = levels[1][6] / scale[i]
+                if judge is None:
+                    continue
+                verdict = judge(name, i, value[i], error[i])
+                if verdict == OK:
+                    diagnose(levels)  # a valid subgradient at a kink still names the kink
+                    continue
+                # Not clearly settled: walk a whole step sequence (see _settle).
+                floor_h = 64 * _eps(arr.dtype if arr.dtype.kind == "f" else np.float64) * max(abs(x0f), 1e-300)
+                value[i], error[i], levels = _settle(
+                    level, levels, h, floor_h, lambda v, e: judge(name, i, v, e), max_refinements
+                )
+                diagnose(levels)
+
+        if (tolerance is not None and (judge_many is not None or judge is not None) and len(order) >= SCREEN_MIN_SIZE
+                and np.dtype(eval_dtype) == np.float64):
+            # Screen: one central difference per element at a small step.
+            # A random sample runs both the screen and Richardson first; the
+            # rest of the tensor is screened only if the screen settles at
+            # least half of the sample and agrees with Richardson on each
+            # element it settles. Elements the screen does not settle run
+            # Richardson.
+            def screened(elements):
+                sc = _screen(evaluate_batch, name, arr, elements, first_steps, proj, y0, batch_bytes, scale)
+                idx = np.asarray(elements, dtype=np.int64)
+                noisy = 4.0 * sc["noise"]
+                if judge_many is not None:
+                    verdicts = np.asarray(judge_many(name, idx, sc["value"], noisy))
+                else:
+                    verdicts = np.array([judge(name, int(i), v, e) for i, v, e in zip(idx, sc["value"], noisy)])
+                tb = np.asarray(tolerance(name, sc["value"]), dtype=np.float64)
+                # one-sided slopes apart by more than the tolerance at this small step: a kink, or
+                # curvature too strong for one central difference
+                sc["settled"] = (verdicts == OK) & (np.abs(sc["right"] - sc["left"]) <= tb) & np.isfinite(
+                    sc["value"])
+                return sc
+
+            pick = np.random.default_rng(len(order)).permutation(len(order))[:SCREEN_SAMPLES]
+            sample = [order[k] for k in sorted(pick)]
+            sc = screened(sample)
+            run_standard(sample)
+            k_s = np.flatnonzero(sc["settled"])
+            ref, ref_err = value[sample][k_s], error[sample][k_s]
+            trusted = 2 * len(k_s) >= len(sample) and bool(np.all(np.isfinite(ref_err)) and np.all(
+                np.abs(sc["value"][k_s] - ref)
+                <= np.asarray(tolerance(name, ref)) / 4 + 2 * (ref_err + sc["noise"][k_s])))
+            taken = set(sample)
+            order = [i for i in order if i not in taken]
+            if trusted:
+                sc = screened(order)
+                done = np.asarray(order, dtype=np.int64)[sc["settled"]]
+                value[done], error[done] = sc["value"][sc["settled"]], sc["noise"][sc["settled"]]
+                sensitivity[done] = sc["sensitivity"][sc["settled"]]
+                left[done], right[done] = sc["left"][sc["settled"]], sc["right"][sc["settled"]]
+                order = [i for i, ok in zip(order, sc["settled"]) if not ok]
+        run_standard(order)
         shape = arr.shape
         out[name] = ElementDerivative(
             value.reshape(shape), error.reshape(shape), left.reshape(shape), right.reshape(shape),
             kink.reshape(shape), sensitivity.reshape(shape)
         )
     return out, proj.evaluations
+
+
+#: Tensors of at least this many elements are screened (see
+#: :func:`projected_gradients`); smaller ones go straight to Richardson.
+SCREEN_MIN_SIZE = 64
+#: Elements per tensor, drawn at random, that run both the screen and
+#: Richardson before the rest of the tensor is screened.
+SCREEN_SAMPLES = 16
+#: The screening step is the Richardson step divided by this.
+SCREEN_STEP_DIVISOR = 16.0
+
+
+def _screen(evaluate_batch, name, arr, order, first_steps, proj, y0, batch_bytes, scale) -> dict[str, np.ndarray]:
+    """One central difference per element at ``h / SCREEN_STEP_DIVISOR``: value, noise, one-sided slopes.
+
+    Returns arrays over ``order``: ``value`` (the central quotient),
+    ``noise`` (its rounding noise), ``left``/``right`` (the one-sided
+    quotients), ``sensitivity`` (as in :class:`ElementDerivative`).
+    Evaluations go through ``evaluate_batch`` in chunks where given, else
+    ``arr`` is moved in place; they are counted on ``proj``.
+    """
+    x = np.ascontiguousarray(arr).reshape(-1).astype(np.float64)
+    idx_all = np.asarray(order, dtype=np.int64)
+    h = np.array([first_steps[int(i)] for i in order]) / SCREEN_STEP_DIVISOR
+    if arr.dtype.kind == "f":
+        h = np.maximum(h, 8.0 * np.spacing(np.abs(x[idx_all]).astype(arr.dtype)).astype(np.float64))
+    x0 = x[idx_all]
+    values = np.stack([x0 + h, x0 - h], axis=1).astype(arr.dtype)  # (n, 2) as stored
+    actual = values.astype(np.float64) - x0[:, None]
+    out_size = int(np.prod(y0.shape))
+    if evaluate_batch is not None:
+        chunk = max(1, batch_bytes // max(1, 8 * out_size * 2))
+        parts = []
+        for start in range(0, len(order), chunk):
+            sl = slice(start, start + chunk)
+            ys = evaluate_batch(name, np.repeat(idx_all[sl], 2), values[sl].reshape(-1))
+            parts.append(np.asarray(ys, dtype=np.float64).reshape(-1, 2, out_size))
+            proj.evaluations += 2 * len(idx_all[sl])
+        ys = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    else:
+        ys = np.empty((len(order), 2, out_size))
+        for k, i in enumerate(idx_all):
+            where = np.unravel_index(int(i), arr.shape)
+            keep = arr[where].copy()
+            for side in (0, 1):
+                arr[where] = values[k, side]
+                try:
+                    ys[k, side] = np.asarray(proj.output(), dtype=np.float64).reshape(-1)
+                finally:
+                    arr[where] = keep
+    quot, noise, mags, _ = proj.diff_many(ys[:, 0], ys[:, 1], actual[:, 0] - actual[:, 1])
+    base = y0.reshape(-1)
+    u = proj.u.reshape(-1)
+    right = ((ys[:, 0] - base) @ u) / actual[:, 0]
+    left = ((base - ys[:, 1]) @ u) / -actual[:, 1]
+    return {"value": quot, "noise": noise, "left": left, "right": right, "sensitivity": mags / scale[idx_all]}
 
 
 def _first_pass_batched(evaluate_batch, name, arr, order, first_steps, out_shape, batch_bytes, proj, scale, judge,
