@@ -1016,7 +1016,13 @@ def _settle(level, first, h, floor_h, judge, max_levels):
     ``_JUMP`` times lower (a failure is never taken from one scale alone
     where a smaller one is available); or once rounding in the newest step
     dwarfs the best error, the steps fall under the resolution of what they
-    perturb, or at ``floor_h`` or ``max_levels``.
+    perturb, or at ``floor_h`` or ``max_levels``. A failure found again
+    with a different value (a wrong gradient is off by the same amount at
+    every step) is not reported: the element is unverifiable. Every level's
+    rounding noise is first raised to what the scatter between the levels
+    shows (:func:`_noise_calibration`), so quotients at steps under the
+    resolution of an intermediate, which settle on a biased plateau, do not
+    pass for converged ones.
 
     Returns ``(value, error, levels)`` (levels in order of decreasing step).
     """
@@ -1054,7 +1060,12 @@ def _settle(level, first, h, floor_h, judge, max_levels):
     flat = not any(lv[7] for lv in levels)
 
     def usable():
-        return levels if flat else [lv for lv in levels if lv[7]]
+        lv_ = levels if flat else [lv for lv in levels if lv[7]]
+        # Rounding can be coarser than the outputs show (a perturbation
+        # added to a much larger intermediate): the noise of every level is
+        # scaled by what the differences between levels reveal.
+        factor = _noise_calibration(sorted(lv_, key=lambda lv: -abs(lv[1] - lv[3])))
+        return lv_ if factor == 1.0 else [lv[:5] + (lv[5] * factor,) + lv[6:] for lv in lv_]
 
     def estimates():
         """(value, error, validated, step) for each adjacent pair of usable levels."""
@@ -1067,7 +1078,8 @@ def _settle(level, first, h, floor_h, judge, max_levels):
             # lv_[k + 1] ends this pair; the three differences before it
             # must shrink geometrically (or sit at the rounding level).
             valid = len(gaps) == 2 and _asymptotic(lv_[: k + 3][-4:])
-            out.append((r, err, valid, abs(lv_[k + 1][1] - lv_[k + 1][3]) / 2, len(gaps) == 2))
+            out.append((r, err, valid, abs(lv_[k + 1][1] - lv_[k + 1][3]) / 2, len(gaps) == 2,
+                        valid and _geometric(lv_[: k + 3][-4:])))
         return out
 
     step = h / 2
@@ -1095,7 +1107,7 @@ def _settle(level, first, h, floor_h, judge, max_levels):
                 continue
             if verdict != REFINE:
                 break
-            if levels[-1][5] > 10 * best[1]:
+            if levels[-1][7] and usable()[-1][5] > 10 * best[1]:
                 break  # rounding dominates the newest step: smaller ones only add noise
         if len(levels) >= budget:
             break
@@ -1116,6 +1128,15 @@ def _settle(level, first, h, floor_h, judge, max_levels):
         if math.isfinite(e_f) and abs(r_f - coarse[0]) <= 3.0 * (e_f + coarse[1]):
             return coarse[0], coarse[1], levels
         return r_f, math.inf, levels
+    if coarse is not None and valid and not best[5] and judge(best[0], best[1]) == FAIL \
+            and abs(best[0] - coarse[0]) > 3.0 * (best[1] + coarse[1]):
+        # Both scales fail, with different values, and the lower one only
+        # sits at its rounding level (it does not converge geometrically): a
+        # wrong gradient is off by the same amount at every step, and a
+        # plateau of quotients under the resolution of an intermediate can
+        # look converged. Not a failure to report; the element is
+        # unverifiable.
+        return best[0], math.inf, levels
     if valid:
         return best[0], best[1], levels
     # Nothing converged geometrically. In the rounding regime the
@@ -1126,10 +1147,38 @@ def _settle(level, first, h, floor_h, judge, max_levels):
     # resolution: the error is infinite and the element is unverifiable.
     ests = [t for t in estimates() if t[4]]
     if ests:
-        r, e, _, _, _ = min(ests, key=lambda t: t[1])
+        r, e = min(ests, key=lambda t: t[1])[:2]
         if e <= 1e-6 * abs(r):
             return r, 2.0 * e, levels
     return (estimates() or [(0.0,)])[0][0], math.inf, levels
+
+
+#: Differences between central quotients above this fraction of the
+#: quotient are not rounding (see :func:`_noise_calibration`).
+_ROUNDING_SCATTER = 1e-3
+
+
+def _noise_calibration(levels) -> float:
+    """How many times the rounding-noise model understates the scatter of ``levels`` (at least 1).
+
+    ``levels`` run from large steps to small. Where the difference between
+    successive central quotients grows as the step shrinks while staying a
+    small fraction of the quotient (at most :data:`_ROUNDING_SCATTER`; a
+    function that oscillates at the scale of the step changes its
+    quotients by their own size), rounding dominates, and there the
+    differences should stay within a few times the modelled noise. The
+    model counts a few ulps of each output; an element added to a much
+    larger intermediate (a bias next to a 1e4 pre-activation) is rounded at
+    that intermediate's resolution, which the outputs do not show, and the
+    quotients at small steps then settle on a biased plateau. The factor is
+    the largest such excess.
+    """
+    factor = 1.0
+    for a, b, c in zip(levels, levels[1:], levels[2:]):
+        d1, d2 = abs(a[4] - b[4]), abs(b[4] - c[4])
+        if d2 > 1.5 * d1 and 0 < d2 <= _ROUNDING_SCATTER * abs(b[4]):
+            factor = max(factor, d2 / (4.0 * (b[5] + c[5])))
+    return factor
 
 
 def _asymptotic(levels) -> bool:
@@ -1149,10 +1198,18 @@ def _asymptotic(levels) -> bool:
     steps = [abs(a - b) for a, b in zip(d, d[1:])]
     if all(st <= 4 * noise for st in steps[-2:]):
         return True
-    if len(steps) < 3:
+    return _geometric(levels)
+
+
+def _geometric(levels) -> bool:
+    """The truncation-range half of :func:`_asymptotic`: differences well above the noise, shrinking by 1.7-5.5."""
+    if len(levels) < 4:
         return False
-    # In the truncation range: each difference well above the rounding noise
-    # (a drift under rounding can shrink geometrically by chance).
+    noise = max(lv[5] for lv in levels)
+    d = [lv[4] for lv in levels]
+    steps = [abs(a - b) for a, b in zip(d, d[1:])]
+    # each difference well above the rounding noise (a drift under rounding
+    # can shrink geometrically by chance)
     return all(b > 4 * noise and 1.7 <= a / b <= 5.5 for a, b in zip(steps[-3:], steps[-2:]))
 
 
