@@ -120,6 +120,7 @@ class Comparison:
         self._scale_est = {k: _maxabs(v) for k, v in self.analytic.items()}
         self._glob_est = max(self._scale_est.values(), default=0.0)
         self._element_tolerances: dict[str, np.ndarray] = {}  # per tensor, for projection_tolerance
+        self._projections: dict[tuple, tuple] = {}  # (name, id(direction)) -> (direction, spread, rms)
 
     def base_tolerance(self, name: str, numeric, scale: float | None = None, glob: float | None = None,
                        sensitivity=0.0):
@@ -328,14 +329,20 @@ class Comparison:
         (:class:`~gradverify.numeric.Projection`) adds the analytic dtype's
         rounding of the projected terms. Cost: O(size of the tensor).
         """
-        tb = self._element_tolerances.get(name)
-        if tb is None:
-            a = self.analytic[name].astype(np.float64)
-            tb = self._element_tolerances[name] = self.base_tolerance(name, np.abs(a))
-        v = np.asarray(direction, dtype=np.float64).reshape(-1)
-        w = tb.reshape(-1) * v
-        spread = float(np.sqrt(np.dot(w, w)))
-        rms_v = float(np.sqrt(np.dot(v, v) / v.size)) if v.size else 0.0
+        cached = self._projections.get((name, id(direction)))
+        if cached is not None and cached[0] is direction:
+            _, spread, rms_v = cached
+        else:
+            tb = self._element_tolerances.get(name)
+            if tb is None:
+                a = self.analytic[name].astype(np.float64)
+                tb = self._element_tolerances[name] = self.base_tolerance(name, np.abs(a))
+            v = np.asarray(direction, dtype=np.float64).reshape(-1)
+            w = tb.reshape(-1) * v
+            spread = float(np.sqrt(np.dot(w, w)))
+            rms_v = float(np.sqrt(np.dot(v, v) / v.size)) if v.size else 0.0
+            # keyed by the direction object, kept alive with its entry (a fast check asks up to 3 times)
+            self._projections[(name, id(direction))] = (direction, spread, rms_v)
         return self.projection_sigmas * spread + self.tol.ulps * self.tol.eps * magnitude * rms_v
 
     def projection_judge(self, name: str, direction, mismatch: float, error: float, magnitude: float = 0.0) -> int:
