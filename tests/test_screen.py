@@ -189,3 +189,32 @@ def test_torch_batched_screen_catches_one_element():
     Wt = torch.tensor(W, requires_grad=True)
     r = gv.check(Dense.apply, Wt, mode="full")
     assert not r.passed and r.worst.index == (2, 9), r
+
+
+REAL_LAYERS = {
+    "Linear(32, 16)": (lambda nn: nn.Linear(32, 16), (4, 32)),
+    "Conv2d(4, 8, 3)": (lambda nn: nn.Conv2d(4, 8, 3, padding=1), (2, 4, 6, 6)),
+    "LSTM(8, 16)": (lambda nn: nn.LSTM(8, 16, batch_first=True), (2, 4, 8)),
+    "TransformerEncoderLayer(16, 4, 32)": (
+        lambda nn: nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True), (2, 5, 16)),
+}
+
+
+@pytest.mark.parametrize("name", list(REAL_LAYERS))
+def test_real_torch_layers_with_screened_tensors_pass_with_fewer_evaluations(name, monkeypatch):
+    """torch.nn layers whose weights reach the screened size: a pass either way, the screen using fewer evaluations."""
+    torch = pytest.importorskip("torch")
+    make, shape = REAL_LAYERS[name]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        screened = gv.check_layer(make(torch.nn).double(), shape, mode="full", seed=1)
+        monkeypatch.setattr(numeric, "SCREEN_MIN_SIZE", 2**62)
+        torch.manual_seed(0)
+        plain = gv.check_layer(make(torch.nn).double(), shape, mode="full", seed=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert screened.status == plain.status == "pass", (screened, plain)
+    # measured: 44% (Linear) to 19% (LSTM) fewer
+    assert screened.evaluations < 0.9 * plain.evaluations, (screened.evaluations, plain.evaluations)
