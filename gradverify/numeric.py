@@ -400,7 +400,8 @@ def projected_gradients(
     gradient is right, and goes on to Richardson.
 
     Cost: 4 evaluations per element (2 for elements the screen settles, 6
-    for sampled ones), +2 per refinement, +1 for the base point. Returns the per-name results and the evaluation count.
+    for sampled ones), +2 per refinement, +1 for the base point. Returns
+    the per-name results and the evaluation count.
     """
     proj = _Projector(evaluate, cotangent, eval_dtype)
     phi_out, diff = proj.output, proj.diff
@@ -429,18 +430,20 @@ def projected_gradients(
                 h = max(h, 8.0 * float(np.spacing(np.abs(arr.flat[i]).astype(arr.dtype))))
             first_steps[i] = h
 
+        # the judge's array form for this tensor (None without a judge)
+        many = None
+        if judge_many is not None:
+            many = lambda idx, v, e: judge_many(name, idx, v, e)  # noqa: E731
+        elif judge is not None:
+            many = lambda idx, v, e: np.array(  # noqa: E731
+                [judge(name, int(i), a, b) for i, a, b in zip(idx, v, e)])
+
         def run_standard(order):
             """Richardson at h, h/2 for ``order`` (batched where possible), then the walk where unsettled."""
             batched = {}
             if evaluate_batch is not None:
                 # First pass over whole chunks as array arithmetic; only elements
                 # the judge does not settle keep their levels for the walk.
-                many = None
-                if judge_many is not None:
-                    many = lambda idx, v, e: judge_many(name, idx, v, e)  # noqa: E731
-                elif judge is not None:
-                    many = lambda idx, v, e: np.array(  # noqa: E731
-                        [judge(name, int(i), a, b) for i, a, b in zip(idx, v, e)])
                 settled = _first_pass_batched(evaluate_batch, name, arr, order, first_steps, y0.shape, batch_bytes,
                                               proj, scale, many, y0)
                 for i, (v, e, sens, levels, one_sided) in settled.items():
@@ -505,7 +508,7 @@ def projected_gradients(
                 )
                 diagnose(levels)
 
-        if (tolerance is not None and (judge_many is not None or judge is not None) and len(order) >= SCREEN_MIN_SIZE
+        if (tolerance is not None and many is not None and len(order) >= SCREEN_MIN_SIZE
                 and np.dtype(eval_dtype) == np.float64):
             # Screen: one central difference per element at a small step.
             # A random sample runs both the screen and Richardson first; the
@@ -516,11 +519,7 @@ def projected_gradients(
             def screened(elements):
                 sc = _screen(evaluate_batch, name, arr, elements, first_steps, proj, y0, batch_bytes, scale)
                 idx = np.asarray(elements, dtype=np.int64)
-                noisy = 4.0 * sc["noise"]
-                if judge_many is not None:
-                    verdicts = np.asarray(judge_many(name, idx, sc["value"], noisy))
-                else:
-                    verdicts = np.array([judge(name, int(i), v, e) for i, v, e in zip(idx, sc["value"], noisy)])
+                verdicts = np.asarray(many(idx, sc["value"], 4.0 * sc["noise"]))
                 tb = np.asarray(tolerance(name, sc["value"]), dtype=np.float64)
                 # one-sided slopes apart by more than the tolerance at this small step: a kink, or
                 # curvature too strong for one central difference
@@ -583,32 +582,35 @@ def _screen(evaluate_batch, name, arr, order, first_steps, proj, y0, batch_bytes
     values = np.stack([x0 + h, x0 - h], axis=1).astype(arr.dtype)  # (n, 2) as stored
     actual = values.astype(np.float64) - x0[:, None]
     out_size = int(np.prod(y0.shape))
-    if evaluate_batch is not None:
-        chunk = max(1, batch_bytes // max(1, 8 * out_size * 2))
-        parts = []
-        for start in range(0, len(order), chunk):
-            sl = slice(start, start + chunk)
-            ys = evaluate_batch(name, np.repeat(idx_all[sl], 2), values[sl].reshape(-1))
-            parts.append(np.asarray(ys, dtype=np.float64).reshape(-1, 2, out_size))
-            proj.evaluations += 2 * len(idx_all[sl])
-        ys = np.concatenate(parts) if len(parts) > 1 else parts[0]
-    else:
-        ys = np.empty((len(order), 2, out_size))
-        for k, i in enumerate(idx_all):
-            where = np.unravel_index(int(i), arr.shape)
-            keep = arr[where].copy()
-            for side in (0, 1):
-                arr[where] = values[k, side]
-                try:
-                    ys[k, side] = np.asarray(proj.output(), dtype=np.float64).reshape(-1)
-                finally:
-                    arr[where] = keep
-    quot, noise, mags, _ = proj.diff_many(ys[:, 0], ys[:, 1], actual[:, 0] - actual[:, 1])
     base = y0.reshape(-1)
     u = proj.u.reshape(-1)
-    right = ((ys[:, 0] - base) @ u) / actual[:, 0]
-    left = ((base - ys[:, 1]) @ u) / -actual[:, 1]
-    return {"value": quot, "noise": noise, "left": left, "right": right, "sensitivity": mags / scale[idx_all]}
+    out = {k: np.empty(len(order)) for k in ("value", "noise", "left", "right", "sensitivity")}
+    # a chunk of outputs at a time (at most batch_bytes), reduced before the next
+    chunk = max(1, batch_bytes // max(1, 8 * out_size * 2))
+    for start in range(0, len(order), chunk):
+        sl = slice(start, start + chunk)
+        n = len(idx_all[sl])
+        if evaluate_batch is not None:
+            ys = np.asarray(evaluate_batch(name, np.repeat(idx_all[sl], 2), values[sl].reshape(-1)),
+                            dtype=np.float64).reshape(n, 2, out_size)
+            proj.evaluations += 2 * n
+        else:
+            ys = np.empty((n, 2, out_size))
+            for k, i in enumerate(idx_all[sl]):
+                where = np.unravel_index(int(i), arr.shape)
+                keep = arr[where].copy()
+                for side in (0, 1):
+                    arr[where] = values[start + k, side]
+                    try:
+                        ys[k, side] = np.asarray(proj.output(), dtype=np.float64).reshape(-1)
+                    finally:
+                        arr[where] = keep
+        a = actual[sl]
+        out["value"][sl], out["noise"][sl], mags, _ = proj.diff_many(ys[:, 0], ys[:, 1], a[:, 0] - a[:, 1])
+        out["sensitivity"][sl] = mags / scale[idx_all[sl]]
+        out["right"][sl] = ((ys[:, 0] - base) @ u) / a[:, 0]
+        out["left"][sl] = ((base - ys[:, 1]) @ u) / -a[:, 1]
+    return out
 
 
 def _first_pass_batched(evaluate_batch, name, arr, order, first_steps, out_shape, batch_bytes, proj, scale, judge,

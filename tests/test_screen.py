@@ -218,3 +218,25 @@ def test_real_torch_layers_with_screened_tensors_pass_with_fewer_evaluations(nam
     assert screened.status == plain.status == "pass", (screened, plain)
     # measured: 44% (Linear) to 19% (LSTM) fewer
     assert screened.evaluations < 0.9 * plain.evaluations, (screened.evaluations, plain.evaluations)
+
+
+def test_screen_works_a_chunk_of_outputs_at_a_time():
+    """A tiny ``batch_bytes`` (one element per chunk) gives the same values as one big chunk."""
+    x, W = inputs(6)
+    fn, vjp = dense_tanh(x)
+    g = vjp(np.ones((5, N)), W)[0]
+    u = np.ones((5, N))
+    from gradverify.compare import Comparison, tolerance_for
+
+    comp = Comparison({"W": g}, tolerance_for(np.float64))
+    point = {"W": W.copy()}
+
+    def evaluate():
+        return fn(point["W"])
+
+    runs = [numeric.projected_gradients(evaluate, point, u, judge=comp.judge, judge_many=comp.judge_many,
+                                        tolerance=comp.base_tolerance, batch_bytes=b)[0]["W"]
+            for b in (1, 64 * 2**20)]
+    assert np.array_equal(runs[0].value, runs[1].value)
+    assert np.array_equal(runs[0].error, runs[1].error)
+    assert np.array_equal(point["W"], W)
