@@ -105,13 +105,15 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--widths", type=int, nargs=2, default=(1, 6), metavar=("MIN", "MAX"),
                    help="layer widths drawn from MIN..MAX (default 1 6; from 8 up, weight matrices reach the "
-                        "screened size, gradverify.numeric.SCREEN_MIN_SIZE)")
+                        "screened size, gradverify.references.screen.SCREEN_MIN_SIZE)")
     p.add_argument("--dtypes", nargs="+", default=["float64", "float32"], choices=["float64", "float32"])
     p.add_argument("--no-screen", action="store_true",
                    help="Richardson for every element (no one-difference screen): the reference for A/B runs")
     args = p.parse_args(argv)
     if args.no_screen:
-        gradverify.numeric.SCREEN_MIN_SIZE = 2**62
+        import gradverify.references.screen
+
+        gradverify.references.screen.SCREEN_MIN_SIZE = 2**62
     widths = tuple(args.widths)
     summary = {"cases": args.cases, "widths": list(widths), "screen": not args.no_screen, "false_alarms": {},
                "detection": {}, "seconds": {}, "evaluations": {}}

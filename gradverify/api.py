@@ -17,10 +17,13 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .compare import Comparison, tolerance_for
+from .compare import Comparison, _maxabs, tolerance_for
 from .errors import GradientMismatch, NoDifferentiableInputs, NondeterministicError, ProtocolError, SpecError
 from .layers import FunctionTarget, LayerTarget, Target, _check_output, _to_array, draw_input
-from .numeric import projected_gradients
+from .references import EXACT, Declined, parse_against
+from .references.elementwise import projected_gradients
+from .references.exact import TRACE_AGREEMENT, exact_gradients
+from .references.stencils import FAIL
 from .verdict import CheckResult
 
 __all__ = ["check", "check_layer", "check_pair", "assert_gradients", "assert_layer", "assert_pair", "MODES",
@@ -67,29 +70,84 @@ def _lowest_precision(arrays) -> np.dtype:
     return min(floats, key=lambda d: np.finfo(d).bits)
 
 
-def _run(target: Target, *, rng: np.random.Generator, seed: int, mode: str, rtol, atol) -> CheckResult:
-    start = time.perf_counter()
+def _run(target: Target, *, rng: np.random.Generator, seed: int, mode: str, rtol, atol,
+         against: tuple[str, ...] = ("auto",)) -> CheckResult:
+    check = _Check(target, seed=seed, mode=mode, rtol=rtol, atol=atol, against=against)
     try:
         with target.session():
-            return _run_guarded(target, rng=rng, seed=seed, mode=mode, rtol=rtol, atol=atol, start=start)
+            return _pipeline(check, rng)
     finally:
         target.random.release()
 
 
-def _run_guarded(target: Target, *, rng, seed, mode, rtol, atol, start) -> CheckResult:
-    evaluations = 0
+@dataclasses.dataclass
+class _Check:
+    """What one check carries from stage to stage (see :func:`_pipeline`)."""
 
-    def base():
-        nonlocal evaluations
-        evaluations += 1
-        return target.evaluate()
+    target: Target
+    seed: int
+    mode: str
+    rtol: float | None
+    atol: float | None
+    against: tuple[str, ...]
+    start: float = dataclasses.field(default_factory=time.perf_counter)
+    evaluations: int = 0
+    y0: np.ndarray | None = None          # the float64 evaluation at the point
+    eval_dtype: Any = np.float64          # the precision the finite differences evaluate in
+    u: np.ndarray | None = None           # the cotangent, in the lowest precision involved
+    u64: np.ndarray | None = None
+    analytic: dict | None = None          # the gradient under test, in the caller's dtype
+    analytic64: dict | None = None        # the same formula run in float64, where the code does that
+    grad_dtype: Any = np.float64
+    tol: Any = None
+    widened: str = ""
+    rng: np.random.Generator | None = None  # the cotangent's stream; fast mode draws its probes after it
 
+    def warnings(self) -> tuple[str, ...]:
+        """The code's hazards so far, then the constants that were not checked."""
+        return tuple(self.target.warnings) + tuple(
+            f"input {k!r} ({v.dtype}) is a constant: its gradient is not checked"
+            for k, v in self.target.constants.items() if isinstance(v, np.ndarray))
+
+    def meta(self, **extra) -> dict:
+        """The bookkeeping every result carries."""
+        return dict(evaluations=self.evaluations, seed=self.seed, seconds=time.perf_counter() - self.start, **extra)
+
+
+def _pipeline(c: _Check, rng: np.random.Generator) -> CheckResult:
+    """The stages of every check, in order (each a function below).
+
+    1. :func:`_first_evaluation` -- the float64 forward, replayed randomness, determinism;
+    2. :func:`_draw_cotangent` -- a seeded random ``u`` (never all-ones);
+    3. :func:`_analytic_pass` -- the gradient under test (twice: reproducibility), its tolerance;
+    4. :func:`_exact_verdict` -- each exact reference ``against=`` allows, until one follows the code
+       (it is then checked itself on a finite-difference sample);
+    5. :func:`_fd_verdict` -- finite differences, where no exact reference decided or ``"fd"`` was asked;
+    6. :func:`_second_opinion` -- a Taylor-remainder rate on failing or borderline verdicts
+       (inside the finite-difference stage, where it reads the same evaluations).
+    """
+    _first_evaluation(c)
+    _draw_cotangent(c, rng)
+    _analytic_pass(c)
+    result = None
+    for name in _exact_candidates(c):
+        result = _exact_verdict(c, name)
+        if result is not None:
+            break
+    if result is None or "fd" in c.against:
+        fd_result, fd_values = _fd_verdict(c)
+        result = fd_result if result is None else _both(c, result, fd_result, fd_values)
+    return result
+
+
+def _first_evaluation(c: _Check) -> None:
+    """Evaluate once in float64 (the caller's dtype where the code refuses it); learn and replay its randomness."""
+    target = c.target
     # The oracle evaluates in float64 where the code accepts float64 input.
     # The first call also learns which random streams the code consumes;
     # they are replayed for every later call.
     try:
         y0 = target.random.watch(target.evaluate)
-        evaluations += 1
     except Exception as exc:  # noqa: BLE001 - fall back to the caller's dtype, then report
         if all(target.point[k].dtype == target.originals[k].dtype for k in target.point):
             raise
@@ -99,68 +157,224 @@ def _run_guarded(target: Target, *, rng, seed, mode, rtol, atol, start) -> Check
         target._warn(f"the code refused float64 input ({type(exc).__name__}: {exc}); "
                      "finite differences ran in its own dtype, so the verdict is coarser")
         y0 = target.random.watch(target.evaluate)
-        evaluations += 1
+    c.evaluations += 1
     if target.random.active:
         target._warn("the code draws random numbers; its random state was captured and replayed for every "
                      "evaluation, so each call saw the same draws (e.g. the same dropout mask)")
     y0 = _check_output(y0, "forward")
-    y1 = np.asarray(base())
+    y1 = np.asarray(target.evaluate())
+    c.evaluations += 1
     spread = float(np.max(np.abs(y1.astype(np.float64) - y0.astype(np.float64)))) if y0.size else 0.0
     if y1.shape != y0.shape or spread > 16 * np.finfo(y0.dtype if y0.dtype.kind == "f" else np.float64).eps * max(
-        float(np.max(np.abs(y0))), 1e-300
+        float(np.max(np.abs(y0))) if y0.size else 0.0, 1e-300
     ):
         raise NondeterministicError(
             f"two evaluations at the same point differ (max |difference| {spread:.3g}); the function is "
             "nondeterministic (random state, dropout?) -- fix its randomness (seed it inside) before checking"
         )
-    eval_dtype = y0.dtype if y0.dtype.kind == "f" else np.dtype(np.float64)
-    # One cotangent, exactly representable in the lowest precision involved,
-    # shared by the analytic pass and the finite differences.
+    c.y0 = y0
+    c.eval_dtype = y0.dtype if y0.dtype.kind == "f" else np.dtype(np.float64)
+
+
+def _draw_cotangent(c: _Check, rng: np.random.Generator) -> None:
+    """One cotangent, exactly representable in the lowest precision involved, shared by every reference."""
+    low = _lowest_precision(list(c.target.originals.values()))
+    c.u = rng.standard_normal(c.y0.shape).astype(low)
+    c.rng = rng
+    c.u64 = c.u.astype(np.float64)
+
+
+def _analytic_pass(c: _Check) -> None:
+    """The gradient under test in the caller's dtype (twice: it must reproduce), its tolerance, its float64 run."""
+    target = c.target
     low = _lowest_precision(list(target.originals.values()))
-    u = rng.standard_normal(y0.shape).astype(low)
     if isinstance(target, FunctionTarget):
         # the function in the caller's dtype, on copies (which must come back unchanged)
         y_orig = _check_output(target.check_forward_mutation(), "the function")
         target.analytic_output = y_orig
-        evaluations += 1
-        u_an = u.astype(y_orig.dtype if y_orig.dtype.kind == "f" else np.float64)
+        u_an = c.u.astype(y_orig.dtype if y_orig.dtype.kind == "f" else np.float64)
     else:
-        evaluations += 1
-        u_an = u.astype(low if low.itemsize <= y0.dtype.itemsize else y0.dtype)
+        u_an = c.u.astype(low if low.itemsize <= c.y0.dtype.itemsize else c.y0.dtype)
+    c.evaluations += 1
     analytic = target.analytic(u_an)
-    grad_dtype = _lowest_precision(list(analytic.values()))
-    _check_backward_reproducible(target, analytic, target.analytic(u_an), grad_dtype)
-    evaluations += 1
-    tol = tolerance_for(grad_dtype, rtol=rtol, atol=atol)
-    tol, widened = _widen_for_forward_error(tol, target.analytic_output, y0, grad_dtype, eval_dtype, rtol)
-    if widened:
-        target._warn(widened)
-    u64 = u.astype(np.float64)
+    c.grad_dtype = _lowest_precision(list(analytic.values()))
+    _check_backward_reproducible(target, analytic, target.analytic(u_an), c.grad_dtype)
+    c.evaluations += 1
+    c.analytic = analytic
+    c.tol, c.widened = _widen_for_forward_error(tolerance_for(c.grad_dtype, rtol=c.rtol, atol=c.atol),
+                                                target.analytic_output, c.y0, c.grad_dtype, c.eval_dtype, c.rtol)
+    if c.widened:
+        target._warn(c.widened)
     # Where the code's own low-precision forward is far from float64, the
     # function is ill-conditioned at that precision; its float64 run is not
     # the code's function either, so only the widened low-precision check runs.
-    analytic64 = None if widened else _analytic_in_float64(target, u64, grad_dtype, eval_dtype)
-    evaluations += analytic64 is not None
+    c.analytic64 = None if c.widened else _analytic_in_float64(target, c.u64, c.grad_dtype, c.eval_dtype)
+    c.evaluations += c.analytic64 is not None
+
+
+def _exact_candidates(c: _Check) -> tuple[str, ...]:
+    """The exact references to try, in order: those ``against=`` names, or under ``"auto"`` those that apply."""
+    if c.against == ("auto",):
+        return tuple(n for n in EXACT if n in c.target.exact_references())
+    return tuple(n for n in c.against if n in EXACT)
+
+
+#: Elements per tensor, drawn at random, on which finite differences check
+#: an exact reference (the worst element of the verdict is always added).
+EXACT_SCREEN_SAMPLES = 3
+
+
+def _exact_verdict(c: _Check, name: str) -> CheckResult | None:
+    """Compare the gradient under test with exact reference ``name``; None when it declines or is refuted.
+
+    The tolerance is rounding alone (:data:`~gradverify.compare.EXACT_TOLERANCES`).
+    Where the code runs its formula in float64 too, that run is held to the
+    float64 rule and the caller's-dtype gradients to their dtype's. Then
+    finite differences check the reference itself on a sample
+    (:func:`_check_reference`).
+    """
+    target = c.target
+    try:
+        ref, out = exact_gradients(target, name, c.u64)
+    except Declined as why:
+        target._warn(f"the exact reference ({name}) declined: {why}; finite differences gave the verdict instead")
+        return None
+    c.evaluations += 1
+    y0 = np.asarray(c.y0, dtype=np.float64)
+    if out.shape != y0.shape or not np.allclose(out, y0, rtol=0, atol=TRACE_AGREEMENT * max(_maxabs(y0), 1e-300)):
+        dev = float(np.max(np.abs(out - y0))) if out.shape == y0.shape and y0.size else float("inf")
+        target._warn(f"the exact reference ({name}) declined: its run of the forward differs from the plain float64 "
+                     f"evaluation (max |difference| {dev:.3g}), so it computed another function; finite differences "
+                     "gave the verdict instead")
+        return None
+    flat_scale = 4 * c.tol.ulps * c.tol.eps * _maxabs(c.u64)
+    tol = c.tol if c.widened else tolerance_for(c.grad_dtype, rtol=c.rtol, atol=c.atol, exact=True)
+
+    def verdict(analytic, tolerance, dtype, warnings=()):
+        return Comparison(analytic, tolerance).result(
+            ref, None, kind=target.kind, reference=name, constants=target.constants, flat_scale=flat_scale,
+            warnings=c.warnings() + tuple(warnings), **c.meta(mode="full", dtype=np.dtype(dtype).name))
+
+    result = verdict(c.analytic, tol, c.grad_dtype)
+    if c.analytic64 is not None:
+        hi = verdict(c.analytic64, tolerance_for(np.float64, rtol=c.rtol, atol=c.atol, exact=True), np.float64, (
+            f"the code computes in float64 when given float64 inputs, so its gradient formula was checked in "
+            f"float64 (this verdict); its {np.dtype(c.grad_dtype).name} gradients were checked too",))
+        if not hi.passed:
+            result = hi
+        elif not result.passed:
+            w = result.worst
+            result = dataclasses.replace(hi, warnings=hi.warnings + (
+                f"its {np.dtype(c.grad_dtype).name} gradients deviate from the exact reference by up to "
+                f"{w.rel_err:.2g} relative (at {w.input!r}{list(w.index)}: {w.analytic:.6g} vs {w.numeric:.6g}), "
+                f"beyond the {np.dtype(c.grad_dtype).name} tolerance: saturated or cancelling terms lose that much "
+                "precision in this dtype",))
+        else:
+            result = dataclasses.replace(result, warnings=hi.warnings[:-1])
+    if c.widened and not result.passed:
+        return dataclasses.replace(result, status="unverified", warnings=result.warnings + (
+            f"could not verify: the {np.dtype(c.grad_dtype).name} forward deviates from the float64 function too "
+            "much for its gradients to be checked in this dtype; check it in float64",))
+    if "fd" in c.against:
+        return result  # finite differences check every element anyway (see _both)
+    return _check_reference(c, name, ref, result)
+
+
+def _check_reference(c: _Check, name: str, ref: dict, result: CheckResult) -> CheckResult | None:
+    """Finite differences on a sample of elements, to catch a wrong exact reference; None if it is refuted.
+
+    The sample is :data:`EXACT_SCREEN_SAMPLES` random elements of every
+    tensor plus the verdict's worst element. An element where the
+    reference differs from finite differences by more than their own
+    tolerance and error refutes the reference (a kink, where one-sided
+    differences disagree, is no evidence): the check then rests on finite
+    differences, with a warning naming both values. Cost: about 4
+    evaluations per sampled element.
+    """
+    target = c.target
+    rng = np.random.default_rng([c.seed, 0x726566])
+    indices = {}
+    for k, arr in target.point.items():
+        pick = set(rng.choice(arr.size, size=min(arr.size, EXACT_SCREEN_SAMPLES), replace=False).tolist()) \
+            if arr.size else set()
+        if result.worst is not None and result.worst.input == k:
+            pick.add(int(np.ravel_multi_index(result.worst.index, arr.shape)) if arr.ndim else 0)
+        indices[k] = sorted(pick)
+    judge_ref = Comparison(ref, tolerance_for(np.float64)).judge
+    fd, n = projected_gradients(target.evaluate, target.point, c.u64, eval_dtype=c.eval_dtype, judge=judge_ref,
+                                indices=indices)
+    c.evaluations += n
+    for k, idx in indices.items():
+        d = fd[k]
+        for i in idx:
+            if d.kink.flat[i] or not np.isfinite(d.error.flat[i]):
+                continue
+            if judge_ref(k, i, float(d.value.flat[i]), float(d.error.flat[i])) == FAIL:
+                where = f"{k!r}[{', '.join(str(j) for j in np.unravel_index(i, target.point[k].shape))}]"
+                target._warn(
+                    f"the exact reference ({name}) disagrees with finite differences at {where}: {name} "
+                    f"{float(ref[k].flat[i]):.10g}, finite differences {float(d.value.flat[i]):.10g} (estimated error "
+                    f"{float(d.error.flat[i]):.2g}); the reference was not trusted and finite differences gave the "
+                    "verdict -- please report this (a wrong derivative rule, or a forward the reference follows "
+                    "only in part)")
+                return None
+    return dataclasses.replace(result, evaluations=c.evaluations, seconds=time.perf_counter() - c.start)
+
+
+def _both(c: _Check, exact: CheckResult, fd: CheckResult, fd_values: dict | None) -> CheckResult:
+    """``against=(exact, "fd")``: the code against both, and the references against each other.
+
+    The result is the failing verdict if either fails; references that
+    disagree beyond finite differences' error make it ``"unverified"``
+    with both values named, never a silent pass.
+    """
+    result = exact if not exact.passed or fd.passed else fd
+    notes = [f"also checked against {fd.reference if result is exact else exact.reference}: "
+             f"{(fd if result is exact else exact).status}"]
+    if fd_values is not None:
+        ref_values = {k: np.asarray(v) for k, v in _exact_values_of(c, exact.reference).items()}
+        cross = Comparison(ref_values, tolerance_for(np.float64)).result(
+            {k: d.value for k, d in fd_values.items()}, {k: d.error for k, d in fd_values.items()}, kind=c.target.kind,
+            kinks={k: (d.kink, d.left, d.right) for k, d in fd_values.items() if d.kink.any()})
+        if not cross.passed:
+            w = cross.worst
+            return dataclasses.replace(result, status="unverified", passed=False, warnings=result.warnings + tuple(
+                notes) + (f"the references disagree: {exact.reference} and finite differences differ at {w.input!r}"
+                          f"{list(w.index)}: {exact.reference} {w.analytic:.10g}, finite differences {w.numeric:.10g}"
+                          f" (estimated error {w.reference_error:.2g}); the verdict cannot rest on either",))
+    return dataclasses.replace(result, warnings=result.warnings + tuple(notes),
+                               evaluations=c.evaluations, seconds=time.perf_counter() - c.start)
+
+
+def _exact_values_of(c: _Check, name: str) -> dict:
+    return exact_gradients(c.target, name, c.u64)[0]
+
+
+def _fd_verdict(c: _Check) -> tuple[CheckResult, dict | None]:
+    """Finite differences: every element (full mode) or random projections (fast mode), and the verdict.
+
+    Returns the result and, in full mode, the per-element finite differences.
+    """
+    target, tol, u64, eval_dtype, rtol, atol = c.target, c.tol, c.u64, c.eval_dtype, c.rtol, c.atol
+    grad_dtype, start, seed, mode = c.grad_dtype, c.start, c.seed, c.mode
+    analytic, analytic64, widened = c.analytic, c.analytic64, c.widened
     comparison = Comparison(analytic, tol)
     size = sum(a.size for a in target.point.values())
     used = mode if mode != "auto" else ("full" if size <= AUTO_FULL_LIMIT else "fast")
-    warnings = tuple(target.warnings) + tuple(
-        f"input {k!r} ({v.dtype}) is a constant: its gradient is not checked"
-        for k, v in target.constants.items() if isinstance(v, np.ndarray)
-    )
+    warnings = c.warnings()
     if used == "fast":
-        probes, located, n_fast = _fast(target, comparison, u64, eval_dtype, rng, probes=FAST_PROBES,
-                                        y0=np.asarray(y0, dtype=np.float64))
-        evaluations += n_fast
+        probes, located, n_fast = _fast(target, comparison, u64, eval_dtype, c.rng, probes=FAST_PROBES,
+                                        y0=np.asarray(c.y0, dtype=np.float64))
+        c.evaluations += n_fast
         if used != mode:
             warnings += (f"mode='auto' ran 'fast' ({size} elements > {AUTO_FULL_LIMIT}): {FAST_PROBES} random "
                          "projections per input; pass mode='full' to check every element",)
         return comparison.fast_result(
             probes, located, kind=target.kind, constants=target.constants, warnings=warnings + tuple(
                 w for w in target.warnings if w not in warnings),
-            mode="fast", evaluations=evaluations, seed=seed, seconds=time.perf_counter() - start,
+            mode="fast", evaluations=c.evaluations, seed=seed, seconds=time.perf_counter() - start,
             dtype=grad_dtype.name,
-        )
+        ), None
     comp64 = Comparison(analytic64, tolerance_for(np.float64, rtol=rtol, atol=atol)) if analytic64 else None
 
     def judge(name, i, value, error):
@@ -178,7 +392,8 @@ def _run_guarded(target: Target, *, rng, seed, mode, rtol, atol, start) -> Check
     fd, n_fd = projected_gradients(target.evaluate, target.point, u64, eval_dtype=eval_dtype, judge=judge,
                                    evaluate_batch=getattr(target, "evaluate_batch", None), judge_many=judge_many,
                                    tolerance=tolerance)
-    evaluations += n_fd
+    c.evaluations += n_fd
+    evaluations = c.evaluations
     kinks = {k: (d.kink, d.left, d.right) for k, d in fd.items() if d.kink.any()}
     if comp64 is not None:
         hi = comp64.result(
@@ -191,7 +406,7 @@ def _run_guarded(target: Target, *, rng, seed, mode, rtol, atol, start) -> Check
             mode="full", evaluations=evaluations, seed=seed, seconds=time.perf_counter() - start, dtype="float64",
         )
         if not hi.passed:
-            return _second_opinion(hi, target, comp64, u64, eval_dtype, start)
+            return _second_opinion(hi, target, comp64, u64, eval_dtype, start), fd
         lo = comparison.result(
             {k: d.value for k, d in fd.items()}, {k: d.error for k, d in fd.items()}, kind=target.kind,
             reference="fd", kinks=kinks, constants=target.constants,
@@ -199,7 +414,7 @@ def _run_guarded(target: Target, *, rng, seed, mode, rtol, atol, start) -> Check
             seed=seed, dtype=grad_dtype.name,
         )
         if lo.passed:
-            return dataclasses.replace(lo, warnings=hi.warnings[:-1], seconds=time.perf_counter() - start)
+            return dataclasses.replace(lo, warnings=hi.warnings[:-1], seconds=time.perf_counter() - start), fd
         # The formula is right (float64 run, float64 tolerance); the
         # low-precision numbers of the same code deviate further than the
         # dtype's table allows. That is the precision of the code, not its
@@ -210,7 +425,7 @@ def _run_guarded(target: Target, *, rng, seed, mode, rtol, atol, start) -> Check
             f"its {grad_dtype.name} gradients deviate from the finite differences by up to {w.rel_err:.2g} relative "
             f"(at {w.input!r}{list(w.index)}: {w.analytic:.6g} vs {w.numeric:.6g}), beyond the {grad_dtype.name} "
             "tolerance: saturated or cancelling terms lose that much precision in this dtype",),
-            seconds=time.perf_counter() - start)
+            seconds=time.perf_counter() - start), fd
     result = comparison.result(
         {k: d.value for k, d in fd.items()},
         {k: d.error for k, d in fd.items()},
@@ -234,8 +449,8 @@ def _run_guarded(target: Target, *, rng, seed, mode, rtol, atol, start) -> Check
         # gradient bug either.
         return dataclasses.replace(result, status="unverified", warnings=result.warnings + (
             f"could not verify: the {grad_dtype.name} forward deviates from the float64 function too much for its "
-            "gradients to be checked in this dtype; check it in float64",))
-    return _second_opinion(result, target, comparison, u64, eval_dtype, start)
+            "gradients to be checked in this dtype; check it in float64",)), fd
+    return _second_opinion(result, target, comparison, u64, eval_dtype, start), fd
 
 
 #: Verdicts whose worst element uses more than this share of its tolerance
@@ -247,7 +462,7 @@ def _second_opinion(result: CheckResult, target: Target, comparison: Comparison,
     """Attach a Taylor-remainder rate along the worst element to failing or borderline verdicts."""
     import dataclasses
 
-    from .numeric import taylor_test
+    from .references.projections import taylor_test
 
     w = result.worst
     if w is None or (result.passed and w.ratio < BORDERLINE) or result.status == "nondiff":
@@ -366,7 +581,8 @@ def _fast(target: Target, comparison: Comparison, u64: np.ndarray, eval_dtype, r
     input, plus, after a failure, its confirmation, ``4 * ceil(log2(size))``
     and one element check.
     """
-    from .numeric import FAIL, OK, directional_mismatch, directional_mismatches
+    from .references.projections import directional_mismatch, directional_mismatches
+    from .references.stencils import OK
 
     total = 0
     if y0 is None:  # the output at the point (the check has it already)
@@ -445,7 +661,7 @@ def _fast(target: Target, comparison: Comparison, u64: np.ndarray, eval_dtype, r
 
 
 def check(fn: Callable, inputs: Any, *, vjp: Callable | None = None, mode: str = "auto",
-          rtol: float | None = None, atol: float | None = None, seed: int = 0) -> CheckResult:
+          rtol: float | None = None, atol: float | None = None, seed: int = 0, against: Any = "auto") -> CheckResult:
     """Check the gradient of a numpy function ``fn(*inputs) -> out`` supplied by ``vjp``.
 
     ``vjp(dout, *inputs)`` returns one gradient per input (``None`` allowed
@@ -471,6 +687,7 @@ def check(fn: Callable, inputs: Any, *, vjp: Callable | None = None, mode: str =
         GradVerifyError: bad input, with a message that says what to fix.
     """
     rng, cot_rng = _validate(mode, seed)
+    refs = parse_against(against)
     from .frameworks import callable_target
 
     target = callable_target(fn, inputs, vjp)
@@ -481,11 +698,12 @@ def check(fn: Callable, inputs: Any, *, vjp: Callable | None = None, mode: str =
                 "gradient per input (torch and JAX callables are differentiated by their own framework)"
             )
         target = FunctionTarget(fn, vjp, inputs, kind="function", what="vjp")
-    return _run(target, rng=cot_rng, seed=seed, mode=mode, rtol=rtol, atol=atol)
+    return _run(target, rng=cot_rng, seed=seed, mode=mode, rtol=rtol, atol=atol, against=refs)
 
 
 def check_pair(forward: Callable, backward: Callable, inputs: Any, *, mode: str = "auto",
-               rtol: float | None = None, atol: float | None = None, seed: int = 0) -> CheckResult:
+               rtol: float | None = None, atol: float | None = None, seed: int = 0,
+               against: Any = "auto") -> CheckResult:
     """Check a function pair ``forward(*inputs) -> (out, cache)``, ``backward(dout, cache) -> grads``.
 
     ``backward`` returns a tuple with one gradient per input, in order.
@@ -493,6 +711,7 @@ def check_pair(forward: Callable, backward: Callable, inputs: Any, *, mode: str 
     method and cost as :func:`check`.
     """
     rng, cot_rng = _validate(mode, seed)
+    refs = parse_against(against)
     if not callable(forward) or not callable(backward):
         raise ProtocolError("check_pair needs two callables: forward(*inputs) -> (out, cache) and "
                             "backward(dout, cache) -> one gradient per input")
@@ -513,12 +732,12 @@ def check_pair(forward: Callable, backward: Callable, inputs: Any, *, mode: str 
         return backward(dout, cache)
 
     target = FunctionTarget(fn, vjp, inputs, kind="pair", names_from=forward, what="backward")
-    return _run(target, rng=cot_rng, seed=seed, mode=mode, rtol=rtol, atol=atol)
+    return _run(target, rng=cot_rng, seed=seed, mode=mode, rtol=rtol, atol=atol, against=refs)
 
 
 def check_layer(layer: Any, input_shape: int | Sequence[int] | None = None, *, inputs: Any = None,
                 dtype: Any = None, mode: str = "auto", rtol: float | None = None, atol: float | None = None,
-                seed: int = 0) -> CheckResult:
+                seed: int = 0, against: Any = "auto") -> CheckResult:
     """Check a numpy layer (object protocol) for its input and every parameter.
 
     The layer has ``params`` (dict name -> array, may be empty),
@@ -533,11 +752,12 @@ def check_layer(layer: Any, input_shape: int | Sequence[int] | None = None, *, i
     calls: two.
     """
     rng, cot_rng = _validate(mode, seed)
+    refs = parse_against(against)
     from .frameworks import module_target
 
     fw_target = module_target(layer, input_shape, inputs=inputs, dtype=dtype, rng=rng)
     if fw_target is not None:
-        return _run(fw_target, rng=cot_rng, seed=seed, mode=mode, rtol=rtol, atol=atol)
+        return _run(fw_target, rng=cot_rng, seed=seed, mode=mode, rtol=rtol, atol=atol, against=refs)
     params = getattr(layer, "params", None) or {}
     floats = [v.dtype for v in params.values() if isinstance(v, np.ndarray) and v.dtype.kind == "f"] \
         if isinstance(params, Mapping) else []
@@ -553,7 +773,7 @@ def check_layer(layer: Any, input_shape: int | Sequence[int] | None = None, *, i
         raise NoDifferentiableInputs(
             f"{type(layer).__name__} has no floating-point parameter and its input is {x.dtype}: nothing to differentiate"
         )
-    return _run(target, rng=cot_rng, seed=seed, mode=mode, rtol=rtol, atol=atol)
+    return _run(target, rng=cot_rng, seed=seed, mode=mode, rtol=rtol, atol=atol, against=refs)
 
 
 def _raise_unless_passed(result: CheckResult) -> CheckResult:

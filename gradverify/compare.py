@@ -46,7 +46,7 @@ import numpy as np
 from .errors import ShapeMismatch, SpecError
 from .verdict import CheckResult, InputSummary, Location, Worst
 
-__all__ = ["Tolerance", "TOLERANCES", "tolerance_for", "Comparison", "compare_gradients"]
+__all__ = ["Tolerance", "TOLERANCES", "EXACT_TOLERANCES", "tolerance_for", "Comparison", "compare_gradients"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,14 +79,30 @@ TOLERANCES: dict[str, Tolerance] = {
 }
 
 
-def tolerance_for(dtype, *, rtol: float | None = None, atol: float | None = None) -> Tolerance:
+#: Against an *exact* reference (the reference engine or a framework's
+#: autodiff of the primal, computed in float64) the reference has no
+#: truncation or step noise, so a float64 gradient is held to its rounding:
+#: about 1e-10 relative (a float64 backward rounds at ~1e-14 on
+#: well-conditioned layers; the margin covers cancelling sums), and a formula
+#: off by 1e-7 (a truncated constant, an epsilon placed differently) is 1000x
+#: over the line. Lower precisions keep the table above: their own rounding
+#: dominates whatever the reference is.
+EXACT_TOLERANCES: dict[str, Tolerance] = {
+    **TOLERANCES,
+    "float64": Tolerance(rtol=1e-10, floor=1e-10, cross=1e-12),
+}
+
+
+def tolerance_for(dtype, *, rtol: float | None = None, atol: float | None = None, exact: bool = False) -> Tolerance:
     """The :data:`TOLERANCES` entry for ``dtype``, with ``rtol``/``atol`` overrides.
 
     Integer and unknown dtypes use the float64 rule. ``atol`` is absolute
-    (in the gradient's units) and is added to the rule.
+    (in the gradient's units) and is added to the rule. ``exact=True``
+    takes the rule for an exact reference (:data:`EXACT_TOLERANCES`).
     """
     name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
-    base = TOLERANCES.get(name, TOLERANCES["float64"])
+    table = EXACT_TOLERANCES if exact else TOLERANCES
+    base = table.get(name, table["float64"])
     if name in TOLERANCES and name != "bfloat16":
         info = np.finfo(np.dtype(name))
         base = dataclasses.replace(base, eps=float(info.eps), tiny=float(np.sqrt(info.tiny)))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import types
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -320,6 +321,85 @@ def _same_state(a: Any, b: Any) -> bool:
     return a == b
 
 
+_NOT_STATE = (type, types.ModuleType, types.FunctionType, types.MethodType, types.BuiltinFunctionType,
+              np.random.Generator, np.random.RandomState)
+
+
+class _LayerState:
+    """Swap arrays for traced stand-ins inside a layer, and put the layer's state back afterwards.
+
+    ``swap`` maps ``id(array)`` to its replacement. The layer's attributes
+    (and those of objects it holds, two levels down), and the entries of its
+    list and dict attributes, are recorded; :meth:`restore` rebinds every
+    one of them and drops attributes the forward added, and copies back the
+    contents of arrays the forward may have updated in place. Cost: one
+    walk over the layer's attributes, copies of the arrays it holds.
+    """
+
+    _DEPTH = 2
+
+    def __init__(self, layer: Any, swap: Mapping[int, Any]):
+        self.objects: list[tuple[Any, dict]] = []
+        self.containers: list[tuple[Any, Any]] = []
+        self.arrays: list[tuple[np.ndarray, np.ndarray]] = []
+        seen: set[int] = set()
+        self._record(layer, 0, seen)
+        for obj, _ in self.objects:
+            d = vars(obj)
+            for k, v in list(d.items()):
+                if id(v) in swap:
+                    d[k] = swap[id(v)]
+        for c, _ in self.containers:
+            keys = c.keys() if isinstance(c, dict) else range(len(c))
+            for k in list(keys):
+                if id(c[k]) in swap:
+                    c[k] = swap[id(c[k])]
+
+    def _record(self, obj: Any, depth: int, seen: set[int]) -> None:
+        if id(obj) in seen or depth > self._DEPTH:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, np.ndarray):
+            if obj.flags.writeable and obj.size:
+                self.arrays.append((obj, obj.copy()))
+            return
+        if isinstance(obj, dict):
+            self.containers.append((obj, dict(obj)))
+            children = list(obj.values())
+        elif isinstance(obj, list):
+            self.containers.append((obj, list(obj)))
+            children = list(obj)
+        elif isinstance(obj, tuple):
+            children = list(obj)
+        elif hasattr(obj, "__dict__") and not isinstance(obj, _NOT_STATE):
+            try:
+                d = vars(obj)
+            except TypeError:
+                return
+            self.objects.append((obj, dict(d)))
+            children = list(d.values())
+        else:
+            return
+        for child in children:
+            self._record(child, depth + 1, seen)
+
+    def restore(self) -> None:
+        for obj, saved in self.objects:
+            d = vars(obj)
+            for k in [k for k in d if k not in saved]:
+                del d[k]
+            d.update(saved)
+        for c, saved in self.containers:
+            if isinstance(c, dict):
+                c.clear()
+                c.update(saved)
+            else:
+                c[:] = saved
+        for arr, saved in self.arrays:
+            if not np.array_equal(arr, saved, equal_nan=True):
+                arr[...] = saved
+
+
 class Target:
     """What a check differentiates. See the module docstring.
 
@@ -354,6 +434,14 @@ class Target:
 
     def analytic(self, cotangent: np.ndarray) -> dict[str, np.ndarray]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def exact_references(self) -> tuple[str, ...]:
+        """Names of the exact references that apply to this code (see :mod:`gradverify.references`)."""
+        return ()
+
+    def traced_call(self, values: Mapping[str, Any]) -> Any:
+        """Run the forward with ``values`` (name -> engine Tensor) in place of the differentiable inputs."""
+        raise NotImplementedError  # pragma: no cover - targets with "reference" in exact_references define it
 
     def session(self):
         """A context the whole check runs in (framework targets pin threads here)."""
@@ -423,6 +511,25 @@ class LayerTarget(Target):
         self.random.restore()
         return np.asarray(self.layer.forward(self.point[self.input_name].copy())) if self.input_name in self.point \
             else np.asarray(self.layer.forward(self._x.copy()))
+
+    def exact_references(self) -> tuple[str, ...]:
+        return ("reference",)
+
+    def traced_call(self, values: Mapping[str, Any]) -> Any:
+        """``layer.forward`` with traced parameters and input; the layer's state is put back afterwards.
+
+        Each parameter is replaced wherever the layer holds that very array
+        (``params[name]``, an attribute, an entry of a list or dict
+        attribute), and every attribute the forward sets or rebinds (caches
+        of traced values, running statistics) is restored, so the plain
+        forward and backward that follow see the layer as the user left it.
+        """
+        state = _LayerState(self.layer, {id(self.params[n]): values[n] for n in self.param_names})
+        try:
+            x = values[self.input_name] if self.input_name in values else self._x.copy()
+            return self.layer.forward(x)
+        finally:
+            state.restore()
 
     def analytic(self, cotangent: np.ndarray, at_point: bool = False) -> dict[str, np.ndarray]:
         """Forward then backward; ``at_point`` feeds the float64 input copy instead of the caller's."""
@@ -535,6 +642,14 @@ class FunctionTarget(Target):
     def evaluate(self) -> np.ndarray:
         self.random.restore()
         return np.asarray(self._call(self.fn, self._args(self.point)))
+
+    def exact_references(self) -> tuple[str, ...]:
+        return ("reference",)
+
+    def traced_call(self, values: Mapping[str, Any]) -> Any:
+        """``fn`` with traced values for the differentiable inputs (constants as given)."""
+        args = [values[n] if n in values else a for n, a in zip(self.order, self._args(self.point))]
+        return self._call(self.fn, args)
 
     def analytic(self, cotangent: np.ndarray, at_point: bool = False) -> dict[str, np.ndarray]:
         """The vjp at the inputs; ``at_point`` passes the float64 copies instead of the caller's arrays."""

@@ -146,8 +146,10 @@ class CheckResult:
             of inputs or of ``dy``, constants skipped, weak verdicts).
         mode: how the check ran (``"full"``: every element).
         evaluations: function evaluations the check used.
-        reference: what the gradient was compared with (``"fd"``, or the
-            name of another method).
+        reference: what gave the verdict: ``"fd"`` (finite differences),
+            ``"reference"`` (the reference engine tracing the numpy forward),
+            ``"torch"``/``"jax"`` (the framework's autodiff of the primal); see
+            :mod:`gradverify.references`.
         dtype: dtype of the gradients under test.
         tolerance: the rule used, e.g. ``{"rtol":..., "floor":..., "noise_factor":...}``.
         seed: the seed of the cotangent (and of drawn inputs).
@@ -220,7 +222,10 @@ class CheckResult:
             unit = "projections" if self.mode == "fast" else "elements"
             lines.append(f"  {label} input {where}" + (f" ({self.failures} {unit} failed)" if self.failures else ""))
             lines.append(f"    analytic:  {w.analytic:.10g}")
-            lines.append(f"    numeric:   {w.numeric:.10g}  (estimated error {w.reference_error:.2g})")
+            if self.reference == "fd" or w.reference_error:
+                lines.append(f"    numeric:   {w.numeric:.10g}  (estimated error {w.reference_error:.2g})")
+            else:
+                lines.append(f"    reference: {w.numeric:.10g}  ({self.reference}, exact)")
             lines.append(f"    abs err:   {w.abs_err:.3g}   rel err: {w.rel_err:.3g}   tolerance: {w.tolerance:.3g}")
         if self.inputs:
             lines.append("  input        shape          dtype     failed   max abs err   max rel err")

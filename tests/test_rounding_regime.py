@@ -5,7 +5,7 @@ step for ``b`` is far under the resolution of the sum it is added to, so the
 difference quotients at small steps settle on a plateau biased by that
 rounding while the noise model (a few ulps of each output) calls it
 converged. The step walk raises the noise to the scatter it observes
-between steps (``numeric._noise_calibration``); before it did, seed 30 of
+between steps (``references.stepwalk.noise_calibration``); before it did, seed 30 of
 these was a false alarm (a 0.2% "error" on a correct gradient).
 """
 

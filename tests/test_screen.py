@@ -17,13 +17,14 @@ import pytest
 
 import gradverify as gv
 import gradverify.numeric as numeric
+import gradverify.references.screen as screens
 
 N = 12  # 12 x 12 = 144 elements: screened (SCREEN_MIN_SIZE is 64)
 
 
 @pytest.fixture
 def no_screen(monkeypatch):
-    monkeypatch.setattr(numeric, "SCREEN_MIN_SIZE", 2**62)
+    monkeypatch.setattr(screens, "SCREEN_MIN_SIZE", 2**62)
 
 
 def dense_tanh(x, corrupt=None, approx_step=None):
@@ -62,7 +63,7 @@ def test_screen_needs_about_two_evaluations_per_element(no_screen, monkeypatch):
     assert plain.passed and screened.passed, (plain, screened)
     # Richardson: 4 per element; screen: 2 per element + 4 per sampled or unsettled one.
     assert plain.evaluations >= 4 * W.size
-    assert screened.evaluations < 2 * W.size + 4 * numeric.SCREEN_SAMPLES + 0.15 * 4 * W.size, screened.evaluations
+    assert screened.evaluations < 2 * W.size + 4 * screens.SCREEN_SAMPLES + 0.15 * 4 * W.size, screened.evaluations
 
 
 @pytest.mark.parametrize("factor", [1 + 1e-4, 1 - 1e-3, 1.01, 0.0])
@@ -85,7 +86,7 @@ def test_an_approximate_derivative_gets_the_same_verdict_as_under_richardson(ste
     x, W = inputs()
     fn, vjp = dense_tanh(x, approx_step=step)
     screened = gv.check(fn, W, vjp=vjp, mode="full")
-    monkeypatch.setattr(numeric, "SCREEN_MIN_SIZE", 2**62)
+    monkeypatch.setattr(screens, "SCREEN_MIN_SIZE", 2**62)
     plain = gv.check(fn, W, vjp=vjp, mode="full")
     assert screened.status == plain.status == "fail", (screened, plain)
     assert screened.worst.index == plain.worst.index
@@ -122,21 +123,21 @@ def test_a_screen_that_errs_is_caught_by_its_sample(monkeypatch):
     """If the screen's values are off by half the tolerance, the sample disagrees and Richardson does the tensor."""
     x, W = inputs(5)
     fn, vjp = dense_tanh(x)
-    monkeypatch.setattr(numeric, "SCREEN_MIN_SIZE", 2**62)
+    monkeypatch.setattr(screens, "SCREEN_MIN_SIZE", 2**62)
     plain = gv.check(fn, W, vjp=vjp, mode="full")
     monkeypatch.undo()
-    real = numeric._screen
+    real = screens.screen
 
     def biased(*args, **kwargs):
         out = real(*args, **kwargs)
         out["value"] = out["value"] * (1 + 5e-6)  # half the float64 rtol: settled by the judge, wrong to the sample
         return out
 
-    monkeypatch.setattr(numeric, "_screen", biased)
+    monkeypatch.setattr(screens, "screen", biased)
     redone = gv.check(fn, W, vjp=vjp, mode="full")
     assert redone.passed
     # every element ran Richardson (the sample after its screen: 2 more evaluations each)
-    assert redone.evaluations >= 4 * W.size + 2 * numeric.SCREEN_SAMPLES
+    assert redone.evaluations >= 4 * W.size + 2 * screens.SCREEN_SAMPLES
     assert redone.worst == plain.worst  # the same Richardson values as with no screen at all
 
 
@@ -210,7 +211,7 @@ def test_real_torch_layers_with_screened_tensors_pass_with_fewer_evaluations(nam
     try:
         torch.manual_seed(0)
         screened = gv.check_layer(make(torch.nn).double(), shape, mode="full", seed=1)
-        monkeypatch.setattr(numeric, "SCREEN_MIN_SIZE", 2**62)
+        monkeypatch.setattr(screens, "SCREEN_MIN_SIZE", 2**62)
         torch.manual_seed(0)
         plain = gv.check_layer(make(torch.nn).double(), shape, mode="full", seed=1)
     finally:

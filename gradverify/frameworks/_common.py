@@ -393,6 +393,65 @@ class FrameworkFunctionTarget(FunctionTarget):
         """A reason string when the code drew random numbers whose values depend on the dtype."""
         return None
 
+    # -- the exact reference: the framework's autodiff of the primal ----------
+    def primal(self) -> tuple[Callable | None, str]:
+        """The undecorated forward of the code under test and a description, or ``(None, why not)``.
+
+        With a user ``vjp=``, the function itself is the primal (its
+        framework differentiates it); otherwise a subclass names the primal
+        of a custom-gradient construct (:meth:`custom_primal`).
+        """
+        custom, what = self.custom_primal(self.user_fn)
+        if custom is not None:
+            return custom, what
+        if self.user_vjp is not None:
+            return self.user_fn, f"{self.framework} autodiff of {_name(self.user_fn)}"
+        return None, what
+
+    def custom_primal(self, fn: Callable) -> tuple[Callable | None, str]:
+        """``(primal, description)`` where ``fn`` is a custom-gradient construct, else ``(None, why)``."""
+        return None, f"{_name(fn)} is differentiated by {self.framework} itself: no independent exact reference"
+
+    def exact_references(self) -> tuple[str, ...]:
+        return (self.framework,) if self.primal()[0] is not None else ()
+
+    def primal_gradients(self, cotangent: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The framework's gradient of ``<cotangent, primal(point)>`` in float64, and the primal's output.
+
+        Runs the primal on the float64 point through :meth:`autodiff` of a
+        copy of this target whose function is the primal. Cost: one forward
+        and one backward of the primal.
+
+        Raises:
+            Declined: no primal, or its output does not depend on the inputs
+                through the framework's autodiff (detached, computed outside it).
+        """
+        import copy as _copy
+
+        from ..references import Declined
+
+        primal, what = self.primal()
+        if primal is None:
+            raise Declined(what)
+        if not self._out_shapes:
+            self._call(self.fn, self._args(self.point))
+        ref = _copy.copy(self)
+        ref.user_fn, ref.user_vjp, ref.warnings, ref.what = primal, None, [], what
+        pieces = split_cotangent(cotangent, self._out_shapes, self._out_single)
+        flat = dict(zip(self.order, self._args(self.point)))
+        self.random.restore()
+        with ref.context(flat):
+            try:
+                grads = ref.autodiff(pieces, flat)
+            except Exception as exc:  # noqa: BLE001 - the primal is not differentiable by the framework
+                raise Declined(f"{what} raised {type(exc).__name__}: {exc}") from exc
+            leaves = ref._record_output(ref._out_tree)
+            out = join_outputs([ref.leaf_to_numpy(v) for v in leaves], ref._out_single)
+        if ref.warnings:
+            raise Declined(f"{what}: " + ref.warnings[0])
+        return {k: (np.zeros(self.point[k].shape) if g is None else np.asarray(g, dtype=np.float64))
+                for k, g in grads.items()}, out
+
     # -- framework specifics -------------------------------------------------
     def is_array(self, value: Any) -> bool:  # pragma: no cover - abstract
         """A numeric array of the framework."""

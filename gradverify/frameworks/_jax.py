@@ -20,6 +20,7 @@ order; integer leaves get ``float0`` cotangents.
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any, Callable
 
 import numpy as np
@@ -125,6 +126,20 @@ class JaxFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
         if _draws_random(jaxpr.jaxpr):
             return "draws jax.random numbers, whose values change in 64-bit mode"
         return None
+
+    def custom_primal(self, fn: Callable) -> tuple[Callable | None, str]:
+        """The undecorated function of a ``jax.custom_vjp``/``custom_jvp`` (also under ``jax.jit``)."""
+        inner = fn
+        for _ in range(4):
+            if isinstance(inner, (jax.custom_vjp, jax.custom_jvp)):
+                return inner.fun, f"jax.vjp of the primal of {getattr(inner.fun, '__name__', 'the custom_vjp')}"
+            if isinstance(inner, functools.partial):
+                base, how = self.custom_primal(inner.func)
+                return (None, how) if base is None else (functools.partial(base, *inner.args, **inner.keywords), how)
+            inner = getattr(inner, "__wrapped__", None)
+            if inner is None:
+                break
+        return super().custom_primal(fn)
 
     # -- framework specifics ----------------------------------------------------
     def is_array(self, value: Any) -> bool:

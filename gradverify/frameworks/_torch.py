@@ -205,6 +205,52 @@ def _vmap(fn: Callable, rows: torch.Tensor) -> np.ndarray:
         return vmap(fn, randomness="error")(rows).detach().cpu().numpy()
 
 
+class _RecordingCtx:
+    """A stand-in for the ``ctx`` of a ``torch.autograd.Function.forward`` run outside ``apply``.
+
+    It records what the forward saves and ignores what only ``backward``
+    would read, so the forward's own torch operations can be differentiated
+    by autograd (the exact reference for the Function's ``backward``).
+    """
+
+    def __init__(self, args: tuple):
+        self.needs_input_grad = tuple(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+        self.saved_tensors: tuple = ()
+        self.materialize_grads = True
+
+    def save_for_backward(self, *tensors):
+        self.saved_tensors = tensors
+
+    def save_for_forward(self, *tensors):
+        pass
+
+    def mark_dirty(self, *tensors):
+        pass
+
+    def mark_non_differentiable(self, *tensors):
+        pass
+
+    def set_materialize_grads(self, value: bool):
+        self.materialize_grads = value
+
+
+class _FunctionPrimal:
+    """``Function.forward`` as a plain differentiable callable (with a :class:`_RecordingCtx` where it takes one)."""
+
+    def __init__(self, cls: type):
+        self.cls = cls
+        # New-style Functions (``setup_context`` defined) have a forward without ctx.
+        self.takes_ctx = not any("setup_context" in vars(c) for c in cls.__mro__
+                                 if c is not torch.autograd.Function and issubclass(c, torch.autograd.Function)
+                                 and c.__module__.split(".")[0] != "torch")
+        self.__name__ = f"{cls.__name__}.forward"
+
+    def __call__(self, *args, **kwargs):
+        if self.takes_ctx:
+            return self.cls.forward(_RecordingCtx(args), *args, **kwargs)
+        return self.cls.forward(*args, **kwargs)
+
+
 class TorchFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
     """A torch callable (see the module docstring).
 
@@ -233,6 +279,13 @@ class TorchFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
         """Run ``fn`` once in float64 under the pinned random state; did it draw?"""
         self._call(self.fn, self._args(self.point))
         return _RANDOM if self.rng.used else None
+
+    def custom_primal(self, fn: Callable) -> tuple[Callable | None, str]:
+        """The ``forward`` of a ``torch.autograd.Function`` (for ``Function.apply``), run with a recording ctx."""
+        owner = getattr(fn, "__self__", None)
+        if isinstance(owner, type) and issubclass(owner, torch.autograd.Function):
+            return _FunctionPrimal(owner), f"torch autograd of {owner.__name__}.forward"
+        return super().custom_primal(fn)
 
     def is_array(self, value: Any) -> bool:
         return isinstance(value, torch.Tensor)

@@ -1,0 +1,281 @@
+"""Element-wise finite differences of ``<u, f>``: the workhorse of full-mode checks.
+
+:func:`projected_gradients` gives, for every element of every input, the
+derivative of ``<u, f(point)>`` with an error estimate, one-sided
+differences for kink diagnosis, and the evaluation count; it combines the
+stencils (:mod:`.stencils`), the batched first pass and the screen
+(:mod:`.screen`), and the step walk (:mod:`.stepwalk`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from . import screen as _screens
+from .stencils import OK, Projector, _eps, default_step
+from .stepwalk import richardson, settle
+
+__all__ = ["ElementDerivative", "projected_gradients"]
+
+
+@dataclasses.dataclass
+class ElementDerivative:
+    """Per-element result of :func:`projected_gradients` for one tensor.
+
+    Attributes:
+        value: numerical gradient of ``<u, f>`` (float64, the tensor's shape).
+        error: estimated absolute error of ``value``.
+        left, right: one-sided derivatives at the smallest step tried
+            (NaN where not computed); they differ at a kink.
+        kink: True where one-sided differences disagree at every step tried.
+        sensitivity: ``sum_k |u_k| |y_k| / scale`` over the outputs the
+            element moves (all outputs if it moves none), ``scale`` being the
+            element's magnitude as used for the step: the size of the terms
+            a backward pass sums for this element, which sets the rounding
+            error of an analytic gradient computed in low precision.
+    """
+
+    value: np.ndarray
+    error: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    kink: np.ndarray
+    sensitivity: np.ndarray
+
+
+def projected_gradients(
+    evaluate: Callable[[], np.ndarray],
+    point: Mapping[str, np.ndarray],
+    cotangent: np.ndarray,
+    *,
+    eval_dtype=np.float64,
+    judge: Callable[[str, int, float, float], int] | None = None,
+    max_refinements: int = 20,
+    step_scale: float = 1.0,
+    indices: Mapping[str, Sequence[int]] | None = None,
+    evaluate_batch: Callable[[str, np.ndarray, np.ndarray], np.ndarray] | None = None,
+    batch_bytes: int = 64 * 2**20,
+    judge_many: Callable[[str, np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None,
+    tolerance: Callable[[str, np.ndarray], np.ndarray] | None = None,
+) -> tuple[dict[str, ElementDerivative], int]:
+    """Gradient of ``phi = <u, evaluate()>`` with respect to every element of ``point``.
+
+    ``eval_dtype`` is the precision ``evaluate`` computes in (it sets the
+    step and the rounding-noise estimate). ``point`` maps names to the
+    arrays ``evaluate`` reads; each element is
+    perturbed *in place* (and restored bit for bit), so layer parameters are
+    checked in their own storage. Richardson-extrapolated central differences
+    at ``h`` and ``h/2`` give each element's value and error estimate:
+    ``|D(h) - D(h/2)| / 3`` plus the rounding noise of the outputs
+    (``eps * ulps * sum |u| |y|`` over those the perturbation changed, one
+    ulp of each of the others, divided by the step). The difference is
+    taken output by output before projecting, so outputs the element does
+    not touch cancel exactly rather than through a rounded sum.
+
+    ``judge(name, flat_index, value, error)`` returns :data:`OK`,
+    :data:`REFINE` or :data:`FAIL`. Elements not judged ``OK`` at the
+    first two levels walk a whole step sequence (see :func:`~gradverify.references.stepwalk.settle`:
+    larger steps where rounding dominates, halving steps down to the
+    resolution of the storage, a failure re-found 32x lower, unconverged
+    elements returned with an infinite error). For every element,
+    one-sided differences ``(phi(h) - phi(0)) / h`` and
+    ``(phi(0) - phi(-h)) / h`` at the two smallest steps (no extra
+    evaluations) decide whether it sits on a kink (their gap does not
+    shrink with the step).
+
+    ``indices`` (name -> flat indices) restricts the work to those elements
+    of those arrays (others are left at zero and absent names skipped).
+
+    ``evaluate_batch(name, flat_indices, values)``, when given, evaluates
+    many single-element perturbations in one call (row ``b``: element
+    ``flat_indices[b]`` of ``point[name]`` set to ``values[b]``, all else at
+    the base point) and returns the stacked outputs; the first four
+    evaluations of every element go through it in chunks of at most
+    ``batch_bytes`` of output (``torch.func.vmap``, ``jax.vmap``...), judged
+    a chunk at a time by ``judge_many(name, flat_indices, values, errors)``
+    when given (the array form of ``judge``).
+
+    ``tolerance(name, values)``, when given (with a judge, evaluating in
+    float64), is the base tolerance at reference ``values``; it turns on
+    the *screen* for tensors of at least :data:`~gradverify.references.screen.SCREEN_MIN_SIZE` elements:
+    one central difference per element at ``h / SCREEN_STEP_DIVISOR``
+    (2 evaluations). An element is settled by it when the judge says OK
+    with four times its rounding noise as the error, and its one-sided
+    slopes agree to the tolerance (a kink, or curvature that one difference
+    cannot resolve, goes on to Richardson, so kinks are still named).
+    First :data:`~gradverify.references.screen.SCREEN_SAMPLES` elements drawn at random (seeded by the
+    tensor size) run both the screen and Richardson; the rest of the tensor
+    is screened only if the screen settles at least half of them and each
+    one it settles agrees with its Richardson value to a quarter of the
+    tolerance (plus both error estimates) -- otherwise the tensor runs
+    Richardson, at a cost of 2 evaluations per sampled element.
+    The step is small (its truncation, ``(h / SCREEN_STEP_DIVISOR)**2``
+    times the third derivative over 6, is 256x below that of Richardson's
+    first level), so a gradient the screen passes differs from the true one
+    by less than the tolerance plus that truncation, and the sample checks
+    the truncation where it could matter: a tensor whose elements share a
+    length scale. What the screen
+    cannot see is a single element whose truncation alone exceeds the
+    tolerance *and* a gradient wrong by exactly that amount (an analytic
+    side that is itself a central difference with this step); an element
+    whose truncation exceeds the tolerance fails the screen when its
+    gradient is right, and goes on to Richardson.
+
+    Cost: 4 evaluations per element (2 for elements the screen settles, 6
+    for sampled ones), +2 per refinement, +1 for the base point. Returns
+    the per-name results and the evaluation count.
+    """
+    proj = Projector(evaluate, cotangent, eval_dtype)
+    phi_out, diff = proj.output, proj.diff
+    y0 = phi_out()
+
+    out: dict[str, ElementDerivative] = {}
+    for name, arr in point.items():
+        chosen = None if indices is None or name not in indices else list(indices[name])
+        if indices is not None and chosen is None:
+            continue
+        steps = default_step(arr, eval_dtype, "richardson")
+        scale = (steps / default_step(np.ones(1), eval_dtype, "richardson")[0]).reshape(-1)
+        steps = np.maximum(steps * step_scale, 0).reshape(-1)
+        sensitivity = np.zeros(arr.size)
+        value = np.zeros(arr.size)
+        error = np.zeros(arr.size)
+        left = np.full(arr.size, np.nan)
+        right = np.full(arr.size, np.nan)
+        kink = np.zeros(arr.size, dtype=bool)
+        order = list(range(arr.size)) if chosen is None else chosen
+        first_steps = {}
+        for i in order:
+            h = float(steps[i]) or 1e-3
+            if arr.dtype.kind == "f":
+                # at least a few ulps of the storage, or float16 rounds the step away
+                h = max(h, 8.0 * float(np.spacing(np.abs(arr.flat[i]).astype(arr.dtype))))
+            first_steps[i] = h
+
+        # the judge's array form for this tensor (None without a judge)
+        many = None
+        if judge_many is not None:
+            many = lambda idx, v, e: judge_many(name, idx, v, e)  # noqa: E731
+        elif judge is not None:
+            many = lambda idx, v, e: np.array(  # noqa: E731
+                [judge(name, int(i), a, b) for i, a, b in zip(idx, v, e)])
+
+        def run_standard(order):
+            """Richardson at h, h/2 for ``order`` (batched where possible), then the walk where unsettled."""
+            batched = {}
+            if evaluate_batch is not None:
+                # First pass over whole chunks as array arithmetic; only elements
+                # the judge does not settle keep their levels for the walk.
+                settled = _screens.first_pass_batched(evaluate_batch, name, arr, order, first_steps, y0.shape, batch_bytes,
+                                              proj, scale, many, y0)
+                for i, (v, e, sens, levels, one_sided) in settled.items():
+                    value[i], error[i], sensitivity[i] = v, e, sens
+                    left[i], right[i], kink[i] = one_sided
+                    if levels is not None:
+                        batched[i] = levels
+                order = list(batched)
+            for i in order:
+                idx = np.unravel_index(i, arr.shape)
+                x0 = arr[idx].copy()
+                x0f = float(x0)
+
+                def at(t):
+                    arr[idx] = x0f + t
+                    ta = float(arr[idx]) - x0f
+                    try:
+                        y = phi_out()
+                    finally:
+                        arr[idx] = x0
+                    return y, ta
+
+                def level(h):
+                    yp, tp = at(h)
+                    ym, tm = at(-h)
+                    d, n, mag = diff(yp, ym, tp, tm)
+                    return (yp, tp, ym, tm, d, n, mag, not np.array_equal(yp, ym))
+
+                def diagnose(levels):
+                    # Kink diagnosis from the two smallest steps tried (no new
+                    # evaluations): at a kink each one-sided derivative is stable
+                    # while the gap between them stays; for a smooth function the
+                    # gap halves with the step (where nothing is stable, no kink).
+                    gaps = []
+                    for lv in levels[-2:]:
+                        yp, tp, ym, tm = lv[:4]
+                        r, rn, _ = diff(yp, y0, tp, 0.0)
+                        lft, ln, _ = diff(y0, ym, 0.0, tm)
+                        gaps.append((r, lft, rn + ln))
+                    (r1, l1, _), (r2, l2, n2) = gaps
+                    left[i], right[i] = l2, r2
+                    g1, g2 = abs(r1 - l1), abs(r2 - l2)
+                    stable = abs(r1 - r2) <= 0.1 * g2 + 4 * n2 and abs(l1 - l2) <= 0.1 * g2 + 4 * n2
+                    kink[i] = g2 > 4 * n2 and g2 > 0.75 * g1 and stable
+
+                h = first_steps[i]
+                levels = batched.pop(i, None)
+                if levels is None:
+                    levels = [level(h), level(h / 2)]
+                    value[i], error[i] = richardson(levels[0], levels[1])
+                    sensitivity[i] = levels[1][6] / scale[i]
+                if judge is None:
+                    continue
+                verdict = judge(name, i, value[i], error[i])
+                if verdict == OK:
+                    diagnose(levels)  # a valid subgradient at a kink still names the kink
+                    continue
+                # Not clearly settled: walk a whole step sequence (see settle()).
+                floor_h = 64 * _eps(arr.dtype if arr.dtype.kind == "f" else np.float64) * max(abs(x0f), 1e-300)
+                value[i], error[i], levels = settle(
+                    level, levels, h, floor_h, lambda v, e: judge(name, i, v, e), max_refinements
+                )
+                diagnose(levels)
+
+        if (tolerance is not None and many is not None and len(order) >= _screens.SCREEN_MIN_SIZE
+                and np.dtype(eval_dtype) == np.float64):
+            # Screen: one central difference per element at a small step.
+            # A random sample runs both the screen and Richardson first; the
+            # rest of the tensor is screened only if the screen settles at
+            # least half of the sample and agrees with Richardson on each
+            # element it settles. Elements the screen does not settle run
+            # Richardson.
+            def screened(elements):
+                sc = _screens.screen(evaluate_batch, name, arr, elements, first_steps, proj, y0, batch_bytes, scale)
+                idx = np.asarray(elements, dtype=np.int64)
+                verdicts = np.asarray(many(idx, sc["value"], 4.0 * sc["noise"]))
+                tb = np.asarray(tolerance(name, sc["value"]), dtype=np.float64)
+                # one-sided slopes apart by more than the tolerance at this small step: a kink, or
+                # curvature too strong for one central difference
+                sc["settled"] = (verdicts == OK) & (np.abs(sc["right"] - sc["left"]) <= tb) & np.isfinite(
+                    sc["value"])
+                return sc
+
+            pick = np.random.default_rng(len(order)).permutation(len(order))[:_screens.SCREEN_SAMPLES]
+            sample = [order[k] for k in sorted(pick)]
+            sc = screened(sample)
+            run_standard(sample)
+            k_s = np.flatnonzero(sc["settled"])
+            ref, ref_err = value[sample][k_s], error[sample][k_s]
+            trusted = 2 * len(k_s) >= len(sample) and bool(np.all(np.isfinite(ref_err)) and np.all(
+                np.abs(sc["value"][k_s] - ref)
+                <= np.asarray(tolerance(name, ref)) / 4 + 2 * (ref_err + sc["noise"][k_s])))
+            taken = set(sample)
+            order = [i for i in order if i not in taken]
+            if trusted:
+                sc = screened(order)
+                done = np.asarray(order, dtype=np.int64)[sc["settled"]]
+                value[done], error[done] = sc["value"][sc["settled"]], sc["noise"][sc["settled"]]
+                sensitivity[done] = sc["sensitivity"][sc["settled"]]
+                left[done], right[done] = sc["left"][sc["settled"]], sc["right"][sc["settled"]]
+                order = [i for i, ok in zip(order, sc["settled"]) if not ok]
+        run_standard(order)
+        shape = arr.shape
+        out[name] = ElementDerivative(
+            value.reshape(shape), error.reshape(shape), left.reshape(shape), right.reshape(shape),
+            kink.reshape(shape), sensitivity.reshape(shape)
+        )
+    return out, proj.evaluations
+
+

@@ -1,0 +1,73 @@
+"""Exact references: the reference engine tracing a numpy forward, a framework differentiating a primal.
+
+:func:`exact_gradients` returns the gradient of ``<u, f>`` at the check's
+float64 point from one of the exact references of
+:mod:`gradverify.references`, with the reference's own evaluation of the
+forward (the check compares it with the plain float64 evaluation: a traced
+run that computed another function is not a reference). Anything that keeps
+the reference from following the code raises :class:`Declined` with the
+reason: the forward left the engine's trace (``np.asarray`` of a traced
+value, a write into a plain preallocated array, an ``out=`` argument, a
+numpy function without a derivative rule...), the primal is not
+differentiable by its framework, or the reference does not apply to this
+kind of code. Cost: one traced forward and one backward.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import Declined
+
+__all__ = ["exact_gradients", "TRACE_AGREEMENT"]
+
+#: The traced forward must reproduce the plain float64 evaluation to this
+#: relative precision (of the output's largest entry); both compute the same
+#: operations, so only a different function (a branch taken differently,
+#: state read differently) departs from it.
+TRACE_AGREEMENT = 1e-9
+
+
+def exact_gradients(target: Any, name: str, cotangent: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The exact reference ``name`` for ``target``: float64 gradients by input name, and its forward output.
+
+    Raises:
+        Declined: the reference does not apply, or cannot follow the code (the reason says which).
+    """
+    if name not in target.exact_references():
+        applies = target.exact_references()
+        raise Declined(f"against={name!r} does not apply to {target.kind} code of this kind"
+                       + (f" (its exact reference is {applies[0]!r})" if applies else
+                          " (it has no exact reference: its gradient comes from its own framework)"))
+    if name == "reference":
+        return _engine(target, cotangent)
+    return target.primal_gradients(cotangent)
+
+
+def _engine(target: Any, cotangent: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The reference engine's reverse mode through the code's own numpy forward."""
+    try:  # TEMP until the engine's numpy tracing lands
+        from ..engine import TraceLost, numpy_vjp
+    except ImportError:
+        raise Declined("TEMP: no numpy tracing yet") from None
+
+    leaves = {k: np.array(v, dtype=np.float64) for k, v in target.point.items()}
+    target.random.restore()
+    try:
+        out, vjp_fn = numpy_vjp(target.traced_call, leaves)
+    except TraceLost as exc:
+        raise Declined(exc.reason, exc.where) from exc
+    except Exception as exc:  # noqa: BLE001 - the code did something the engine's arrays cannot do
+        raise Declined(f"the forward raised {type(exc).__name__} on the engine's traced arrays: {exc}") from exc
+    if isinstance(out, (tuple, list, dict)):
+        raise Declined("the forward returns several outputs; the engine reference takes one array")
+    out = np.asarray(out)
+    if out.shape != np.shape(cotangent):
+        raise Declined(f"the traced forward returned shape {out.shape}, the plain one {np.shape(cotangent)}")
+    try:
+        grads = vjp_fn(np.asarray(cotangent, dtype=np.float64))
+    except TraceLost as exc:
+        raise Declined(exc.reason, exc.where) from exc
+    return {k: np.asarray(grads[k], dtype=np.float64) for k in target.point}, out

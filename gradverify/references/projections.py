@@ -1,0 +1,291 @@
+"""Directional finite differences: random projections ``<g, v>`` (fast mode) and the Taylor-remainder test.
+
+:func:`directional_mismatches` compares ``<g, v>`` with the directional
+derivative of ``<u, f>`` along each ``v`` at a cost independent of the
+tensor's size; :func:`taylor_test` is the eps-free second opinion on a
+failing or borderline verdict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .stencils import OK, Projector, _eps, default_step
+from .stepwalk import richardson, settle
+
+__all__ = ["Projection", "directional_mismatch", "directional_mismatches", "TaylorTest", "taylor_test"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Projection:
+    """A directional check of one tensor: analytic ``<g, v>`` against finite differences.
+
+    Attributes:
+        analytic: ``<g, v>`` from the gradient under test.
+        numeric: the finite-difference directional derivative of ``<u, f>``
+            along ``v`` (``analytic + mismatch``).
+        mismatch: Richardson-extrapolated ``numeric - analytic``.
+        error: estimated error of ``mismatch`` (truncation + rounding).
+        magnitude: ``sum |u_k| |y_k| / t`` over the outputs the probe moved,
+            ``t`` the step: the size of the terms the projection sums.
+        evaluations: function evaluations used.
+    """
+
+    analytic: float
+    numeric: float
+    mismatch: float
+    error: float
+    magnitude: float
+    evaluations: int
+
+
+def directional_mismatch(
+    evaluate: Callable[[], np.ndarray],
+    arr: np.ndarray,
+    direction: np.ndarray,
+    grad: np.ndarray,
+    cotangent: np.ndarray,
+    *,
+    eval_dtype=np.float64,
+    y0: np.ndarray | None = None,
+    judge: Callable[[float, float], int] | None = None,
+    max_refinements: int = 20,
+) -> Projection:
+    """Compare ``<grad, v>`` with the directional derivative of ``<u, evaluate()>`` along ``v``.
+
+    ``arr`` is moved in place to ``arr + t v`` (restored bit for bit). The
+    displacement actually stored (float32 storage rounds it) enters the
+    analytic side too: at each step ``t`` the mismatch
+    ``(phi(+) - phi(-) - <g, d+ - d->) / s`` is formed, ``s`` the step along
+    ``v``, and the mismatches at ``t`` and ``t/2`` are Richardson-extrapolated,
+    so rounding of the displacement cancels exactly and only the gradient's
+    error remains. Where ``judge(mismatch, error)`` is not :data:`OK`, the
+    step sequence of :func:`~gradverify.references.elementwise.projected_gradients` settles the value.
+
+    Cost: 4 evaluations (more where unsettled; +1 if ``y0`` is not given),
+    independent of the size of ``arr``. :func:`directional_mismatches` does
+    several directions at once.
+    """
+    (p,) = directional_mismatches(
+        evaluate, arr, [direction], grad, cotangent, eval_dtype=eval_dtype, y0=y0,
+        judge=None if judge is None else (lambda k, m, e: judge(m, e)), max_refinements=max_refinements,
+    )
+    return p
+
+
+def directional_mismatches(
+    evaluate: Callable[[], np.ndarray],
+    arr: np.ndarray,
+    directions: Sequence[np.ndarray],
+    grad: np.ndarray,
+    cotangent: np.ndarray,
+    *,
+    eval_dtype=np.float64,
+    y0: np.ndarray | None = None,
+    judge: Callable[[int, float, float], int] | None = None,
+    max_refinements: int = 20,
+    evaluate_rows: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> list[Projection]:
+    """:func:`directional_mismatch` along each of ``directions``, the first levels evaluated together.
+
+    The four displaced points of every direction (``+-t``, ``+-t/2``) are
+    formed first; ``evaluate_rows(rows)``, when given, evaluates them in one
+    call (row ``b`` is a whole value of ``arr``; ``torch.func.vmap`` /
+    ``jax.vmap`` behind it), otherwise ``arr`` is moved in place for each.
+    ``judge(k, mismatch, error)`` (``k`` the direction's position) decides
+    which directions walk the step sequence, one evaluation at a time.
+
+    Cost: 4 evaluations per direction (more where unsettled; the first
+    direction also counts ``y0`` if it is not given).
+    """
+    proj = Projector(evaluate, cotangent, eval_dtype)
+    if y0 is None:
+        y0 = proj.output()
+    counted = proj.evaluations  # y0's evaluation goes to the first direction's count
+    g = np.asarray(grad, dtype=np.float64)
+    x0 = arr.copy()
+    x064 = x0.astype(np.float64)
+    rms = float(np.sqrt(np.mean(x064 * x064))) if x064.size else 0.0
+    scale = rms if rms > 0 else 1.0
+    floor = 64 * _eps(arr.dtype if arr.dtype.kind == "f" else np.float64) * max(
+        float(np.max(np.abs(x064))) if x064.size else 0.0, 1e-300)
+    plans = []
+    for direction in directions:
+        v = np.asarray(direction, dtype=np.float64)
+        vv = float(np.vdot(v, v))
+        if vv == 0.0:
+            plans.append(None)
+            continue
+        t = default_step(np.ones(1), eval_dtype, "richardson")[0] * scale / float(np.sqrt(vv / v.size))
+        if arr.dtype.kind == "f":
+            t = max(t, 16.0 * _eps(arr.dtype) * scale / float(np.sqrt(vv / v.size)))
+        plans.append((v, vv, t))
+    steps = [(k, s) for k, plan in enumerate(plans) if plan is not None
+             for s in (plan[2], -plan[2], plan[2] / 2, -plan[2] / 2)]
+    first_levels = {}  # direction -> its levels at t and t/2
+    if steps:
+        # Every displaced point x + s v at once, as stored in arr's dtype (in
+        # place: large temporaries cost more than the arithmetic).
+        stored = np.empty((len(steps),) + arr.shape, dtype=arr.dtype)
+        row = np.empty(arr.shape) if arr.dtype != np.float64 else None
+        for b, (k, st) in enumerate(steps):
+            out_row = stored[b] if row is None else row
+            np.multiply(plans[k][0], st, out=out_row)
+            np.add(out_row, x064, out=out_row)
+            if row is not None:
+                stored[b] = row
+        if evaluate_rows is not None:
+            ys = np.asarray(evaluate_rows(stored)).astype(np.float64).reshape((len(stored),) + y0.shape)
+            proj.evaluations += len(stored)
+        else:
+            ys = []
+            for point in stored:
+                arr[...] = point
+                try:
+                    ys.append(proj.output())
+                finally:
+                    arr[...] = x0
+        # The first two levels of every direction as array arithmetic: the
+        # displacement actually stored (float32 storage rounds x + s v) of
+        # each pair of rows, its step along v and the analytic <g, d>.
+        pairs = len(steps) // 2
+        disp = (stored[0::2].astype(np.float64, copy=False) - stored[1::2].astype(np.float64, copy=False)).reshape(
+            pairs, -1)
+        vrows = np.stack([plans[k][0].reshape(-1) for k, _ in steps[0::4]])
+        vvs = np.array([plans[k][1] for k, _ in steps[0::4]])
+        along = np.einsum("kpj,kj->kp", disp.reshape(len(vrows), 2, -1), vrows).reshape(-1) / np.repeat(vvs, 2)
+        ana = (disp @ g.reshape(-1)) / along
+        flat = np.asarray(ys).reshape(len(steps), -1)
+        quot, noise, mag, moved = proj.diff_many(flat[0::2], flat[1::2], along)
+        for p_, (k, _) in enumerate(steps[0::2]):
+            s_ = float(along[p_])
+            first_levels.setdefault(k, []).append(
+                (None, s_, None, -s_, float(quot[p_] - ana[p_]), float(noise[p_]), float(mag[p_]), bool(moved[p_])))
+    out = []
+    for k, plan in enumerate(plans):
+        if plan is None:
+            out.append(Projection(0.0, 0.0, 0.0, 0.0, 0.0, counted))
+            counted = 0
+            continue
+        v, vv, t = plan
+
+        def at(step, v=v):
+            arr[...] = x064 + step * v
+            point = arr.copy()
+            try:
+                y = proj.output()
+            finally:
+                arr[...] = x0
+            return y, point
+
+        def level(step, v=v, vv=vv):
+            (yp, xp), (ym, xm) = at(step), at(-step)
+            # the displacement actually stored (float32 storage rounds x + s v)
+            disp = xp.astype(np.float64) - xm.astype(np.float64)
+            s = float(np.vdot(v, disp)) / vv
+            num, noise, mag = proj.diff(yp, ym, s, 0.0)
+            ana = float(np.vdot(g, disp)) / s
+            # the level tuple settle() reads: [1], [3] the steps, [4] the quotient, [5] its noise,
+            # [7] whether any output moved
+            return (None, s, None, -s, num - ana, noise, mag, not np.array_equal(yp, ym))
+
+        before = proj.evaluations
+        first = first_levels[k]
+        mismatch, error = richardson(*first)
+        if judge is not None and judge(k, mismatch, error) != OK:
+            floor_t = floor / float(np.max(np.abs(v)))
+            mismatch, error, _ = settle(level, first, t, floor_t, lambda m, e, k=k: judge(k, m, e),
+                                         max_refinements)
+        analytic = float(np.vdot(g, v))
+        used = counted + 4 + proj.evaluations - before
+        counted = 0
+        out.append(Projection(analytic, analytic + mismatch, mismatch, error, first[1][6] / scale, used))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class TaylorTest:
+    """Taylor-remainder convergence along one direction: a verdict with no tolerance.
+
+    ``R(h) = |phi(x + h v) - phi(x) - h <g, v>|`` shrinks like ``h**2`` when
+    ``g`` is the gradient and like ``h`` when it is not.
+
+    Attributes:
+        steps: the steps ``h`` tried (halving).
+        remainders: ``R(h)`` at each step.
+        rates: ``log2(R(h) / R(h/2))`` between successive steps (~2 right,
+            ~1 wrong); steps whose remainder sank under rounding are dropped.
+        rate: the median of the last three rates (None if none is usable).
+        evaluations: function evaluations used.
+    """
+
+    steps: tuple
+    remainders: tuple
+    rates: tuple
+    rate: float | None
+    evaluations: int
+
+    def to_dict(self) -> dict:
+        return {"steps": list(self.steps), "remainders": list(self.remainders), "rates": list(self.rates),
+                "rate": self.rate, "evaluations": self.evaluations}
+
+
+def taylor_test(
+    evaluate: Callable[[], np.ndarray],
+    arr: np.ndarray,
+    direction: np.ndarray,
+    grad: np.ndarray,
+    cotangent: np.ndarray,
+    *,
+    eval_dtype=np.float64,
+    y0: np.ndarray | None = None,
+    levels: int = 12,
+) -> TaylorTest:
+    """Taylor-remainder convergence rate of ``<u, f>`` along ``direction`` (eps-free second opinion).
+
+    Starts at a displacement of 1% of the tensor's scale and halves it
+    ``levels - 1`` times; ``arr`` is moved in place and restored bit for
+    bit, and the displacement actually stored enters ``<g, d>``. A wrong
+    gradient shows rate 1 once ``h`` is small enough for the linear error
+    to beat the curvature; a right one keeps rate 2 until rounding. Cost:
+    ``levels`` evaluations (+1 if ``y0`` is not given).
+    """
+    proj = Projector(evaluate, cotangent, eval_dtype)
+    if y0 is None:
+        y0 = proj.output()
+    v = np.asarray(direction, dtype=np.float64)
+    g = np.asarray(grad, dtype=np.float64)
+    x0 = arr.copy()
+    x064 = x0.astype(np.float64)
+    vmax = float(np.max(np.abs(v))) if v.size else 0.0
+    if vmax == 0.0:
+        return TaylorTest((), (), (), None, proj.evaluations)
+    nz = np.abs(x064[v != 0])
+    scale = float(np.max(nz)) if nz.size and np.max(nz) > 0 else 1.0
+    h = 1e-2 * scale / vmax
+    steps, rems, noise = [], [], []
+    for _ in range(levels):
+        arr[...] = x064 + h * v
+        d = arr.astype(np.float64) - x064
+        try:
+            y = proj.output()
+        finally:
+            arr[...] = x0
+        num, n, _ = proj.diff(y, y0, 1.0, 0.0)
+        steps.append(h)
+        rems.append(abs(num - float(np.vdot(g, d))))
+        noise.append(n)
+        h /= 2
+    rates = []
+    for k in range(len(rems) - 1):
+        if rems[k + 1] <= 8 * noise[k + 1] or rems[k] <= 0:
+            break
+        rates.append(math.log2(rems[k] / rems[k + 1]))
+    rate = float(np.median(rates[-3:])) if rates else None
+    return TaylorTest(tuple(steps), tuple(rems), tuple(rates), rate, proj.evaluations)
+
+

@@ -1,0 +1,141 @@
+"""The batched first pass and the one-difference screen of element-wise finite differences.
+
+:func:`first_pass_batched` computes the first two Richardson levels of many
+elements from one batched evaluation (``torch.func.vmap``/``jax.vmap``) as
+array arithmetic; :func:`screen` computes one central difference per element
+at ``h / SCREEN_STEP_DIVISOR`` (2 evaluations), which
+:func:`~gradverify.references.elementwise.projected_gradients` trusts for a
+tensor only after a sample agreed with Richardson.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .stencils import OK, _ULPS_PER_OUTPUT
+
+__all__ = ["SCREEN_MIN_SIZE", "SCREEN_SAMPLES", "SCREEN_STEP_DIVISOR", "screen", "first_pass_batched"]
+
+#: Tensors of at least this many elements are screened (see
+#: :func:`projected_gradients`); smaller ones go straight to Richardson.
+SCREEN_MIN_SIZE = 64
+#: Elements per tensor, drawn at random, that run both the screen and
+#: Richardson before the rest of the tensor is screened.
+SCREEN_SAMPLES = 16
+#: The screening step is the Richardson step divided by this.
+SCREEN_STEP_DIVISOR = 16.0
+
+
+def screen(evaluate_batch, name, arr, order, first_steps, proj, y0, batch_bytes, scale) -> dict[str, np.ndarray]:
+    """One central difference per element at ``h / SCREEN_STEP_DIVISOR``: value, noise, one-sided slopes.
+
+    Returns arrays over ``order``: ``value`` (the central quotient),
+    ``noise`` (its rounding noise), ``left``/``right`` (the one-sided
+    quotients), ``sensitivity`` (as in :class:`ElementDerivative`).
+    Evaluations go through ``evaluate_batch`` in chunks where given, else
+    ``arr`` is moved in place; they are counted on ``proj``.
+    """
+    x = np.ascontiguousarray(arr).reshape(-1).astype(np.float64)
+    idx_all = np.asarray(order, dtype=np.int64)
+    h = np.array([first_steps[int(i)] for i in order]) / SCREEN_STEP_DIVISOR
+    if arr.dtype.kind == "f":
+        h = np.maximum(h, 8.0 * np.spacing(np.abs(x[idx_all]).astype(arr.dtype)).astype(np.float64))
+    x0 = x[idx_all]
+    values = np.stack([x0 + h, x0 - h], axis=1).astype(arr.dtype)  # (n, 2) as stored
+    actual = values.astype(np.float64) - x0[:, None]
+    out_size = int(np.prod(y0.shape))
+    base = y0.reshape(-1)
+    u = proj.u.reshape(-1)
+    out = {k: np.empty(len(order)) for k in ("value", "noise", "left", "right", "sensitivity")}
+    # a chunk of outputs at a time (at most batch_bytes), reduced before the next
+    chunk = max(1, batch_bytes // max(1, 8 * out_size * 2))
+    for start in range(0, len(order), chunk):
+        sl = slice(start, start + chunk)
+        n = len(idx_all[sl])
+        if evaluate_batch is not None:
+            ys = np.asarray(evaluate_batch(name, np.repeat(idx_all[sl], 2), values[sl].reshape(-1)),
+                            dtype=np.float64).reshape(n, 2, out_size)
+            proj.evaluations += 2 * n
+        else:
+            ys = np.empty((n, 2, out_size))
+            for k, i in enumerate(idx_all[sl]):
+                where = np.unravel_index(int(i), arr.shape)
+                keep = arr[where].copy()
+                for side in (0, 1):
+                    arr[where] = values[start + k, side]
+                    try:
+                        ys[k, side] = np.asarray(proj.output(), dtype=np.float64).reshape(-1)
+                    finally:
+                        arr[where] = keep
+        a = actual[sl]
+        out["value"][sl], out["noise"][sl], mags, _ = proj.diff_many(ys[:, 0], ys[:, 1], a[:, 0] - a[:, 1])
+        out["sensitivity"][sl] = mags / scale[idx_all[sl]]
+        out["right"][sl] = ((ys[:, 0] - base) @ u) / a[:, 0]
+        out["left"][sl] = ((base - ys[:, 1]) @ u) / -a[:, 1]
+    return out
+
+
+def first_pass_batched(evaluate_batch, name, arr, order, first_steps, out_shape, batch_bytes, proj, scale, judge,
+                        y0):
+    """The first two levels of every element from batched evaluations, as array arithmetic.
+
+    Row ``b`` of each batch sets one element to ``x0 +- h`` or ``x0 +- h/2``
+    (the stored value fixes the step actually taken). Returns flat index ->
+    ``(value, error, sensitivity, levels, (left, right, kink))`` where ``levels`` (the tuples of
+    :func:`projected_gradients`) is kept only for elements that ``judge(i,
+    value, error)`` does not settle as OK, so memory stays one chunk of
+    outputs. Counts the evaluations on ``proj``.
+    """
+    per_element = 4
+    out_size = int(np.prod(out_shape))
+    chunk = max(1, batch_bytes // max(1, 8 * out_size * per_element))
+    x = np.ascontiguousarray(arr).reshape(-1).astype(np.float64)
+    u = proj.u.reshape(-1)
+    absu = proj.absu.reshape(-1)
+    signs = np.array([1.0, -1.0, 0.5, -0.5])
+    shape = tuple(out_shape)
+    out = {}
+    for start in range(0, len(order), chunk):
+        part = np.asarray(order[start:start + chunk], dtype=np.int64)
+        n = len(part)
+        idx = np.repeat(part, per_element)
+        x0 = x[idx]
+        h = np.repeat([first_steps[int(i)] for i in part], per_element)
+        values = (x0 + np.tile(signs, n) * h).astype(arr.dtype)
+        actual = (values.astype(np.float64) - x0).reshape(n, per_element)
+        ys = np.asarray(evaluate_batch(name, idx, values), dtype=np.float64).reshape(n, per_element, out_size)
+        proj.evaluations += len(idx)
+        quot, noise, mags = [], [], []
+        for a, b in ((0, 1), (2, 3)):
+            q, n_, m, _ = proj.diff_many(ys[:, a], ys[:, b], actual[:, a] - actual[:, b])
+            quot.append(q)
+            noise.append(n_)
+            mags.append(m)
+        val = quot[1] + (quot[1] - quot[0]) / 3.0
+        err = np.abs(quot[1] - quot[0]) / 3.0 + (4.0 * noise[1] + noise[0]) / 3.0
+        sens = mags[1] / scale[part]
+        # one-sided differences at both steps (the kink diagnosis of projected_gradients)
+        base = y0.reshape(-1)
+        sides = []
+        for a, b in ((0, 1), (2, 3)):
+            right = ((ys[:, a] - base) @ u) / actual[:, a]
+            left = ((base - ys[:, b]) @ u) / -actual[:, b]
+            n_lr = proj.eps * _ULPS_PER_OUTPUT * ((np.abs(ys[:, a]) + np.abs(ys[:, b]) + 2 * np.abs(base)) @ absu) \
+                / np.abs(actual[:, a])
+            sides.append((right, left, n_lr))
+        (r1, l1, _), (r2, l2, n2) = sides
+        g1, g2 = np.abs(r1 - l1), np.abs(r2 - l2)
+        stable = (np.abs(r1 - r2) <= 0.1 * g2 + 4 * n2) & (np.abs(l1 - l2) <= 0.1 * g2 + 4 * n2)
+        kinks = (g2 > 4 * n2) & (g2 > 0.75 * g1) & stable
+        verdicts = judge(part, val, err) if judge is not None else np.full(n, OK)
+        for k, i in enumerate(part.tolist()):
+            levels = None
+            if verdicts[k] != OK:
+                levels = [
+                    (ys[k, a].reshape(shape).copy(), actual[k, a], ys[k, b].reshape(shape).copy(), actual[k, b],
+                     quot[lv][k], noise[lv][k], mags[lv][k], bool(np.any(ys[k, a] != ys[k, b])))
+                    for lv, (a, b) in enumerate(((0, 1), (2, 3)))
+                ]
+            out[i] = (float(val[k]), float(err[k]), float(sens[k]), levels, (float(l2[k]), float(r2[k]), bool(kinks[k])))
+    return out
+
