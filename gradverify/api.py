@@ -23,6 +23,7 @@ from .layers import FunctionTarget, LayerTarget, Target, _check_output, _to_arra
 from .references import EXACT, Declined, parse_against
 from .references.elementwise import projected_gradients
 from .references.exact import TRACE_AGREEMENT, exact_gradients
+from .references.noise import Noise, function_noise
 from .references.stencils import FAIL
 from .verdict import CheckResult
 
@@ -102,6 +103,34 @@ class _Check:
     tol: Any = None
     widened: str = ""
     rng: np.random.Generator | None = None  # the cotangent's stream; fast mode draws its probes after it
+    _noise: Noise | None = None
+
+    def noise(self) -> Noise:
+        """The function's measured noise along a random direction (:mod:`gradverify.references.noise`), once."""
+        if self._noise is None:
+            self._noise = function_noise(self.target.evaluate, self.target.point, self.u64,
+                                         rng=np.random.default_rng([self.seed, 0x6E6F6973]),
+                                         significant=NOISY * self.eps)
+            self.evaluations += self._noise.evaluations
+            if self.noisy:
+                self.target._warn(
+                    f"the function is noisy: its output carries noise of {self._noise.relative:.2g} relative "
+                    f"(measured from a difference table; rounding of {np.dtype(self.eval_dtype).name} alone would be "
+                    f"about {np.finfo(np.float64).eps:.1g}) -- a lower-precision accumulator inside "
+                    "(torch.zeros(...) without a dtype, a float32 constant)? Finite differences carry it in their "
+                    "error estimate; an exact reference (against=...) or a float32 tolerance (rtol=) suits such code")
+        return self._noise
+
+    @property
+    def eps(self) -> float:
+        """The machine epsilon of the evaluation dtype."""
+        dt = np.dtype(self.eval_dtype)
+        return float(np.finfo(dt if dt.kind == "f" else np.float64).eps)
+
+    @property
+    def noisy(self) -> bool:
+        """Whether the measured noise is well above the rounding of the evaluation dtype."""
+        return self._noise is not None and self._noise.relative > NOISY * self.eps
 
     def warnings(self) -> tuple[str, ...]:
         """The code's hazards so far, then the constants that were not checked."""
@@ -219,9 +248,15 @@ def _exact_candidates(c: _Check) -> tuple[str, ...]:
     return tuple(n for n in c.against if n in EXACT)
 
 
-#: Elements per tensor, drawn at random, on which finite differences check
-#: an exact reference (the worst element of the verdict is always added).
-EXACT_SCREEN_SAMPLES = 3
+#: A function whose measured noise exceeds this many ulps of its evaluation
+#: dtype is noisy: finite differences add the noise to their error estimate,
+#: and an exact reference's tolerance widens to what the noise allows.
+NOISY = 1000.0
+
+#: A noisy function's gradients are held to this many times its relative
+#: noise: the exact reference differentiates the same noisy operations, and
+#: any formula for the gradient rounds them differently.
+NOISE_TOLERANCE_FACTOR = 100.0
 
 
 def _exact_verdict(c: _Check, name: str) -> CheckResult | None:
@@ -256,8 +291,21 @@ def _exact_verdict(c: _Check, name: str) -> CheckResult | None:
             warnings=c.warnings() + tuple(warnings), **c.meta(mode="full", dtype=np.dtype(dtype).name))
 
     result = verdict(c.analytic, tol, c.grad_dtype)
+    if not result.passed and not c.widened and c.rtol is None and c.noise() and c.noisy:
+        # The forward is noisier than its dtype (a low-precision accumulator
+        # inside): the reference differentiates the same noisy operations, and
+        # no gradient of it is exact to better than its noise.
+        need = NOISE_TOLERANCE_FACTOR * c._noise.relative
+        tol = dataclasses.replace(tol, rtol=max(tol.rtol, need), floor=max(tol.floor, need))
+        c.tol = dataclasses.replace(c.tol, rtol=max(c.tol.rtol, need), floor=max(c.tol.floor, need))
+        result = verdict(c.analytic, tol, c.grad_dtype, (
+            f"tolerances widened to rtol={need:.2g}: a gradient of a function this noisy cannot be checked tighter "
+            "(pass rtol= to override)",))
     if c.analytic64 is not None:
-        hi = verdict(c.analytic64, tolerance_for(np.float64, rtol=c.rtol, atol=c.atol, exact=True), np.float64, (
+        tol64 = tolerance_for(np.float64, rtol=c.rtol, atol=c.atol, exact=True)
+        if tol.rtol > tol64.rtol and c.noisy:
+            tol64 = dataclasses.replace(tol64, rtol=tol.rtol, floor=max(tol64.floor, tol.floor))
+        hi = verdict(c.analytic64, tol64, np.float64, (
             f"the code computes in float64 when given float64 inputs, so its gradient formula was checked in "
             f"float64 (this verdict); its {np.dtype(c.grad_dtype).name} gradients were checked too",))
         if not hi.passed:
@@ -281,44 +329,63 @@ def _exact_verdict(c: _Check, name: str) -> CheckResult | None:
 
 
 def _check_reference(c: _Check, name: str, ref: dict, result: CheckResult) -> CheckResult | None:
-    """Finite differences on a sample of elements, to catch a wrong exact reference; None if it is refuted.
+    """Finite differences check the exact reference itself; None (and a warning) if they refute it.
 
-    The sample is :data:`EXACT_SCREEN_SAMPLES` random elements of every
-    tensor plus the verdict's worst element. An element where the
-    reference differs from finite differences by more than their own
-    tolerance and error refutes the reference (a kink, where one-sided
-    differences disagree, is no evidence): the check then rests on finite
-    differences, with a warning naming both values. Cost: about 4
-    evaluations per sampled element.
+    One random projection per tensor (4 evaluations each, every element
+    weighted in), and for a failing verdict its worst element too: where
+    the reference differs from finite differences by more than their
+    tolerance and error (a kink, where one-sided differences disagree, is
+    no evidence), the reference is refuted and the check rests on finite
+    differences, with a warning naming both values. Refutation is
+    re-examined with the function's measured noise
+    (:meth:`_Check.noise`) before it is believed.
     """
     target = c.target
+    comp = Comparison(ref, tolerance_for(np.float64))
     rng = np.random.default_rng([c.seed, 0x726566])
-    indices = {}
-    for k, arr in target.point.items():
-        pick = set(rng.choice(arr.size, size=min(arr.size, EXACT_SCREEN_SAMPLES), replace=False).tolist()) \
-            if arr.size else set()
-        if result.worst is not None and result.worst.input == k:
-            pick.add(int(np.ravel_multi_index(result.worst.index, arr.shape)) if arr.ndim else 0)
-        indices[k] = sorted(pick)
-    judge_ref = Comparison(ref, tolerance_for(np.float64)).judge
-    fd, n = projected_gradients(target.evaluate, target.point, c.u64, eval_dtype=c.eval_dtype, judge=judge_ref,
-                                indices=indices)
-    c.evaluations += n
-    for k, idx in indices.items():
-        d = fd[k]
-        for i in idx:
-            if d.kink.flat[i] or not np.isfinite(d.error.flat[i]):
+    y0 = np.asarray(c.y0, dtype=np.float64)
+
+    def refutation(noise: float) -> str | None:
+        from .references.projections import directional_mismatches
+
+        for k, arr in target.point.items():
+            if not arr.size:
                 continue
-            if judge_ref(k, i, float(d.value.flat[i]), float(d.error.flat[i])) == FAIL:
-                where = f"{k!r}[{', '.join(str(j) for j in np.unravel_index(i, target.point[k].shape))}]"
-                target._warn(
-                    f"the exact reference ({name}) disagrees with finite differences at {where}: {name} "
-                    f"{float(ref[k].flat[i]):.10g}, finite differences {float(d.value.flat[i]):.10g} (estimated error "
-                    f"{float(d.error.flat[i]):.2g}); the reference was not trusted and finite differences gave the "
-                    "verdict -- please report this (a wrong derivative rule, or a forward the reference follows "
-                    "only in part)")
-                return None
-    return dataclasses.replace(result, evaluations=c.evaluations, seconds=time.perf_counter() - c.start)
+            v = rng.standard_normal(arr.shape)
+            (p,) = directional_mismatches(target.evaluate, arr, [v], ref[k], c.u64, eval_dtype=c.eval_dtype, y0=y0,
+                                          judge=lambda _, m, e, k=k, v=v: comp.projection_judge(k, v, m, e),
+                                          noise=noise)
+            c.evaluations += p.evaluations
+            if np.isfinite(p.error) and abs(p.mismatch) > comp.projection_tolerance(k, v, p.magnitude) + \
+                    comp.tol.noise_factor * p.error:
+                return (f"along a random direction of {k!r}: {name} {p.analytic:.10g}, finite differences "
+                        f"{p.numeric:.10g} (estimated error {p.error:.2g})")
+        w = result.worst
+        if result.passed or w is None or w.projection:
+            return None
+        arr = target.point[w.input]
+        i = int(np.ravel_multi_index(w.index, arr.shape)) if arr.ndim else 0
+        fd, n = projected_gradients(target.evaluate, {w.input: arr}, c.u64, eval_dtype=c.eval_dtype,
+                                    judge=comp.judge, indices={w.input: [i]}, noise=noise)
+        c.evaluations += n
+        d = fd[w.input]
+        value, error = float(d.value.flat[i]), float(d.error.flat[i])
+        if not d.kink.flat[i] and np.isfinite(error) and comp.judge(w.input, i, value, error) == FAIL:
+            return (f"at {w.input!r}[{', '.join(str(j) for j in w.index)}]: {name} {w.numeric:.10g}, finite "
+                    f"differences {value:.10g} (estimated error {error:.2g})")
+        return None
+
+    why = refutation(0.0 if c._noise is None else c._noise.sigma)
+    if why is not None and c._noise is None and c.noise().sigma > 0:
+        why = refutation(c.noise().sigma)  # what looked like a disagreement may be the function's own noise
+    if why is not None:
+        target._warn(f"the exact reference ({name}) disagrees with finite differences {why}; the reference was not "
+                     "trusted and finite differences gave the verdict -- please report this (a wrong derivative "
+                     "rule, or a forward the reference follows only in part)")
+        return None
+    return dataclasses.replace(result, warnings=c.warnings() + tuple(w for w in result.warnings
+                                                                      if w not in c.warnings()),
+                               evaluations=c.evaluations, seconds=time.perf_counter() - c.start)
 
 
 def _both(c: _Check, exact: CheckResult, fd: CheckResult, fd_values: dict | None) -> CheckResult:
@@ -358,13 +425,14 @@ def _fd_verdict(c: _Check) -> tuple[CheckResult, dict | None]:
     target, tol, u64, eval_dtype, rtol, atol = c.target, c.tol, c.u64, c.eval_dtype, c.rtol, c.atol
     grad_dtype, start, seed, mode = c.grad_dtype, c.start, c.seed, c.mode
     analytic, analytic64, widened = c.analytic, c.analytic64, c.widened
+    noise = c.noise().sigma
     comparison = Comparison(analytic, tol)
     size = sum(a.size for a in target.point.values())
     used = mode if mode != "auto" else ("full" if size <= AUTO_FULL_LIMIT else "fast")
     warnings = c.warnings()
     if used == "fast":
         probes, located, n_fast = _fast(target, comparison, u64, eval_dtype, c.rng, probes=FAST_PROBES,
-                                        y0=np.asarray(c.y0, dtype=np.float64))
+                                        y0=np.asarray(c.y0, dtype=np.float64), noise=noise)
         c.evaluations += n_fast
         if used != mode:
             warnings += (f"mode='auto' ran 'fast' ({size} elements > {AUTO_FULL_LIMIT}): {FAST_PROBES} random "
@@ -391,7 +459,7 @@ def _fd_verdict(c: _Check) -> tuple[CheckResult, dict | None]:
 
     fd, n_fd = projected_gradients(target.evaluate, target.point, u64, eval_dtype=eval_dtype, judge=judge,
                                    evaluate_batch=getattr(target, "evaluate_batch", None), judge_many=judge_many,
-                                   tolerance=tolerance)
+                                   tolerance=tolerance, noise=noise)
     c.evaluations += n_fd
     evaluations = c.evaluations
     kinks = {k: (d.kink, d.left, d.right) for k, d in fd.items() if d.kink.any()}
@@ -406,7 +474,7 @@ def _fd_verdict(c: _Check) -> tuple[CheckResult, dict | None]:
             mode="full", evaluations=evaluations, seed=seed, seconds=time.perf_counter() - start, dtype="float64",
         )
         if not hi.passed:
-            return _second_opinion(hi, target, comp64, u64, eval_dtype, start), fd
+            return _second_opinion(hi, target, comp64, u64, eval_dtype, start, noise), fd
         lo = comparison.result(
             {k: d.value for k, d in fd.items()}, {k: d.error for k, d in fd.items()}, kind=target.kind,
             reference="fd", kinks=kinks, constants=target.constants,
@@ -450,7 +518,7 @@ def _fd_verdict(c: _Check) -> tuple[CheckResult, dict | None]:
         return dataclasses.replace(result, status="unverified", warnings=result.warnings + (
             f"could not verify: the {grad_dtype.name} forward deviates from the float64 function too much for its "
             "gradients to be checked in this dtype; check it in float64",)), fd
-    return _second_opinion(result, target, comparison, u64, eval_dtype, start), fd
+    return _second_opinion(result, target, comparison, u64, eval_dtype, start, noise), fd
 
 
 #: Verdicts whose worst element uses more than this share of its tolerance
@@ -458,7 +526,8 @@ def _fd_verdict(c: _Check) -> tuple[CheckResult, dict | None]:
 BORDERLINE = 0.3
 
 
-def _second_opinion(result: CheckResult, target: Target, comparison: Comparison, u64, eval_dtype, start):
+def _second_opinion(result: CheckResult, target: Target, comparison: Comparison, u64, eval_dtype, start,
+                    noise: float = 0.0):
     """Attach a Taylor-remainder rate along the worst element to failing or borderline verdicts."""
     import dataclasses
 
@@ -472,7 +541,7 @@ def _second_opinion(result: CheckResult, target: Target, comparison: Comparison,
     arr = target.point[w.input]
     v = np.zeros(arr.shape)
     v[w.index] = 1.0
-    t = taylor_test(target.evaluate, arr, v, comparison.analytic[w.input], u64, eval_dtype=eval_dtype)
+    t = taylor_test(target.evaluate, arr, v, comparison.analytic[w.input], u64, eval_dtype=eval_dtype, noise=noise)
     where = f"{w.input!r}[{', '.join(str(i) for i in w.index)}]"
     return dataclasses.replace(
         result, taylor={"where": where, **t.to_dict()}, evaluations=result.evaluations + t.evaluations,
@@ -566,7 +635,7 @@ def _widen_for_forward_error(tol, y_low, y64, grad_dtype, eval_dtype, rtol_given
 
 
 def _fast(target: Target, comparison: Comparison, u64: np.ndarray, eval_dtype, rng: np.random.Generator,
-          *, probes: int, y0: np.ndarray | None = None):
+          *, probes: int, y0: np.ndarray | None = None, noise: float = 0.0):
     """Random projections per input, then bisection to one wrong element if a projection fails.
 
     Each input or parameter gets ``probes`` signed Gaussian directions
@@ -604,7 +673,7 @@ def _fast(target: Target, comparison: Comparison, u64: np.ndarray, eval_dtype, r
             target.evaluate, arr, vs, comparison.analytic[name], u64, eval_dtype=eval_dtype, y0=y0,
             judge=lambda k, m, e, name=name, vs=vs: (lambda j: OK if j == FAIL else j)(
                 comparison.projection_judge(name, vs[k], m, e)),
-            evaluate_rows=None if rows is None else (lambda r, name=name: rows(name, r)),
+            evaluate_rows=None if rows is None else (lambda r, name=name: rows(name, r)), noise=noise,
         )
         for v, p in zip(vs, ps):
             total += p.evaluations
@@ -618,7 +687,8 @@ def _fast(target: Target, comparison: Comparison, u64: np.ndarray, eval_dtype, r
         name, v, _ = results[k]
         p = directional_mismatch(target.evaluate, target.point[name], v, comparison.analytic[name], u64,
                                  eval_dtype=eval_dtype, y0=y0,
-                                 judge=lambda m, e, name=name, v=v: comparison.projection_judge(name, v, m, e))
+                                 judge=lambda m, e, name=name, v=v: comparison.projection_judge(name, v, m, e),
+                                 noise=noise)
         total += p.evaluations
         results[k] = (name, v, p)
         if abs(p.mismatch) > tolerance_of(name, v, p):
@@ -638,7 +708,8 @@ def _fast(target: Target, comparison: Comparison, u64: np.ndarray, eval_dtype, r
         vh[half] = flat_v[half]
         vh = vh.reshape(arr.shape)
         # bisection only compares the halves' shares of a confirmed mismatch
-        ph = directional_mismatch(target.evaluate, arr, vh, g, u64, eval_dtype=eval_dtype, y0=y0, judge=None)
+        ph = directional_mismatch(target.evaluate, arr, vh, g, u64, eval_dtype=eval_dtype, y0=y0, judge=None,
+                                  noise=noise)
         total += ph.evaluations
         vo = np.zeros(arr.size)
         vo[other] = flat_v[other]
@@ -648,7 +719,7 @@ def _fast(target: Target, comparison: Comparison, u64: np.ndarray, eval_dtype, r
         cur, m_cur = (half, ph.mismatch) if r_half >= r_other else (other, m_other)
     j = int(cur[0])
     fd, n = projected_gradients(target.evaluate, {name: arr}, u64, eval_dtype=eval_dtype, judge=comparison.judge,
-                                indices={name: [j]})
+                                indices={name: [j]}, noise=noise)
     total += n
     d = fd[name]
     idx = np.unravel_index(j, arr.shape)
@@ -661,7 +732,8 @@ def _fast(target: Target, comparison: Comparison, u64: np.ndarray, eval_dtype, r
 
 
 def check(fn: Callable, inputs: Any, *, vjp: Callable | None = None, mode: str = "auto",
-          rtol: float | None = None, atol: float | None = None, seed: int = 0, against: Any = "auto") -> CheckResult:
+          rtol: float | None = None, atol: float | None = None, seed: int = 0, against: Any = "auto",
+          examples: int | None = None, vary_batch: bool = False) -> CheckResult:
     """Check the gradient of a numpy function ``fn(*inputs) -> out`` supplied by ``vjp``.
 
     ``vjp(dout, *inputs)`` returns one gradient per input (``None`` allowed
@@ -688,6 +760,9 @@ def check(fn: Callable, inputs: Any, *, vjp: Callable | None = None, mode: str =
     """
     rng, cot_rng = _validate(mode, seed)
     refs = parse_against(against)
+    if examples is not None:
+        return _property(lambda xs: check(fn, xs, vjp=vjp, mode=mode, rtol=rtol, atol=atol, seed=seed,
+                                          against=against), inputs, examples, seed, vary_batch)
     from .frameworks import callable_target
 
     target = callable_target(fn, inputs, vjp)
@@ -703,7 +778,7 @@ def check(fn: Callable, inputs: Any, *, vjp: Callable | None = None, mode: str =
 
 def check_pair(forward: Callable, backward: Callable, inputs: Any, *, mode: str = "auto",
                rtol: float | None = None, atol: float | None = None, seed: int = 0,
-               against: Any = "auto") -> CheckResult:
+               against: Any = "auto", examples: int | None = None, vary_batch: bool = False) -> CheckResult:
     """Check a function pair ``forward(*inputs) -> (out, cache)``, ``backward(dout, cache) -> grads``.
 
     ``backward`` returns a tuple with one gradient per input, in order.
@@ -712,6 +787,9 @@ def check_pair(forward: Callable, backward: Callable, inputs: Any, *, mode: str 
     """
     rng, cot_rng = _validate(mode, seed)
     refs = parse_against(against)
+    if examples is not None:
+        return _property(lambda xs: check_pair(forward, backward, xs, mode=mode, rtol=rtol, atol=atol, seed=seed,
+                                               against=against), inputs, examples, seed, vary_batch)
     if not callable(forward) or not callable(backward):
         raise ProtocolError("check_pair needs two callables: forward(*inputs) -> (out, cache) and "
                             "backward(dout, cache) -> one gradient per input")
@@ -737,7 +815,8 @@ def check_pair(forward: Callable, backward: Callable, inputs: Any, *, mode: str 
 
 def check_layer(layer: Any, input_shape: int | Sequence[int] | None = None, *, inputs: Any = None,
                 dtype: Any = None, mode: str = "auto", rtol: float | None = None, atol: float | None = None,
-                seed: int = 0, against: Any = "auto") -> CheckResult:
+                seed: int = 0, against: Any = "auto", examples: int | None = None,
+                vary_batch: bool = False) -> CheckResult:
     """Check a numpy layer (object protocol) for its input and every parameter.
 
     The layer has ``params`` (dict name -> array, may be empty),
@@ -753,6 +832,20 @@ def check_layer(layer: Any, input_shape: int | Sequence[int] | None = None, *, i
     """
     rng, cot_rng = _validate(mode, seed)
     refs = parse_against(against)
+    if examples is not None:
+        if inputs is None:
+            from .frameworks import framework_inputs
+
+            inputs = framework_inputs(layer, input_shape, dtype=dtype, rng=rng)
+            if inputs is None:
+                params = getattr(layer, "params", None) or {}
+                floats = [v.dtype for v in params.values() if isinstance(v, np.ndarray) and v.dtype.kind == "f"] \
+                    if isinstance(params, Mapping) else []
+                inputs = draw_input(input_shape, None, dtype, floats[0] if floats else np.float64, rng)
+        elif input_shape is not None:
+            raise SpecError("give input_shape or inputs, not both")
+        return _property(lambda xs: check_layer(layer, inputs=xs, mode=mode, rtol=rtol, atol=atol, seed=seed,
+                                                against=against), inputs, examples, seed, vary_batch)
     from .frameworks import module_target
 
     fw_target = module_target(layer, input_shape, inputs=inputs, dtype=dtype, rng=rng)
@@ -774,6 +867,63 @@ def check_layer(layer: Any, input_shape: int | Sequence[int] | None = None, *, i
             f"{type(layer).__name__} has no floating-point parameter and its input is {x.dtype}: nothing to differentiate"
         )
     return _run(target, rng=cot_rng, seed=seed, mode=mode, rtol=rtol, atol=atol, against=refs)
+
+
+def _property(run: Callable[[Any], CheckResult], inputs: Any, examples: int, seed: int,
+              vary_batch: bool) -> CheckResult:
+    """``examples=``: the check ``run`` on Hypothesis-drawn variants of ``inputs`` (see :mod:`gradverify.examples`).
+
+    ``inputs`` is one array (numpy, torch or JAX), a sequence or a dict of
+    them; every floating-point array is drawn anew in its shape and dtype
+    and handed to ``run`` in the same structure and array type.
+    """
+    from .examples import property_check
+
+    if isinstance(inputs, Mapping):
+        names, values = [str(k) for k in inputs], list(inputs.values())
+    elif isinstance(inputs, (list, tuple)):
+        names, values = [str(i) for i in range(len(inputs))], list(inputs)
+    else:
+        names, values = ["x"], [inputs]
+    template = {n: _as_numpy(v) for n, v in zip(names, values)}
+
+    def rebuild(drawn: dict) -> Any:
+        new = [_like(v, drawn[n]) if isinstance(template[n], np.ndarray) else v for n, v in zip(names, values)]
+        if isinstance(inputs, Mapping):
+            return dict(zip(inputs, new))
+        if isinstance(inputs, (list, tuple)):
+            return type(inputs)(new) if isinstance(inputs, list) else tuple(new)
+        return new[0]
+
+    return property_check(lambda drawn: run(rebuild(drawn)), template, examples=examples, seed=seed,
+                          vary_batch=vary_batch)
+
+
+def _as_numpy(value: Any) -> Any:
+    """A numpy copy of a numpy, torch or JAX array (anything else unchanged)."""
+    if isinstance(value, np.ndarray):
+        return value
+    if type(value).__module__.split(".")[0] in ("torch", "jax", "jaxlib") and hasattr(value, "shape"):
+        if hasattr(value, "detach"):
+            return value.detach().cpu().numpy()
+        return np.asarray(value)
+    return value
+
+
+def _like(original: Any, array: np.ndarray) -> Any:
+    """``array`` as the array type (and device) of ``original``."""
+    if isinstance(original, np.ndarray):
+        return array
+    root = type(original).__module__.split(".")[0]
+    if root == "torch":
+        import torch
+
+        return torch.as_tensor(np.ascontiguousarray(array), dtype=original.dtype, device=original.device)
+    if root in ("jax", "jaxlib"):
+        import jax.numpy as jnp
+
+        return jnp.asarray(array, dtype=original.dtype)
+    return array
 
 
 def _raise_unless_passed(result: CheckResult) -> CheckResult:

@@ -13,6 +13,8 @@ import dataclasses
 import math
 from typing import Any
 
+import numpy as np
+
 __all__ = ["Worst", "Location", "InputSummary", "CheckResult"]
 
 
@@ -158,6 +160,10 @@ class CheckResult:
             opinion along the worst element (or projection): the
             Taylor-remainder convergence ``rate`` (about 2 for a right
             gradient, 1 for a wrong one), its ``rates`` and ``where``.
+        examples: how many drawn inputs were checked (``examples=``; 1 for
+            a single check); for a failure, the example that first failed.
+        counterexample: for a failing property check, the shrunk input
+            that fails (input name -> nested lists); None otherwise.
     """
 
     passed: bool
@@ -176,6 +182,8 @@ class CheckResult:
     seed: int | None = 0
     seconds: float = 0.0
     taylor: dict | None = None
+    examples: int = 1
+    counterexample: dict | None = None
 
     def __bool__(self) -> bool:  # pragma: no cover - convenience
         return self.passed
@@ -199,6 +207,8 @@ class CheckResult:
             "seed": self.seed,
             "seconds": _num(self.seconds),
             "taylor": self.taylor,
+            "examples": self.examples,
+            "counterexample": self.counterexample,
         }
 
     def __str__(self) -> str:
@@ -251,6 +261,10 @@ class CheckResult:
                 f"  second opinion: Taylor remainder along {self.taylor['where']} shrinks at rate "
                 f"{self.taylor['rate']:.2f} (2 = right gradient, 1 = wrong; no tolerance involved)"
             )
+        if self.counterexample is not None:
+            for name, value in self.counterexample.items():
+                text = np.array2string(np.asarray(value), precision=6, threshold=64, separator=", ")
+                lines.append(f"  counterexample {name} = " + text.replace("\n", "\n" + " " * (19 + len(name))))
         for msg in self.warnings:
             lines.append(f"  warning: {msg}")
         return "\n".join(lines)

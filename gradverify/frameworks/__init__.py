@@ -42,7 +42,7 @@ import numpy as np
 
 from ..errors import SpecError
 
-__all__ = ["callable_target", "module_target", "framework_of"]
+__all__ = ["callable_target", "module_target", "framework_of", "framework_inputs"]
 
 _JAX_ROOTS = ("jax", "jaxlib")
 
@@ -187,3 +187,13 @@ def module_target(layer: Any, input_shape: Any, *, inputs: Any, dtype: Any, rng:
     from ._torch import TorchModuleTarget, module_inputs
 
     return TorchModuleTarget(layer, module_inputs(layer, input_shape, inputs, dtype, rng))
+
+
+def framework_inputs(layer: Any, input_shape: Any, *, dtype: Any, rng: Any):
+    """The drawn input of a ``torch.nn.Module`` check (as :func:`module_target` draws it), or None for other layers."""
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(layer, torch.nn.Module):
+        return None
+    from ._torch import module_inputs
+
+    return module_inputs(layer, input_shape, None, dtype, rng)

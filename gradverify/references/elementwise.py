@@ -60,6 +60,7 @@ def projected_gradients(
     batch_bytes: int = 64 * 2**20,
     judge_many: Callable[[str, np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None,
     tolerance: Callable[[str, np.ndarray], np.ndarray] | None = None,
+    noise: float = 0.0,
 ) -> tuple[dict[str, ElementDerivative], int]:
     """Gradient of ``phi = <u, evaluate()>`` with respect to every element of ``point``.
 
@@ -124,11 +125,16 @@ def projected_gradients(
     whose truncation exceeds the tolerance fails the screen when its
     gradient is right, and goes on to Richardson.
 
+    ``noise``, the measured noise of one value of ``<u, f>``
+    (:func:`~gradverify.references.noise.function_noise`), adds ``2 * noise /
+    step`` to every quotient's error, so steps are chosen and verdicts
+    weighed with the function's real noise, not only its dtype's rounding.
+
     Cost: 4 evaluations per element (2 for elements the screen settles, 6
     for sampled ones), +2 per refinement, +1 for the base point. Returns
     the per-name results and the evaluation count.
     """
-    proj = Projector(evaluate, cotangent, eval_dtype)
+    proj = Projector(evaluate, cotangent, eval_dtype, noise)
     phi_out, diff = proj.output, proj.diff
     y0 = phi_out()
 

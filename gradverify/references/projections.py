@@ -54,6 +54,7 @@ def directional_mismatch(
     y0: np.ndarray | None = None,
     judge: Callable[[float, float], int] | None = None,
     max_refinements: int = 20,
+    noise: float = 0.0,
 ) -> Projection:
     """Compare ``<grad, v>`` with the directional derivative of ``<u, evaluate()>`` along ``v``.
 
@@ -73,6 +74,7 @@ def directional_mismatch(
     (p,) = directional_mismatches(
         evaluate, arr, [direction], grad, cotangent, eval_dtype=eval_dtype, y0=y0,
         judge=None if judge is None else (lambda k, m, e: judge(m, e)), max_refinements=max_refinements,
+        noise=noise,
     )
     return p
 
@@ -89,6 +91,7 @@ def directional_mismatches(
     judge: Callable[[int, float, float], int] | None = None,
     max_refinements: int = 20,
     evaluate_rows: Callable[[np.ndarray], np.ndarray] | None = None,
+    noise: float = 0.0,
 ) -> list[Projection]:
     """:func:`directional_mismatch` along each of ``directions``, the first levels evaluated together.
 
@@ -99,10 +102,13 @@ def directional_mismatches(
     ``judge(k, mismatch, error)`` (``k`` the direction's position) decides
     which directions walk the step sequence, one evaluation at a time.
 
+    ``noise`` is the measured noise of one value of ``<u, f>``, as in
+    :func:`~gradverify.references.elementwise.projected_gradients`.
+
     Cost: 4 evaluations per direction (more where unsettled; the first
     direction also counts ``y0`` if it is not given).
     """
-    proj = Projector(evaluate, cotangent, eval_dtype)
+    proj = Projector(evaluate, cotangent, eval_dtype, noise)
     if y0 is None:
         y0 = proj.output()
     counted = proj.evaluations  # y0's evaluation goes to the first direction's count
@@ -244,6 +250,7 @@ def taylor_test(
     eval_dtype=np.float64,
     y0: np.ndarray | None = None,
     levels: int = 12,
+    noise: float = 0.0,
 ) -> TaylorTest:
     """Taylor-remainder convergence rate of ``<u, f>`` along ``direction`` (eps-free second opinion).
 
@@ -254,7 +261,7 @@ def taylor_test(
     to beat the curvature; a right one keeps rate 2 until rounding. Cost:
     ``levels`` evaluations (+1 if ``y0`` is not given).
     """
-    proj = Projector(evaluate, cotangent, eval_dtype)
+    proj = Projector(evaluate, cotangent, eval_dtype, noise)
     if y0 is None:
         y0 = proj.output()
     v = np.asarray(direction, dtype=np.float64)

@@ -280,11 +280,14 @@ def gradient(f, x, *, method: str = "richardson", step=None) -> Derivative:
 class Projector:
     """Evaluates ``<u, f>`` differences output by output, with their rounding noise."""
 
-    def __init__(self, evaluate: Callable[[], np.ndarray], cotangent, eval_dtype):
+    def __init__(self, evaluate: Callable[[], np.ndarray], cotangent, eval_dtype, noise: float = 0.0):
         self.evaluate = evaluate
         self.u = np.asarray(cotangent, dtype=np.float64)
         self.absu = np.abs(self.u)
         self.eps = _eps(eval_dtype)
+        #: measured noise of one value of ``<u, f>`` (:mod:`.noise`); each
+        #: quotient's error gains ``2 * noise / step``
+        self.noise = float(noise)
         self.evaluations = 0
 
     def output(self) -> np.ndarray:
@@ -309,7 +312,7 @@ class Projector:
         mag = moved if changed.any() else still
         num = float(np.sum(self.u * d))
         dt = ta - tb
-        noise = self.eps * (_ULPS_PER_OUTPUT * moved + 0.5 * still) / abs(dt)
+        noise = (self.eps * (_ULPS_PER_OUTPUT * moved + 0.5 * still) + 2.0 * self.noise) / abs(dt)
         return num / dt, noise, mag / 2.0
 
     def diff_many(self, ya, yb, dt):
@@ -323,6 +326,6 @@ class Projector:
         moved = np.sum(w * changed, axis=1)
         still = np.sum(w, axis=1) - moved
         any_moved = changed.any(axis=1)
-        noise = self.eps * (_ULPS_PER_OUTPUT * moved + 0.5 * still) / np.abs(dt)
+        noise = (self.eps * (_ULPS_PER_OUTPUT * moved + 0.5 * still) + 2.0 * self.noise) / np.abs(dt)
         return (d @ self.u.reshape(-1)) / dt, noise, np.where(any_moved, moved, still) / 2.0, any_moved
 

@@ -1,0 +1,278 @@
+"""Exact references (issue 11): the engine and the frameworks' autodiff as the oracle, checked themselves.
+
+Tolerances: against an exact reference a float64 gradient is held to
+rounding (``EXACT_TOLERANCES``: 1e-10 relative), so a formula off by 1e-7
+relative must fail, and a correct float64 backward (rounding ~1e-14) must
+pass. Everything that needs the engine's numpy tracing uses plain numpy
+layers; torch and JAX cases are skipped only when the framework is absent.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gradverify as gv
+from gradverify.errors import SpecError
+
+
+# -- numpy layers, the engine as the oracle ----------------------------------------------------------
+
+class Dense:
+    """y = tanh(x W + b); ``scale`` multiplies dW[i, j] (a planted error) and ``const`` the derivative."""
+
+    def __init__(self, n_in=6, n_out=4, seed=0, bad=None, const=1.0):
+        rng = np.random.default_rng(seed)
+        self.params = {"W": rng.standard_normal((n_in, n_out)) / np.sqrt(n_in), "b": rng.standard_normal(n_out)}
+        self.bad, self.const = bad, const
+
+    def forward(self, x):
+        self.x = x
+        self.y = np.tanh(x @ self.params["W"] + self.params["b"])
+        return self.y
+
+    def backward(self, dy):
+        d = dy * (self.const - self.y ** 2)
+        dW = self.x.T @ d
+        if self.bad is not None:
+            idx, factor = self.bad
+            dW[idx] *= factor
+        self.grads = {"W": dW, "b": d.sum(0)}
+        return d @ self.params["W"].T
+
+
+def test_numpy_layer_is_checked_against_the_engine():
+    r = gv.check_layer(Dense(), (5, 6))
+    assert r.passed and r.reference == "reference", r
+    # one traced forward and backward, plus the projections that check the reference: far below 4 per element
+    assert r.evaluations < 4 * (6 * 4 + 4), r.evaluations
+
+
+def test_a_1e7_relative_formula_error_fails_against_the_engine():
+    """1 - y**2 written as 1.0000001 - y**2: within finite differences' 1e-5, 1000x over the exact rule."""
+    r = gv.check_layer(Dense(const=1.0 + 1e-7), (5, 6))
+    assert r.status == "fail" and r.reference == "reference", r
+    fd = gv.check_layer(Dense(const=1.0 + 1e-7), (5, 6), against="fd")
+    assert fd.passed  # what finite differences alone said: the error is below their resolution
+
+
+def test_a_0p1_percent_error_in_one_of_576_weights_is_caught_in_20_of_20_seeds():
+    """The issue's regression: default check_layer ran fast mode and caught this in 12 of 20 seeds."""
+    caught = 0
+    for seed in range(20):
+        rng = np.random.default_rng(100 + seed)
+        idx = (int(rng.integers(24)), int(rng.integers(24)))
+        layer = Dense(24, 24, seed=seed, bad=(idx, 1.001))
+        r = gv.check_layer(layer, (3, 24), seed=seed)
+        caught += r.status == "fail" and r.worst.input == "W" and r.worst.index == idx
+    assert caught == 20
+
+
+def test_against_fd_still_runs_finite_differences():
+    r = gv.check_layer(Dense(), (5, 6), against="fd")
+    assert r.passed and r.reference == "fd"
+
+
+def test_the_traced_run_leaves_the_layer_as_the_user_left_it():
+    layer = Dense()
+    W_before = layer.params["W"]
+    gv.check_layer(layer, (5, 6))
+    assert layer.params["W"] is W_before and isinstance(layer.params["W"], np.ndarray)
+    assert isinstance(layer.x, np.ndarray) and isinstance(layer.y, np.ndarray)
+
+
+def test_a_forward_leaving_the_trace_falls_back_to_finite_differences_and_says_why():
+    class Leaky(Dense):
+        def forward(self, x):
+            h = np.asarray(x @ self.params["W"])  # leaves the trace: the engine cannot follow
+            self.x = x
+            self.y = np.tanh(h + self.params["b"])
+            return self.y
+
+    r = gv.check_layer(Leaky(), (5, 6))
+    assert r.passed and r.reference == "fd", r
+    assert any("declined" in w and "test_exact_references.py" in w for w in r.warnings), r.warnings
+
+
+def test_a_preallocated_output_falls_back_with_its_reason():
+    def fn(x):
+        out = np.zeros(x.shape)
+        for i in range(x.shape[0]):
+            out[i] = np.sin(x[i])
+        return out
+
+    r = gv.check(fn, np.linspace(-1, 1, 5), vjp=lambda g, x: g * np.cos(x))
+    assert r.passed and r.reference == "fd"
+    assert any("declined" in w for w in r.warnings)
+
+
+def test_a_broken_engine_rule_is_caught_by_finite_differences(monkeypatch):
+    """A wrong VJP in the engine itself is never a silent pass: finite differences refute it."""
+    from gradverify.engine import vjps
+
+    rules = vjps.VJPS["tanh"]
+    monkeypatch.setitem(vjps.VJPS, "tanh", (lambda g, ans, x: rules[0](g, ans, x) * 1.01,))
+    r = gv.check_layer(Dense(), (5, 6))
+    assert r.passed and r.reference == "fd", r  # the layer is right; the verdict rests on finite differences
+    assert any("disagrees with finite differences" in w for w in r.warnings), r.warnings
+    both = gv.check_layer(Dense(), (5, 6), against=("reference", "fd"))
+    assert both.status == "unverified" and not both.passed, both
+    assert any("references disagree" in w for w in both.warnings)
+
+
+def test_against_is_validated():
+    with pytest.raises(SpecError, match="against"):
+        gv.check_layer(Dense(), (2, 6), against="magic")
+    with pytest.raises(SpecError, match="auto"):
+        gv.check_layer(Dense(), (2, 6), against=("auto", "fd"))
+
+
+def test_against_a_framework_that_does_not_apply_falls_back_and_says_so():
+    r = gv.check_layer(Dense(), (5, 6), against="torch")
+    assert r.passed and r.reference == "fd"
+    assert any("does not apply" in w for w in r.warnings), r.warnings
+
+
+# -- property-tested layers ---------------------------------------------------------------------------
+
+class StraightThroughClip:
+    """clip(x, -3, 3) whose backward passes dy straight through: wrong only where |x| > 3."""
+
+    params: dict = {}
+
+    def forward(self, x):
+        return np.clip(x, -3.0, 3.0)
+
+    def backward(self, dy):
+        self.grads = {}
+        return dy.copy()
+
+
+def test_one_standard_normal_draw_misses_the_clip_bug():
+    assert gv.check_layer(StraightThroughClip(), (4, 3)).passed
+
+
+def test_examples_find_and_shrink_the_clip_bug():
+    r = gv.check_layer(StraightThroughClip(), (4, 3), examples=40)
+    assert r.status == "fail", r
+    x = np.asarray(r.counterexample["x"])
+    assert np.any(np.abs(x) > 3.0), x
+    assert r.worst.index in [tuple(i) for i in np.argwhere(np.abs(x) > 3.0)]
+    assert "counterexample" in str(r)
+
+
+def test_examples_pass_a_right_layer_and_count_them():
+    r = gv.check_layer(Dense(), (3, 6), examples=8)
+    assert r.passed and r.examples == 8, r
+
+
+def test_examples_validated():
+    with pytest.raises(SpecError, match="examples"):
+        gv.check_layer(Dense(), (3, 6), examples=0)
+
+
+# -- frameworks: autodiff of the primal --------------------------------------------------------------
+
+def _torch_tanh_function(factor: float):
+    torch = pytest.importorskip("torch")
+
+    class TanhLinear(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, w):
+            y = torch.tanh(x @ w)
+            ctx.save_for_backward(x, w, y)
+            return y
+
+        @staticmethod
+        def backward(ctx, g):
+            x, w, y = ctx.saved_tensors
+            d = g * (1 - y * y)
+            return d @ w.T, x.T @ d * factor
+
+    return torch, TanhLinear
+
+
+def test_torch_function_is_checked_against_autograd_of_its_forward():
+    torch, ok = _torch_tanh_function(1.0)
+    x, w = torch.randn(4, 3, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
+    r = gv.check(ok.apply, (x, w))
+    assert r.passed and r.reference == "torch", r
+    _, bad = _torch_tanh_function(1.0 + 1e-7)
+    r = gv.check(bad.apply, (x, w))
+    assert r.status == "fail" and r.reference == "torch" and r.worst.input == "w", r
+
+
+def test_jax_custom_vjp_is_checked_against_jax_of_its_primal():
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    def make(factor):
+        @jax.custom_vjp
+        def f(x):
+            return jnp.sin(x) * 2.0
+
+        f.defvjp(lambda x: (f(x), x), lambda x, g: (g * jnp.cos(x) * 2.0 * factor,))
+        return f
+
+    x = np.linspace(-1.0, 1.0, 5)
+    good = gv.check(make(1.0), (x,))
+    assert good.passed and good.reference == "jax", good
+    bad = gv.check(make(1.0 + 1e-7), (x,))
+    assert bad.status == "fail" and bad.reference == "jax", bad
+
+
+def _attention(torch, wrong: str | None):
+    """A row-normalised attention whose row sums accumulate in float32 even for float64 inputs."""
+
+    class Attention(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k, v):
+            e = torch.exp(q @ k.T)
+            rs = torch.zeros(e.shape[0])  # float32: the default dtype, not the inputs'
+            rs += e.sum(1)
+            p = e / rs[:, None]
+            ctx.save_for_backward(q, k, v, p)
+            return p @ v
+
+        @staticmethod
+        def backward(ctx, g):
+            q, k, v, p = ctx.saved_tensors
+            dp = g @ v.T
+            ds = p * dp if wrong == "dropped term" else p * (dp - (dp * p).sum(1, keepdim=True))
+            dv = p.T @ g
+            if wrong == "one element":
+                dv = dv.clone()
+                dv[1, 2] *= 1.001
+            return ds @ k, ds.T @ q, dv
+
+    return Attention
+
+
+@pytest.mark.parametrize("against", ["auto", "fd"])
+@pytest.mark.parametrize("mode", ["full", "fast", "auto"])
+def test_noisy_forward_right_backward_is_never_a_failure(against, mode):
+    """The issue's regression: float32 row sums in a float64 forward were 6 false alarms out of 6."""
+    torch = pytest.importorskip("torch")
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(4, 3, dtype=torch.float64, generator=gen) for _ in range(3))
+    r = gv.check(_attention(torch, None).apply, (q, k, v), against=against, mode=mode)
+    assert r.status in ("pass", "unverified"), r
+    assert any("noisy" in w for w in r.warnings) or r.reference == "torch", r.warnings
+
+
+@pytest.mark.parametrize("against", ["auto", "fd"])
+@pytest.mark.parametrize("mode", ["full", "fast"])
+def test_noisy_forward_wrong_backward_still_fails(against, mode):
+    torch = pytest.importorskip("torch")
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(4, 3, dtype=torch.float64, generator=gen) for _ in range(3))
+    r = gv.check(_attention(torch, "dropped term").apply, (q, k, v), against=against, mode=mode)
+    assert r.status == "fail", r
+
+
+def test_noisy_forward_one_element_error_is_caught_by_the_exact_reference():
+    torch = pytest.importorskip("torch")
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(4, 3, dtype=torch.float64, generator=gen) for _ in range(3))
+    r = gv.check(_attention(torch, "one element").apply, (q, k, v))
+    assert r.status == "fail" and r.reference == "torch" and (r.worst.input, r.worst.index) == ("v", (1, 2)), r
