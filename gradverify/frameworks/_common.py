@@ -440,7 +440,8 @@ class FrameworkFunctionTarget(FunctionTarget):
         pieces = split_cotangent(cotangent, self._out_shapes, self._out_single)
         flat = dict(zip(self.order, self._args(self.point)))
         self.random.restore()
-        with ref.context(flat):
+        scope = getattr(primal, "scope", contextlib.nullcontext)
+        with ref.context(flat), scope():
             try:
                 grads = ref.autodiff(pieces, flat)
             except Exception as exc:  # noqa: BLE001 - the primal is not differentiable by the framework
@@ -449,6 +450,9 @@ class FrameworkFunctionTarget(FunctionTarget):
             out = join_outputs([ref.leaf_to_numpy(v) for v in leaves], ref._out_single)
         if ref.warnings:
             raise Declined(f"{what}: " + ref.warnings[0])
+        if getattr(primal, "intercepted", True) == []:
+            raise Declined(f"{_name(self.user_fn)} calls no custom backward: its gradient comes from "
+                           f"{self.framework} autodiff itself", applies=False)
         return {k: (np.zeros(self.point[k].shape) if g is None else np.asarray(g, dtype=np.float64))
                 for k, g in grads.items()}, out
 

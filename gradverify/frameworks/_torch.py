@@ -243,12 +243,112 @@ class _FunctionPrimal:
         self.takes_ctx = not any("setup_context" in vars(c) for c in cls.__mro__
                                  if c is not torch.autograd.Function and issubclass(c, torch.autograd.Function)
                                  and c.__module__.split(".")[0] != "torch")
+        self.forward = cls.forward  # the class's own, also while primal_functions() patches it
         self.__name__ = f"{cls.__name__}.forward"
 
     def __call__(self, *args, **kwargs):
         if self.takes_ctx:
-            return self.cls.forward(_RecordingCtx(args), *args, **kwargs)
-        return self.cls.forward(*args, **kwargs)
+            return self.forward(_RecordingCtx(args), *args, **kwargs)
+        return self.forward(*args, **kwargs)
+
+
+def _user_functions() -> list[type]:
+    """Every ``torch.autograd.Function`` subclass defined outside torch (user and third-party code)."""
+    out, stack = [], list(torch.autograd.Function.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        if cls.__module__.split(".")[0] != "torch" and cls not in out:
+            out.append(cls)
+    return out
+
+
+@contextlib.contextmanager
+def primal_functions(seen: list):
+    """Within the context, every user-defined ``torch.autograd.Function`` is differentiated through its forward.
+
+    Each such class gets, for the duration (then restored), a ``forward``
+    (or ``setup_context``) that keeps the Function's inputs on ``ctx``, and a
+    ``backward`` that re-runs the original forward on them under autograd
+    and returns autograd's VJP -- the exact reference for the hand-written
+    ``backward``, whatever way the code reaches ``apply`` (a bound
+    ``MyFunction.apply`` kept in a variable included). The classes whose
+    backward ran are appended to ``seen``.
+    """
+    saved = []
+    for cls in _user_functions():
+        for attr in ("forward", "setup_context", "backward", "vjp"):
+            saved.append((cls, attr, cls.__dict__.get(attr, _MISSING)))
+        primal = _FunctionPrimal(cls)
+        if primal.takes_ctx:
+            cls.forward = staticmethod(_stashing_forward(cls.forward))
+        else:
+            cls.setup_context = staticmethod(_stashing_setup(cls.setup_context))
+        # one of backward/vjp is the user's (torch refuses a class defining both)
+        user = "vjp" if cls.vjp is not torch.autograd.Function.vjp else "backward"
+        setattr(cls, user, staticmethod(_exact_backward(primal, seen)))
+    try:
+        yield seen
+    finally:
+        for cls, attr, value in reversed(saved):
+            if value is _MISSING:
+                if attr in cls.__dict__:
+                    delattr(cls, attr)
+            else:
+                setattr(cls, attr, value)
+
+
+_MISSING = object()
+
+
+def _stashing_forward(forward: Callable) -> Callable:
+    def stash(ctx, *args, **kwargs):
+        ctx._gradverify_inputs = (args, kwargs)
+        return forward(ctx, *args, **kwargs)
+    return stash
+
+
+def _stashing_setup(setup: Callable) -> Callable:
+    def stash(ctx, inputs, output):
+        ctx._gradverify_inputs = (tuple(inputs), {})
+        return setup(ctx, inputs, output)
+    return stash
+
+
+def _exact_backward(primal: "_FunctionPrimal", seen: list) -> Callable:
+    def backward(ctx, *grads):
+        if primal.cls not in seen:
+            seen.append(primal.cls)
+        args, kwargs = ctx._gradverify_inputs
+        leaves = [a.detach().requires_grad_(True) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+                  for a in args]
+        with torch.enable_grad():
+            out = primal(*[a.clone() if isinstance(a, torch.Tensor) and a.requires_grad else a for a in leaves],
+                         **kwargs)
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        pairs = [(o, g) for o, g in zip(outs, grads)
+                 if isinstance(o, torch.Tensor) and o.requires_grad and g is not None]
+        wrt = [a for a in leaves if isinstance(a, torch.Tensor) and a.requires_grad]
+        got = iter(torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], allow_unused=True)
+                   if pairs and wrt else [None] * len(wrt))
+        return tuple(next(got) if isinstance(a, torch.Tensor) and a.requires_grad else None for a in leaves)
+    return backward
+
+
+class _Intercepting:
+    """A torch callable whose reference runs in :meth:`scope`; ``intercepted`` lists the Functions it called."""
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+        self.intercepted: list = []
+        self.__name__ = getattr(fn, "__name__", type(fn).__name__)
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+    def scope(self):
+        """The context the forward *and* the backward of the reference run in (:func:`primal_functions`)."""
+        return primal_functions(self.intercepted)
 
 
 class TorchFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
@@ -281,11 +381,18 @@ class TorchFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
         return _RANDOM if self.rng.used else None
 
     def custom_primal(self, fn: Callable) -> tuple[Callable | None, str]:
-        """The ``forward`` of a ``torch.autograd.Function`` (for ``Function.apply``), run with a recording ctx."""
+        """``fn`` with every custom ``torch.autograd.Function`` it calls replaced by its ``forward``.
+
+        For ``Function.apply`` itself that is the Function's forward, run
+        with a recording ctx; for any other torch code, the code run under
+        :func:`primal_functions` (which declines afterwards if the code
+        called no custom Function: plain autograd has nothing to check).
+        """
         owner = getattr(fn, "__self__", None)
         if isinstance(owner, type) and issubclass(owner, torch.autograd.Function):
-            return _FunctionPrimal(owner), f"torch autograd of {owner.__name__}.forward"
-        return super().custom_primal(fn)
+            return _Intercepting(fn), f"torch autograd of {owner.__name__}.forward"
+        return _Intercepting(fn), f"torch autograd of {getattr(fn, '__name__', type(fn).__name__)} with each custom " \
+            "autograd.Function differentiated through its forward"
 
     def is_array(self, value: Any) -> bool:
         return isinstance(value, torch.Tensor)
@@ -566,6 +673,51 @@ class TorchModuleTarget(BatchedEvaluation, Target):
 
         with torch.no_grad():
             return _vmap(one, rows)
+
+    def exact_references(self) -> tuple[str, ...]:
+        return ("torch",)
+
+    def primal_gradients(self, cotangent: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Torch autograd of the module's float64 copy with every custom Function replaced by its forward.
+
+        Raises:
+            Declined: the module calls no custom ``autograd.Function`` (plain
+                autograd is what is under test), or its forward is not
+                differentiable by autograd.
+        """
+        from ..references import Declined
+
+        use64 = self._use64 and all(v.dtype == np.float64 for v in self.point.values())
+        c = self._copy(use64)
+        c.load(self.point)
+        saved = [(b, b.detach().clone()) for b in c.module.buffers()]
+        flags = {n: p.requires_grad for n, p in c.params.items()}
+        seen: list = []
+        try:
+            with primal_functions(seen):
+                with torch.enable_grad(), self.rng():
+                    args, kwargs, leaves = self._inputs(self.point, grad=True)
+                    params = {n: p.requires_grad_(True) for n, p in c.params.items() if n in self.point}
+                    out = c.module(*args, **kwargs)
+                outs = self._outputs(out, f"{type(self.module).__name__}.forward")
+                wrt = {**leaves, **params}
+                names = [n for n in self.point if n in wrt]
+                pieces = split_cotangent(cotangent, [tuple(o.shape) for o in outs], self._single)
+                pairs = [(o, _cotangent(p, o)) for o, p in zip(outs, pieces) if o.requires_grad]
+                grads = _autograd([o for o, _ in pairs], [wrt[n] for n in names], [g for _, g in pairs],
+                                  "torch autograd of the module's forwards") if pairs else [None] * len(names)
+            if not seen:
+                raise Declined(f"{type(self.module).__name__} calls no custom backward: its gradient comes from torch "
+                               "autograd itself", applies=False)
+        finally:
+            with torch.no_grad():
+                for b, s in saved:
+                    b.copy_(s)
+            for n, p in c.params.items():
+                p.requires_grad_(flags[n])
+        result = {n: (_leaf_numpy(g).astype(np.float64) if g is not None else np.zeros(self.point[n].shape))
+                  for n, g in zip(names, grads)}
+        return result, join_outputs([_leaf_numpy(o.detach()) for o in outs], self._single)
 
     def analytic(self, cotangent: np.ndarray) -> dict[str, np.ndarray]:
         # Buffers (running statistics...) are restored once the gradients are

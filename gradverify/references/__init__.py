@@ -47,10 +47,14 @@ EXACT = ("reference", "torch", "jax")
 class Declined(Exception):
     """An exact reference cannot differentiate this code; ``reason`` says why (and ``where``, a file:line)."""
 
-    def __init__(self, reason: str, where: str | None = None):
+    def __init__(self, reason: str, where: str | None = None, *, applies: bool = True):
         super().__init__(reason if where is None else f"{reason} (at {where})")
         self.reason = reason
         self.where = where
+        #: False where the reference found nothing to be exact about (plain
+        #: torch code has no custom backward): ``against="auto"`` then falls
+        #: back to finite differences without a warning.
+        self.applies = applies
 
 
 def parse_against(against: Any) -> tuple[str, ...]:
