@@ -349,13 +349,15 @@ def _check_reference(c: _Check, name: str, ref: dict, result: CheckResult) -> Ch
     def refutation(noise: float) -> str | None:
         from .references.projections import directional_mismatches
 
+        rows = getattr(target, "evaluate_rows", None)
         for k, arr in target.point.items():
             if not arr.size:
                 continue
             v = rng.standard_normal(arr.shape)
             (p,) = directional_mismatches(target.evaluate, arr, [v], ref[k], c.u64, eval_dtype=c.eval_dtype, y0=y0,
                                           judge=lambda _, m, e, k=k, v=v: comp.projection_judge(k, v, m, e),
-                                          noise=noise)
+                                          noise=noise,
+                                          evaluate_rows=None if rows is None else (lambda r, k=k: rows(k, r)))
             c.evaluations += p.evaluations
             if np.isfinite(p.error) and abs(p.mismatch) > comp.projection_tolerance(k, v, p.magnitude) + \
                     comp.tol.noise_factor * p.error:
