@@ -1,9 +1,13 @@
 """Render the report dict as one self-contained HTML page (``index.html``).
 
-Inline CSS, plots inline as SVG (:mod:`gradverify.report.plots`), no
-scripts, no network: the page opens the same from a laptop, a CI artifact or
-an air-gapped machine. :func:`render` only formats what the dict holds.
-Cost: O(size of the dict).
+Inline CSS, figures inline as SVG drawn by matplotlib
+(:mod:`gradverify.report.plots`), no scripts, no network: the page opens the
+same from a laptop, a CI artifact or an air-gapped machine. The headline
+numbers come first, each figure sits in a ``<figure>`` with a one-sentence
+caption holding the measured numbers, and the environment, the seed and the
+report's run time close the page. Without matplotlib the tables are written
+and the page says how to get the figures. :func:`render` only formats what
+the dict holds. Cost: O(size of the dict), plus about a second of drawing.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right;vertical-align:t
 th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}
 table.env td,table.env th{text-align:left}
 .headline{background:#f4f8fb;border-left:4px solid #0072B2;padding:.6em 1em}
-.plots{display:flex;flex-wrap:wrap;gap:8px}
+figure{margin:1.2em 0;max-width:760px}figure svg{max-width:100%;height:auto;display:block}
+figcaption{font-size:.92em;color:#333;margin-top:.3em}
+.headline li{margin:.2em 0}.missing{background:#fff6e5;border-left:4px solid #E69F00;padding:.5em 1em}
 .muted{color:#666;font-size:.9em}.bad{color:#b00020;font-weight:bold}.good{color:#007a3d;font-weight:bold}
 pre{background:#f6f6f6;padding:.7em;overflow-x:auto;font-size:.85em}
 code{background:#f6f6f6;padding:0 .2em}
@@ -49,33 +55,42 @@ def _table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
     return "".join(out)
 
 
+def _figure(figs: dict[str, Any], name: str) -> str:
+    spec = figs.get(name)
+    if spec is None:
+        return ""
+    return (f'<figure id="fig-{name}">{plots.svg(spec)}<figcaption>{_md_inline(spec.caption)}</figcaption>'
+            "</figure>")
+
+
 def render(report: dict[str, Any]) -> str:
     """The HTML text of the report."""
     env = report.get("environment", {})
+    figs = {f.name: f for f in plots.figures(report)}
     h = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
          '<meta name="viewport" content="width=device-width, initial-scale=1">',
          "<title>gradverify report</title>", f"<style>{_CSS}</style></head><body>",
          "<h1>gradverify report</h1>",
          f'<p class="muted"><code>{escape(env.get("command", "gradverify report"))}</code> &middot; seed '
-         f'{escape(str(report.get("seed")))} &middot; {escape(env.get("date_utc", ""))} UTC &middot; '
-         f'{report.get("wall_seconds", 0):.0f} s</p>']
-    h.append('<div class="headline"><ul>' + "".join(f"<li>{escape(x)}</li>" for x in report.get("headline", []))
-             + "</ul></div>")
+         f'{escape(str(report.get("seed")))} &middot; {escape(env.get("date_utc", ""))} UTC</p>']
+    h.append('<div class="headline"><b>In numbers</b><ul>'
+             + "".join(f"<li>{escape(x)}</li>" for x in report.get("headline", [])) + "</ul></div>")
+    if not plots.available():
+        h.append(f'<p class="missing">{escape(plots.MISSING)}</p>')
     toc = [("scaling", "Cost scaling"), ("checkers", "Checker comparison"), ("agreement", "Agreement"),
            ("environment", "Environment")]
     h.append("<p>" + " &middot; ".join(f'<a href="#{k}">{v}</a>' for k, v in toc if k in report) + "</p>")
 
     sc = report.get("scaling")
     if sc:
-        svgs = plots.scaling_plots(sc)
         h.append('<h2 id="scaling">Cost of a gradient: reverse mode vs forward mode vs finite differences</h2>')
         h += [f"<p>{_md_inline(p)}</p>" for p in text.scaling_explanation(sc)]
-        h.append(f'<div class="plots">{svgs["relative"]}</div>')
+        h.append(_figure(figs, "scaling-relative"))
         h.append("<h3>Fitted slopes (log-log, cost / one forward pass vs P)</h3>")
         h.append(_table(["method", "slope", "raw-time slope", "what one gradient costs"],
                         [[text.LABELS[m], text.slope(sc["slopes"].get(m)), text.slope(sc["slopes_seconds"].get(m)),
                           sc["methods"][m]] for m in sc["methods"]]))
-        h.append(f'<div class="plots">{svgs["seconds"]}{svgs["evaluations"]}</div>')
+        h.append(_figure(figs, "scaling-seconds") + _figure(figs, "scaling-evaluations"))
         h.append("<h3>Median time per gradient (multiple of one forward pass)</h3>")
         h.append(_table(*text.scaling_pivot(sc)))
         h.append("<h3>Evaluations per gradient (and each gradient's largest difference from reverse mode, "
@@ -99,9 +114,7 @@ def render(report: dict[str, Any]) -> str:
         h.append('<h2 id="checkers">Checker comparison</h2>')
         h.append(f"<p>{escape(text.checkers_explanation(ch))}</p>")
         if ch.get("available") and ch.get("rows"):
-            svg = plots.checker_plot(ch)
-            if svg:
-                h.append(f'<div class="plots">{svg}</div>')
+            h.append(_figure(figs, "checkers"))
             h.append(_table(*text.checker_pivot(ch)))
             notes = [f"{r['method']} at P = {text.number(r['params'])}: {r['note']}" for r in ch["rows"]
                      if r.get("note")]
@@ -123,7 +136,7 @@ def render(report: dict[str, Any]) -> str:
         h.append(_table(["kind", "cases", "disagreements", "seconds"],
                         [[k, str(v["cases"]), str(v["disagreements"]), f"{v['seconds']:.1f}"]
                          for k, v in ag["by_kind"].items()]))
-        h.append('<div class="plots">' + "".join(plots.agreement_plots(ag).values()) + "</div>")
+        h.append(_figure(figs, "agreement"))
         n = len(ag["disagreements"])
         h.append(f'<h3>Disagreements: <span class="{"bad" if n else "good"}">{n}</span></h3>')
         if not n:
@@ -141,7 +154,8 @@ def render(report: dict[str, Any]) -> str:
 
     if env:
         h.append('<h2 id="environment">Environment</h2>')
-        h.append(_table(["setting", "value"], [[k, v] for k, v in text.environment_rows(env)], cls="env"))
+        h.append(_table(["setting", "value"], [[k, v] for k, v in text.environment_rows(env)]
+                        + [["run time", text.run_time(report)]], cls="env"))
         h.append(f"<p>Reproduce with: <code>{escape(env.get('command', 'gradverify report'))}</code></p>")
     h.append("</body></html>")
     return "\n".join(h)

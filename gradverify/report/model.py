@@ -43,7 +43,8 @@ import time
 from typing import Any, Callable, Sequence
 
 __all__ = ["Options", "PRESETS", "SECTIONS", "build", "environment", "measure_scaling_section",
-           "measure_agreement_section", "measure_checkers_section", "headline", "plain", "HIST_EDGES"]
+           "measure_agreement_section", "measure_checkers_section", "headline", "plain", "HIST_EDGES",
+           "tolerance_marks"]
 
 #: The report's sections, in order.
 SECTIONS = ("scaling", "checkers", "agreement")
@@ -128,9 +129,9 @@ ProgressFactory = Callable[[str, int], Any]
 
 
 def _null_progress(section: str, total: int) -> Any:
-    from .progress import NullProgress
+    from ..progress import progress
 
-    return NullProgress(section, total)
+    return progress(section, total, enabled=False)
 
 
 # ---------------------------------------------------------------------------
@@ -328,8 +329,19 @@ def measure_checkers_section(settings: dict[str, Any], *, seed: int = 0,
     if fn is None:
         return {"available": False, "reason": "gradverify.checkers has no time_checkers() function", "rows": []}
     sizes = tuple(settings["checker_sizes"])
-    methods = list(getattr(mod, "METHODS", {}) or ())
-    bar = progress("checkers", max(1, len(sizes) * max(len(methods), 1) * 2))
+    methods = dict(getattr(mod, "METHODS", {}) or {})
+    is_available = getattr(mod, "_available", None)
+    if methods and is_available is not None:       # decided before a bar starts: no bar for a section that can't run
+        runnable = [m for m in methods.values() if is_available(getattr(m, "framework", ""))]
+        if not runnable:
+            missing = sorted({getattr(m, "framework", "?") for m in methods.values()})
+            return {"available": False, "rows": [],
+                    "reason": f"none of the frameworks the checkers need is installed ({', '.join(missing)}); "
+                              "pip install \"gradverify[all]\" adds them"}
+    else:
+        runnable = list(methods.values())
+    # time_checkers reports twice per (size, method): after the warm-up and after the timed runs.
+    bar = progress("checkers", max(1, len(sizes) * max(len(runnable), 1) * 2))
     start = time.perf_counter()
     try:
         rows = fn(sizes, repeats=settings["repeats"], budget_s=float(settings["checker_budget"]), seed=seed,
@@ -467,6 +479,7 @@ def measure_agreement_section(settings: dict[str, Any], *, seed: int = 0, backen
     return {
         "cases": len(records),
         "requested": n_cases,
+        "tolerance": tolerance_marks("float64"),
         "seed": seed,
         "dtype": "float64",
         "backends": list(names),
@@ -480,6 +493,20 @@ def measure_agreement_section(settings: dict[str, Any], *, seed: int = 0, backen
         "records": records,
         "seconds": time.perf_counter() - start,
     }
+
+
+def tolerance_marks(dtype: str) -> dict[str, Any]:
+    """Where the comparison core's tolerance sits on the scale of the per-case error ``max|a - b| / max|b|``.
+
+    An element fails when ``|a - b|`` exceeds ``rtol * |b| + floor * max|b|``
+    (plus rounding terms): an error below ``floor`` times the largest value
+    cannot fail anywhere, and one above ``rtol + floor`` fails at the
+    largest element. Returns ``{"dtype", "rtol", "floor", "largest"}``.
+    """
+    from ..compare import TOLERANCES
+
+    t = TOLERANCES.get(dtype, TOLERANCES["float64"])
+    return {"dtype": dtype, "rtol": t.rtol, "floor": t.floor, "largest": t.rtol + t.floor}
 
 
 # ---------------------------------------------------------------------------
