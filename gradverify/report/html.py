@@ -29,7 +29,8 @@ th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right;vertical-align:t
 th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}
 table.env td,table.env th{text-align:left}
 .headline{background:#f4f8fb;border-left:4px solid #0072B2;padding:.6em 1em}
-figure{margin:1.2em 0;max-width:760px}figure svg{max-width:100%;height:auto;display:block}
+figure{margin:1.2em 0;max-width:760px;overflow-x:auto}
+figure svg{max-width:100%;min-width:560px;height:auto;display:block}
 figcaption{font-size:.92em;color:#333;margin-top:.3em}
 .headline li{margin:.2em 0}.missing{background:#fff6e5;border-left:4px solid #E69F00;padding:.5em 1em}
 .muted{color:#666;font-size:.9em}.bad{color:#b00020;font-weight:bold}.good{color:#007a3d;font-weight:bold}

@@ -559,13 +559,20 @@ def _fmt(v: Any, spec: str = ".2f") -> str:
 
 
 def headline(report: dict[str, Any]) -> list[str]:
-    """The report's few headline numbers as short sentences (stored in the dict, printed by the CLI)."""
+    """The report's few headline numbers as short sentences (stored in the dict, printed by the CLI).
+
+    In reading order: the slopes, (forward + backward) / forward, the cells
+    over budget, the agreement cases and disagreements, the checkers at the
+    largest P every checker measured.
+    """
     lines: list[str] = []
     sc = report.get("scaling")
     if sc:
         s = sc["slopes"]
+        names = {"reverse": "reverse mode", "forward_mode": "forward mode", "forward_diff": "forward differences",
+                 "central_diff": "central differences"}
         lines.append("slopes of cost / one forward pass vs P: " + ", ".join(
-            f"{m} {_fmt(s.get(m), '+.2f')}" for m in ("reverse", "forward_mode", "forward_diff", "central_diff")))
+            f"{names[m]} {_fmt(s.get(m), '+.2f')}" for m in names))
         cg = sc["cheap_gradient_ratio"]
         at = next((v["params"] for v in cg.values() if v.get("params")), None)
         lines.append(f"(forward + backward) / forward at P={at:,}: " if at else
@@ -573,6 +580,12 @@ def headline(report: dict[str, Any]) -> list[str]:
         lines[-1] += ", ".join(f"{fw} {_fmt(v.get('ratio'))}" for fw, v in cg.items())
         if sc["not_measured"]:
             lines.append(f"{len(sc['not_measured'])} (method, P) cells over the time budget, marked not measured")
+    ag = report.get("agreement")
+    if ag:
+        worst = max((p["max_ratio"] for p in ag["pairs"].values()), default=0.0)
+        n = len(ag["pairs"])
+        lines.append(f"agreement: {ag['cases']} random cases, {n} pair{'' if n == 1 else 's'}, "
+                     f"{len(ag['disagreements'])} disagreements (worst error/tolerance {_num(worst):.2g})")
     ch = report.get("checkers")
     if ch is not None:
         best = _checker_headline(ch) if ch.get("available") else None
@@ -580,12 +593,6 @@ def headline(report: dict[str, Any]) -> list[str]:
             lines.append(best)
         elif not ch.get("available"):
             lines.append(f"checker comparison: not available ({ch.get('reason')})")
-    ag = report.get("agreement")
-    if ag:
-        worst = max((p["max_ratio"] for p in ag["pairs"].values()), default=0.0)
-        n = len(ag["pairs"])
-        lines.append(f"agreement: {ag['cases']} random cases, {n} pair{'' if n == 1 else 's'}, "
-                     f"{len(ag['disagreements'])} disagreements (worst error/tolerance {_num(worst):.2g})")
     return lines
 
 

@@ -96,7 +96,7 @@ def _new(name: str, w: float, h: float, nrows: int = 1, ncols: int = 1) -> tuple
     with matplotlib.rc_context(_RC):
         fig = Figure(figsize=(w, h), layout="constrained")
         axes = fig.subplots(nrows, ncols, squeeze=False)
-    fig.set_gid(name)
+    fig.set_gid(f"{name}-figure")
     return fig, axes
 
 
@@ -251,7 +251,7 @@ def checker_figure(ch: dict[str, Any]) -> Any | None:
     if not rows:
         return None
     name = "checkers"
-    fig, axes = _new(name, 7.2, 4.6)
+    fig, axes = _new(name, 7.2, 5.0)
     ax = axes[0, 0]
     _loglog_axes(ax)
     for i, m in enumerate(dict.fromkeys(str(r.get("method")) for r in rows)):
@@ -261,7 +261,8 @@ def checker_figure(ch: dict[str, Any]) -> Any | None:
                 linestyle=dash, linewidth=1.7, markersize=5.5, label=m, gid=f"{name}-data-{i}", zorder=3)
     ax.set_title("Time per gradient check (median)")
     _label(ax, name, "parameters P (count, log scale)", f"seconds per check (s, {ch.get('clock', 'wall')} time)")
-    _legend(ax, name, loc="center left", bbox_to_anchor=(1.01, 0.5), borderaxespad=0.0)
+    leg = fig.legend(loc="outside lower center", ncols=3, frameon=False)
+    leg.set_gid(f"{name}-legend")
     return fig
 
 
@@ -299,9 +300,11 @@ def agreement_figure(ag: dict[str, Any]) -> Any | None:
         above_at = edges[-1] + 1.0
         color = [OKABE_ITO["blue"], OKABE_ITO["vermillion"], OKABE_ITO["green"], OKABE_ITO["purple"],
                  OKABE_ITO["orange"], OKABE_ITO["sky"]][k % 6]
-        ax.bar([e + 0.5 for e in edges[:-1]], counts, width=0.9, color=color, gid=f"{name}-data-{gid}",
-               label="cases per decade of error" if k == 0 else None, zorder=3)
-        gid += 1
+        bars = ax.bar([e + 0.5 for e in edges[:-1]], counts, width=0.9, color=color,
+                      label="cases per decade of error" if k == 0 else None, zorder=3)
+        for b in bars:                      # one gid per bar: ids stay unique in the page
+            b.set_gid(f"{name}-data-{gid}")
+            gid += 1
         ax.bar([zero_at, above_at], [int(h.get("below", 0)), int(h.get("above", 0))], width=0.9, color="#9a9a9a",
                label="exact (0, or < 1e-18) / above 1" if k == 0 else None, zorder=3)
         for key, style, what in (("floor", ":", "tolerance floor"), ("largest", "-", "tolerance at the largest "
@@ -380,6 +383,9 @@ def svg(spec: FigureSpec) -> str:
     s = buf.getvalue()
     s = s[s.index("<svg"):]
     s = re.sub(r"<metadata>.*?</metadata>\s*", "", s, flags=re.S)
+    # matplotlib numbers its groups per figure (figure_1, axes_1, text_3...): prefixed, they stay unique on a page
+    # with several figures. Nothing refers to them (markers and clip paths use the salted hash ids).
+    s = re.sub(r'id="([A-Za-z][A-Za-z0-9.]*_\d+)"', lambda m: f'id="{spec.name}-{m.group(1)}"', s)
     return s.replace("<svg ", f'<svg role="img" aria-label="{spec.alt}" ', 1)
 
 
