@@ -8,8 +8,9 @@ Exit status: ``0`` the report was written and every reference agreed;
 in the report with their reproduction snippets); ``2`` bad arguments or an
 unwritable output directory.
 
-Cost: :func:`gradverify.report.model.build` (about half a minute with
-``--quick``, a few minutes on the defaults on two cores), plus writing.
+Cost: :func:`gradverify.report.model.build` (minutes on the defaults, well
+under one with ``--quick``; the measured times are in docs/report.md, "A
+default run"), plus a few seconds of drawing the figures.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ exit status: 0 report written, all references agree; 1 report written, disagreem
 found (listed with reproduction snippets); 2 bad arguments or output directory.
 
 examples:
-  gradverify report                      # defaults, a few minutes: gradverify-report/index.html
-  gradverify report --quick --out /tmp/r # about half a minute
+  gradverify report                      # defaults, minutes: gradverify-report/index.html
+  gradverify report --quick --out /tmp/r # a small report, well under a minute
   gradverify report --cases 1000 --seed 3 --backends reference torch
   gradverify report --from-json gradverify-report/report.json --out again   # re-render only
 """
