@@ -112,8 +112,9 @@ def write(report: dict[str, Any], out: str) -> dict[str, str]:
     inlines them as SVG) need matplotlib; without it none is written.
     Cost: O(size of the report), plus a second or two of drawing.
     """
-    from . import html, markdown
+    from . import html, markdown, plots
 
+    figures = plots.figures(report)               # drawn once, for both documents
     os.makedirs(os.path.join(out, "plots"), exist_ok=True)
     paths = {"json": os.path.join(out, "report.json"), "markdown": os.path.join(out, "report.md"),
              "html": os.path.join(out, "index.html")}
@@ -121,12 +122,12 @@ def write(report: dict[str, Any], out: str) -> dict[str, str]:
         json.dump(report, fh, indent=1, allow_nan=False)
         fh.write("\n")
     with open(paths["markdown"], "w", encoding="utf-8") as fh:
-        fh.write(markdown.render(report))
-    for rel, data in markdown.plot_files(report).items():
+        fh.write(markdown.render(report, figures))
+    for rel, data in markdown.plot_files(report, figures).items():
         with open(os.path.join(out, rel), "wb") as fh:
             fh.write(data)
     with open(paths["html"], "w", encoding="utf-8") as fh:
-        fh.write(html.render(report))
+        fh.write(html.render(report, figures))
     return paths
 
 

@@ -29,8 +29,9 @@ th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right;vertical-align:t
 th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}
 table.env td,table.env th{text-align:left}
 .headline{background:#f4f8fb;border-left:4px solid #0072B2;padding:.6em 1em}
-figure{margin:1.2em 0;max-width:760px;overflow-x:auto}
-figure svg{max-width:100%;min-width:560px;height:auto;display:block}
+figure{margin:1.2em 0;max-width:860px;overflow-x:auto}
+figure svg{width:100%;min-width:480px;height:auto;display:block}
+@media (max-width:640px){body{padding:0 8px;margin:1em auto}}
 figcaption{font-size:.92em;color:#333;margin-top:.3em}
 .headline li{margin:.2em 0}.missing{background:#fff6e5;border-left:4px solid #E69F00;padding:.5em 1em}
 .muted{color:#666;font-size:.9em}.bad{color:#b00020;font-weight:bold}.good{color:#007a3d;font-weight:bold}
@@ -64,10 +65,17 @@ def _figure(figs: dict[str, Any], name: str) -> str:
             "</figure>")
 
 
-def render(report: dict[str, Any]) -> str:
-    """The HTML text of the report."""
+def render(report: dict[str, Any], figures: list[Any] | None = None) -> str:
+    """The HTML text of the report.
+
+    Args:
+        report: the report dict.
+        figures: :func:`gradverify.report.plots.figures` of it, when the
+            caller already drew them (:func:`gradverify.report.cli.write`
+            draws once for both documents); None draws them here.
+    """
     env = report.get("environment", {})
-    figs = {f.name: f for f in plots.figures(report)}
+    figs = {f.name: f for f in (plots.figures(report) if figures is None else figures)}
     h = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
          '<meta name="viewport" content="width=device-width, initial-scale=1">',
          "<title>gradverify report</title>", f"<style>{_CSS}</style></head><body>",

@@ -25,9 +25,13 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def plot_files(report: dict[str, Any]) -> dict[str, bytes]:
-    """Relative path -> PNG bytes of every figure the Markdown links ({} without matplotlib)."""
-    return {f"plots/{spec.name}.png": plots.png(spec) for spec in plots.figures(report)}
+def plot_files(report: dict[str, Any], figures: list[Any] | None = None) -> dict[str, bytes]:
+    """Relative path -> PNG bytes of every figure the Markdown links ({} without matplotlib).
+
+    ``figures``: already drawn :func:`gradverify.report.plots.figures` of ``report`` (None: draw them).
+    """
+    specs = plots.figures(report) if figures is None else figures
+    return {f"plots/{spec.name}.png": plots.png(spec) for spec in specs}
 
 
 def _figure(figs: dict[str, Any], name: str) -> list[str]:
@@ -37,10 +41,10 @@ def _figure(figs: dict[str, Any], name: str) -> list[str]:
     return [f"![{spec.alt}](plots/{name}.png)", "", f"*{spec.caption}*", ""]
 
 
-def render(report: dict[str, Any]) -> str:
-    """The Markdown text of the report."""
+def render(report: dict[str, Any], figures: list[Any] | None = None) -> str:
+    """The Markdown text of the report (``figures``: as for :func:`plot_files`; only names and captions are used)."""
     env = report.get("environment", {})
-    figs = {f.name: f for f in plots.figures(report)}
+    figs = {f.name: f for f in (plots.figures(report) if figures is None else figures)}
     md = ["# gradverify report", "",
           f"`{env.get('command', 'gradverify report')}` -- seed {report.get('seed')}, "
           f"{env.get('date_utc', '')} UTC. "

@@ -49,6 +49,8 @@ OKABE_ITO = {"black": "#000000", "orange": "#E69F00", "sky": "#56B4E9", "green":
 #: One colour per cost-scaling method, the same in every figure.
 COLORS = {"reverse": OKABE_ITO["blue"], "forward_mode": OKABE_ITO["vermillion"], "forward_diff": OKABE_ITO["green"],
           "central_diff": OKABE_ITO["purple"], "forward": OKABE_ITO["black"]}
+#: The histograms' bars (one colour for every pair; grey for the exact and above-1 bars).
+_HIST_COLOR = OKABE_ITO["blue"]
 _MARKERS = {"reverse": "o", "forward_mode": "s", "forward_diff": "^", "central_diff": "D"}
 
 #: Checker name fragment -> (colour, marker): colour by tool, line style by mode (fast: dashed).
@@ -56,9 +58,9 @@ CHECKER_STYLE = (("gradverify", "torch", OKABE_ITO["blue"], "o"), ("gradverify",
                  ("torch gradcheck", "", OKABE_ITO["orange"], "^"), ("check_grads", "", OKABE_ITO["purple"], "D"))
 
 _RC = {"svg.fonttype": "none", "font.family": "sans-serif",
-       "font.sans-serif": ["DejaVu Sans", "Helvetica", "Arial", "Liberation Sans"], "font.size": 10.5,
-       "axes.titlesize": 11.5, "axes.labelsize": 10.5, "xtick.labelsize": 9.5, "ytick.labelsize": 9.5,
-       "legend.fontsize": 9, "axes.grid": False, "figure.dpi": 100, "savefig.dpi": 150,
+       "font.sans-serif": ["DejaVu Sans", "Helvetica", "Arial", "Liberation Sans"], "font.size": 11,
+       "axes.titlesize": 12, "axes.labelsize": 11, "xtick.labelsize": 10, "ytick.labelsize": 10,
+       "legend.fontsize": 9.5, "axes.grid": False, "figure.dpi": 100, "savefig.dpi": 150,
        "path.simplify": True, "axes.spines.top": True, "axes.spines.right": True}
 
 
@@ -186,7 +188,7 @@ def scaling_figures(sc: dict[str, Any]) -> dict[str, Any]:
             if slopes is not None:
                 label += f"  (slope {text.slope(slopes.get(m))})"
             elif key == "evaluations":
-                label += f"  ({sc['methods'][m]})"
+                label += f": {sc['methods'][m]}"
             ax.plot(x, y, color=COLORS.get(m), marker=_MARKERS.get(m, "o"), markersize=5.5, linewidth=1.8,
                     label=label, gid=f"{name}-data-{drawn}", zorder=3)
             drawn += 1
@@ -296,11 +298,9 @@ def agreement_figure(ag: dict[str, Any]) -> Any | None:
         label, p = pairs[k]
         h = p["histogram"]
         edges, counts = list(h["edges_log10"]), list(h["counts"])
-        zero_at = edges[0] - 1.5
+        zero_at = edges[0] - 2.5
         above_at = edges[-1] + 1.0
-        color = [OKABE_ITO["blue"], OKABE_ITO["vermillion"], OKABE_ITO["green"], OKABE_ITO["purple"],
-                 OKABE_ITO["orange"], OKABE_ITO["sky"]][k % 6]
-        bars = ax.bar([e + 0.5 for e in edges[:-1]], counts, width=0.9, color=color,
+        bars = ax.bar([e + 0.5 for e in edges[:-1]], counts, width=0.9, color=_HIST_COLOR,
                       label="cases per decade of error" if k == 0 else None, zorder=3)
         for b in bars:                      # one gid per bar: ids stay unique in the page
             b.set_gid(f"{name}-data-{gid}")
@@ -313,8 +313,10 @@ def agreement_figure(ag: dict[str, Any]) -> Any | None:
             if _pos(v):
                 ax.axvline(math.log10(float(v)), color=OKABE_ITO["black"], linestyle=style, linewidth=1.3, zorder=4,
                            label=f"{what} ({float(v):.0e})" if k == 0 else None)
-        ticks = [zero_at] + [e for e in edges if e % 3 == 0]
+        step = 3 if ncols == 1 else 6
+        ticks = [zero_at] + [e for e in edges if e % step == 0]
         ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_minor_locator(FixedLocator([e for e in edges if e % step]))
         ax.set_xticklabels(["0"] + [("1" if e == 0 else f"$10^{{{e}}}$") for e in ticks[1:]])
         ax.set_xlim(zero_at - 0.8, above_at + 0.8)
         ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=4))
@@ -322,11 +324,15 @@ def agreement_figure(ag: dict[str, Any]) -> Any | None:
         ax.grid(True, axis="y", color="#e3e3e3", linewidth=0.7)
         ax.set_axisbelow(True)
         ax.set_title(f"{label}: {p['cases']} cases, {p['disagreements']} disagreeing", fontsize=10)
-        if k == 0:
-            _label(ax, name, "per-case error max|a − b| / max|b| (log scale)", "cases (count)")
-        else:
-            ax.set_xlabel("error max|a − b| / max|b|")
+        row, col = divmod(k, ncols)
+        if col == 0:
             ax.set_ylabel("cases (count)")
+        if row == nrows - 1 or k + ncols >= len(pairs):     # the bottom panel of each column
+            ax.set_xlabel("per-case error max|a − b| / max|b|" + (" (log scale)" if col == 0 else ""))
+        if k == 0:
+            ax.yaxis.label.set_gid(f"{name}-ylabel")
+    bottom_left = axes[nrows - 1, 0] if len(pairs) > (nrows - 1) * ncols else axes[nrows - 2, 0]
+    bottom_left.xaxis.label.set_gid(f"{name}-xlabel")
     leg = fig.legend(loc="outside lower center", ncols=2, frameon=False)
     leg.set_gid(f"{name}-legend")
     fig.suptitle("Agreement: distribution of the per-case error, by pair")

@@ -230,9 +230,12 @@ def caption_relative(sc: dict[str, Any]) -> str:
                 f"P = {number(rev[-1][0])} (fitted slope {slope(s.get('reverse'))})")
     else:
         head = "Reverse mode was not measured"
+    missing = len(sc.get("not_measured", []))
+    skipped = (f"; {missing} (method, P) cell{'' if missing == 1 else 's'} over the time budget "
+               f"{'is' if missing == 1 else 'are'} not drawn") if missing else ""
     return (f"{head}, while forward mode, forward differences and central differences grow like P (slopes "
             f"{slope(s.get('forward_mode'))}, {slope(s.get('forward_diff'))}, {slope(s.get('central_diff'))}); "
-            "the dashed black line is one forward pass.")
+            f"the dashed black line is one forward pass{skipped}.")
 
 
 def caption_seconds(sc: dict[str, Any]) -> str:
