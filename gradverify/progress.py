@@ -32,6 +32,7 @@ terminal (tqdm rate-limits them), at most eleven lines per bar otherwise.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any, TextIO
@@ -64,9 +65,11 @@ class Progress:
         if mode == "tqdm":
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=self.total, desc=f"{section:<10}", file=stream, leave=True, dynamic_ncols=True,
-                             unit="step", bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
-                                                     "[{elapsed}<{remaining}, {rate_fmt}] {postfix}")
+            # A terminal that reports no size (some ptys) would get an empty bar: use 100 x 40 there.
+            width = {"dynamic_ncols": True} if _columns(stream) > 0 else {"ncols": 100, "nrows": 40}
+            self._bar = tqdm(total=self.total, desc=f"{section:<10}", file=stream, leave=True, unit="step",
+                             bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
+                                        "[{elapsed}<{remaining}, {rate_fmt}]{postfix}", **width)
         elif mode == "lines":
             self._line("")
 
@@ -118,6 +121,13 @@ class Progress:
 
     def __exit__(self, *exc: object) -> None:
         self.close("failed" if exc[0] is not None else "")
+
+
+def _columns(stream: Any) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return 0
 
 
 def _isatty(stream: Any) -> bool:
