@@ -24,7 +24,7 @@ _CSS = """
 body{font-family:Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;
 line-height:1.45}
 h1{margin-bottom:.2em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
-table{border-collapse:collapse;margin:.8em 0;font-size:.9em}
+table{border-collapse:collapse;margin:.8em 0;font-size:.9em}.scroll{overflow-x:auto}
 th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right;vertical-align:top}
 th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}
 table.env td,table.env th{text-align:left}
@@ -48,12 +48,13 @@ def _md_inline(s: str) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
-    out = [f'<table class="{cls}">' if cls else "<table>", "<tr>"]
+    """A table in a box that scrolls sideways when the window is narrower than the table."""
+    out = ['<div class="scroll">', f'<table class="{cls}">' if cls else "<table>", "<tr>"]
     out += [f"<th>{escape(str(h))}</th>" for h in header]
     out.append("</tr>")
     for row in rows:
         out.append("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>")
-    out.append("</table>")
+    out.append("</table></div>")
     return "".join(out)
 
 
