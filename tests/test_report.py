@@ -1,12 +1,18 @@
-"""``gradverify report``: the report dict's keys, rendering from the dict alone, the plots, the CLI.
+"""``gradverify report``: the report dict's keys, rendering from the dict alone, the figures, progress, the CLI.
 
 The measured report is a tiny run (two sizes, three agreement cases on the
 reference backend, one timing sample): seconds, not minutes. Rendering is
 also checked on a hand-made dict that no measurement produced, so the
-renderers provably format what the dict holds and compute nothing. No
-timed assertions.
+renderers provably format what the dict holds and compute nothing. The
+matplotlib figures are checked on their Figure objects (log axes the right
+way round, the dict's data, units, slopes in the legend, margins, bar
+heights, the tolerance lines) and as SVG/PNG; those tests skip only when
+matplotlib is not installed, and the page without matplotlib is checked
+too. How the page looks in a browser is ``tests/test_report_browser.py``'s.
+No timed assertions.
 
-Cost: a few seconds (one tiny measured report, one ``--help`` subprocess).
+Cost: a few seconds (one tiny measured report, two small subprocesses, some
+figures drawn).
 """
 
 from __future__ import annotations
