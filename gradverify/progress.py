@@ -27,7 +27,7 @@ manager. What it shows depends on where it writes:
 ``stream`` defaults to ``sys.stderr`` (looked up at the call, so pytest's
 capture sees it). tqdm is imported only when a terminal bar is drawn:
 ``import gradverify`` never imports it. Cost: one redraw per step on a
-terminal (tqdm rate-limits them), at most eleven lines per bar otherwise.
+terminal (tqdm rate-limits them), at most twelve lines per bar otherwise.
 """
 
 from __future__ import annotations
