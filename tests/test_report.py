@@ -1,12 +1,18 @@
-"""``gradverify report``: the report dict's keys, rendering from the dict alone, the plots, the CLI.
+"""``gradverify report``: the report dict's keys, rendering from the dict alone, the figures, progress, the CLI.
 
 The measured report is a tiny run (two sizes, three agreement cases on the
 reference backend, one timing sample): seconds, not minutes. Rendering is
 also checked on a hand-made dict that no measurement produced, so the
-renderers provably format what the dict holds and compute nothing. No
-timed assertions.
+renderers provably format what the dict holds and compute nothing. The
+matplotlib figures are checked on their Figure objects (log axes the right
+way round, the dict's data, units, slopes in the legend, margins, bar
+heights, the tolerance lines) and as SVG/PNG; those tests skip only when
+matplotlib is not installed, and the page without matplotlib is checked
+too. How the page looks in a browser is ``tests/test_report_browser.py``'s.
+No timed assertions.
 
-Cost: a few seconds (one tiny measured report, one ``--help`` subprocess).
+Cost: a few seconds (one tiny measured report, two small subprocesses, some
+figures drawn).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import importlib.machinery
 import io
 import json
+import math
 import re
 import subprocess
 import sys
@@ -24,9 +31,9 @@ from pathlib import Path
 import pytest
 
 from gradverify import cli
+from gradverify.progress import progress
 from gradverify.report import html, markdown, model, plots
 from gradverify.report.cli import write
-from gradverify.report.progress import Progress
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -204,9 +211,14 @@ def _hand_made() -> dict:
 def test_markdown_renders_what_the_dict_holds():
     md = markdown.render(_hand_made())
     for needle in ("HEADLINE-LINE-ONE", "PROBLEM-TEXT", "+0.01", "+0.99", "n/a", "2.72", "CHECKERS-MISSING",
-                   "not measured", "predicted 99 s", "REPRO-SNIPPET <&>", "case 2", "4242", "openblas=1",
-                   "plots/scaling-relative.svg", "plots/agreement-fd-vs-reference.svg"):
+                   "not measured", "predicted 99 s", "REPRO-SNIPPET <&>", "case 2", "4242", "openblas=1"):
         assert needle in md, needle
+    if plots.available():                        # each figure linked, with its caption's measured numbers
+        for needle in ("plots/scaling-relative.png", "plots/agreement.png",
+                       "Reverse mode costs 2.5–2.5 forward passes from P = 10 to P = 1,000 (fitted slope +0.01)"):
+            assert needle in md, needle
+    else:
+        assert plots.MISSING in md
     assert "```python\nprint('REPRO-SNIPPET <&>')\n```" in md
 
 
@@ -215,9 +227,13 @@ def test_html_renders_what_the_dict_holds_and_is_self_contained():
     for needle in ("HEADLINE-LINE-ONE", "PROBLEM-TEXT", "+0.01", "2.72", "CHECKERS-MISSING", "not measured",
                    "REPRO-SNIPPET &lt;&amp;&gt;", "4242", "openblas=1"):
         assert needle in page, needle
-    assert page.count("<svg") == 4                               # three scaling plots, one histogram
+    if plots.available():
+        assert page.count("<svg") == 4                           # three scaling figures, the agreement histograms
+        assert page.count("<figcaption>") == 4
     assert "<script" not in page and "<link" not in page and " src=" not in page
-    assert set(re.findall(r"https?://[^\s\"'<>]+", page)) <= {"http://www.w3.org/2000/svg"}
+    # only XML namespace names, never a resource to fetch (matplotlib's markers use xlink:href="#id")
+    assert set(re.findall(r"https?://[^\s\"'<>]+", page)) <= {"http://www.w3.org/2000/svg",
+                                                               "http://www.w3.org/1999/xlink"}
 
 
 def test_renderers_measure_nothing(report, monkeypatch):
@@ -247,66 +263,166 @@ def test_write_then_rerender_from_json_is_identical(report, tmp_path):
         assert (tmp_path / "a" / link).is_file(), link
 
 
-# --- the plots -----------------------------------------------------------------------------
+# --- the figures -----------------------------------------------------------------------------
 
-def _points(svg: str) -> list[tuple[float, float]]:
-    return [(float(x), float(y)) for x, y in re.findall(r'<circle cx="([\d.]+)" cy="([\d.]+)"', svg)]
-
-
-def test_loglog_axes_point_the_right_way():
-    """x grows to the right, y grows upwards, equal ratios are equal distances (log axes)."""
-    svg = plots.loglog([{"name": "a", "x": [10, 100, 1000], "y": [1, 10, 100]}], title="t", xlabel="x",
-                       ylabel="y")
-    ET.fromstring(svg)                                          # well-formed XML
-    (x1, y1), (x2, y2), (x3, y3), legend = _points(svg)          # the data, then the legend's marker
-    assert x1 < x2 < x3 and y1 > y2 > y3                        # SVG y runs downwards
-    assert x2 - x1 == pytest.approx(x3 - x2, abs=0.2) and y1 - y2 == pytest.approx(y2 - y3, abs=0.2)
+def _need_matplotlib():
+    pytest.importorskip("matplotlib", reason="the figures need matplotlib (pip install 'gradverify[report]')")
 
 
-def test_loglog_skips_missing_points_and_handles_empty():
-    svg = plots.loglog([{"name": "a", "x": [10, 100, 1000], "y": [1, None, 100]}], title="t", xlabel="x",
-                       ylabel="y")
-    assert len(_points(svg)) == 2 + 1                           # two points and the legend's marker
-    empty = plots.loglog([{"name": "a", "x": [10], "y": [None]}], title="t", xlabel="x", ylabel="y")
-    assert "no measured points" in empty
-    ET.fromstring(empty)
+def _lines(ax):
+    """The data lines of an axes (the ones carrying a gid), as (label, xs, ys)."""
+    return [(ln.get_label(), list(ln.get_xdata()), list(ln.get_ydata())) for ln in ax.get_lines() if ln.get_gid()]
 
 
-def test_histogram_bar_heights_follow_counts():
-    hist = {"edges_log10": [-3, -2, -1, 0], "counts": [2, 4, 0], "below": 1, "above": 0}
-    svg = plots.histogram(hist, title="h")
-    ET.fromstring(svg)
-    bar = r'<rect x="[\d.]+" y="[\d.]+" width="[\d.]+" height="([\d.]+)" fill="[^"]+"><title>'
-    heights = [float(h) for h in re.findall(bar, svg)]
-    assert len(heights) == 3                                    # zero-count bars are not drawn
-    below, two, four = heights
-    assert four == pytest.approx(2 * two, rel=1e-2) and two == pytest.approx(2 * below, rel=1e-2)
+def test_scaling_figures_axes_point_the_right_way_and_say_their_units():
+    """log-log axes, x grows to the right and y upwards, data exactly the dict's, labels with units, slopes in
+    the legend, no point on the frame."""
+    _need_matplotlib()
+    sc = _hand_made()["scaling"]
+    figs = plots.scaling_figures(sc)
+    ax = figs["relative"].axes[0]
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    assert x0 < x1 and y0 < y1                                   # not inverted
+    assert "P" in ax.get_xlabel() and "count" in ax.get_xlabel() and "forward pass" in ax.get_ylabel()
+    lines = {label.split("  ")[0]: (xs, ys) for label, xs, ys in _lines(ax)}
+    assert lines["reverse mode"] == ([10.0, 1000.0], [2.5, 2.5])
+    assert lines["central differences"] == ([10.0], [20.0])     # the unmeasured P = 1000 is not drawn
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "reverse mode  (slope +0.01)" in legend and "forward mode  (slope +0.99)" in legend
+    assert any("one forward pass" in t for t in legend)          # the reference line
+    for _, xs, ys in _lines(ax):                                 # a margin on every side (log axes: ratios)
+        assert all(x0 * 1.05 < x < x1 / 1.05 for x in xs) and all(y0 * 1.05 < y < y1 / 1.05 for y in ys)
+    ax = figs["seconds"].axes[0]
+    assert "(s," in ax.get_ylabel() and any("one forward pass" in t.get_text() for t in ax.get_legend().get_texts())
+    assert "count" in figs["evaluations"].axes[0].get_ylabel()
+    assert ax.yaxis.get_minor_locator().tick_values(1e-5, 1e-2).size > 0      # minor ticks between decades
 
 
-def test_every_report_plot_is_valid_svg(report):
-    for name, svg in markdown.plot_files(report).items():
-        root = ET.fromstring(svg)
-        assert root.tag.endswith("svg"), name
+def test_scaling_figure_without_points_says_so():
+    _need_matplotlib()
+    sc = _hand_made()["scaling"]
+    sc["rows"] = [dict(r, relative=None, seconds=None, measured=False) for r in sc["rows"]]
+    ax = plots.scaling_figures(sc)["relative"].axes[0]
+    assert "no measured points" in [t.get_text() for t in ax.texts]
+
+
+def test_agreement_histogram_bar_heights_follow_counts_and_mark_the_tolerance():
+    _need_matplotlib()
+    ag = _hand_made()["agreement"]
+    ag["pairs"]["fd~reference"]["histogram"] = {"edges_log10": [-3, -2, -1, 0], "counts": [2, 4, 0], "below": 1,
+                                                "above": 0}
+    fig = plots.agreement_figure(ag)
+    ax = fig.axes[0]
+    heights = [round(b.get_height()) for b in ax.patches]
+    assert heights == [2, 4, 0, 1, 0]                            # the decades, then exact (0) and above 1
+    assert ax.get_xlabel() and ax.get_ylabel() == "cases (count)"
+    xs = sorted(ln.get_xdata()[0] for ln in ax.get_lines())      # the two tolerance lines, in log10 units
+    assert xs == pytest.approx([-8, math.log10(1e-5 + 1e-8)])
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert any("tolerance" in t for t in legend)
+
+
+def test_figures_serialise_to_svg_and_png(report):
+    _need_matplotlib()
+    specs = plots.figures(report)
+    assert [s.name for s in specs] == ["scaling-relative", "scaling-seconds", "scaling-evaluations", "agreement"]
+    for spec in specs:
+        svg = plots.svg(spec)
+        root = ET.fromstring(svg)                               # well-formed XML, an <svg> root
+        assert root.tag.endswith("svg") and "<text" in svg      # text stays text (readable, searchable)
+        assert f'id="{spec.name}-xlabel"' in svg and f'id="{spec.name}-legend"' in svg
+        assert svg == plots.svg(spec)                           # same dict, same bytes (no date, salted ids)
+        assert spec.caption.endswith(".") and any(ch.isdigit() for ch in spec.caption)
+    for name, data in markdown.plot_files(report).items():
+        assert data[:8] == b"\x89PNG\r\n\x1a\n", name
+
+
+def test_figures_leave_the_users_matplotlib_settings_alone(report):
+    _need_matplotlib()
+    import matplotlib
+
+    before = dict(matplotlib.rcParams)
+    backend = matplotlib.get_backend()
+    html.render(report)
+    assert dict(matplotlib.rcParams) == before and matplotlib.get_backend() == backend
+
+
+def test_without_matplotlib_the_tables_are_written_and_the_page_says_how(report, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)        # import matplotlib -> ImportError
+    assert not plots.available() and plots.figures(report) == []
+    page, md = html.render(report), markdown.render(report)
+    assert "<svg" not in page and "gradverify[report]" in page and "<table" in page
+    assert "gradverify[report]" in md and "![" not in md
+    write(report, str(tmp_path))
+    assert not any((tmp_path / "plots").iterdir())
+
+
+def test_import_gradverify_imports_neither_matplotlib_nor_tqdm():
+    code = ("import sys, gradverify, gradverify.pytest_plugin, gradverify.report, gradverify.progress, "
+            "gradverify.cli; bad = [m for m in ('matplotlib', 'tqdm') if m in sys.modules]; print(bad); "
+            "sys.exit(1 if bad else 0)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 # --- progress --------------------------------------------------------------------------------
 
-def test_progress_bar_in_a_log_prints_at_most_every_tenth():
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_in_a_log_prints_at_most_every_tenth():
     buf = io.StringIO()
-    bar = Progress("scaling", 100, stream=buf, tty=False)
+    bar = progress("scaling", 100, stream=buf)
     for i in range(100):
         bar.step(f"item {i}")
-    bar.close()
+    seconds = bar.close()
     lines = buf.getvalue().splitlines()
     assert 2 <= len(lines) <= 12 and "100/100" in lines[-1] and "done in" in lines[-1]
+    assert bar.close() == seconds and len(buf.getvalue().splitlines()) == len(lines)     # closing twice: once
 
 
-def test_progress_bar_on_a_terminal_redraws_in_place():
-    buf = io.StringIO()
-    bar = Progress("agreement", 3, stream=buf, tty=True)
-    bar.step("a")
-    bar.close("finished")
-    assert buf.getvalue().count("\r") >= 2 and buf.getvalue().endswith("finished\n")
+def test_progress_on_a_terminal_is_a_tqdm_bar_with_rate_and_time_left():
+    pytest.importorskip("tqdm", reason="the terminal bar is tqdm's (pip install 'gradverify[report]')")
+    buf = _Terminal()
+    with progress("agreement", 3, stream=buf) as bar:
+        bar.step("a")
+        bar.step("b", n=2)
+    out = buf.getvalue()
+    assert bar.mode == "tqdm" and out.count("\r") >= 2 and "3/3" in out
+    assert "step/s" in out and "<" in out                         # the rate and the time left
+    assert "done in" in out
+
+
+def test_progress_disabled_prints_nothing_and_still_times():
+    buf = _Terminal()
+    with progress("campaign", 5, enabled=False, stream=buf) as bar:
+        bar.step("x")
+        bar("y")
+    assert buf.getvalue() == "" and bar.close() >= 0.0
+
+
+def test_progress_without_tqdm_falls_back_to_lines(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    buf = _Terminal()
+    bar = progress("scaling", 4, stream=buf)
+    bar.step("one")
+    bar.close("end")
+    assert bar.mode == "lines" and buf.getvalue().splitlines()[-1].rstrip().endswith("end")
+
+
+def test_checkers_section_that_cannot_run_starts_no_bar(monkeypatch):
+    _fake_checkers(monkeypatch, lambda *a, **k: [])
+    mod = sys.modules["gradverify.checkers"]
+    mod.METHODS = {"x": types.SimpleNamespace(framework="nosuchframework")}
+    mod._available = lambda framework: False
+    started = []
+    sec = model.measure_checkers_section(model.Options(quick=True).settings(),
+                                         progress=lambda s, n: started.append(s))
+    assert not sec["available"] and "nosuchframework" in sec["reason"] and started == []
 
 
 # --- the command line --------------------------------------------------------------------------
@@ -325,6 +441,16 @@ def test_cli_runs_a_tiny_report(tmp_path, capsys):
     printed = capsys.readouterr()
     assert "report written to" in printed.out and "agreement: 2 random cases" in printed.out
     assert "agreement" in printed.err                                        # the progress bar
+
+
+def test_cli_json_prints_json_and_no_progress(tmp_path, capsys):
+    code = cli.main(["report", "--quick", "--cases", "1", "--backends", "reference", "--sections", "agreement",
+                     "--threads", "0", "--json", "--out", str(tmp_path / "j")])
+    assert code == 0
+    printed = capsys.readouterr()
+    data = json.loads(printed.out)
+    assert data["disagreements"] == 0 and data["paths"]["html"].endswith("index.html")
+    assert printed.err == ""
 
 
 @pytest.mark.parametrize("argv, message", [

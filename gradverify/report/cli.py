@@ -8,8 +8,9 @@ Exit status: ``0`` the report was written and every reference agreed;
 in the report with their reproduction snippets); ``2`` bad arguments or an
 unwritable output directory.
 
-Cost: :func:`gradverify.report.model.build` (about half a minute with
-``--quick``, a few minutes on the defaults on two cores), plus writing.
+Cost: :func:`gradverify.report.model.build` (minutes on the defaults, well
+under one with ``--quick``; the measured times are in docs/report.md, "A
+default run"), plus a few seconds of drawing the figures.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ exit status: 0 report written, all references agree; 1 report written, disagreem
 found (listed with reproduction snippets); 2 bad arguments or output directory.
 
 examples:
-  gradverify report                      # defaults, a few minutes: gradverify-report/index.html
-  gradverify report --quick --out /tmp/r # about half a minute
+  gradverify report                      # defaults, minutes: gradverify-report/index.html
+  gradverify report --quick --out /tmp/r # a small report, well under a minute
   gradverify report --cases 1000 --seed 3 --backends reference torch
   gradverify report --from-json gradverify-report/report.json --out again   # re-render only
 """
@@ -45,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d, q = PRESETS["default"], PRESETS["quick"]
     p.epilog = _EPILOG
     p.add_argument("--out", default="gradverify-report", metavar="DIR",
-                   help="directory to write index.html, report.md, report.json and plots/ (default: gradverify-report)")
+                   help="directory to write index.html, report.md, report.json and plots/*.png (default: gradverify-report)")
     p.add_argument("--quick", action="store_true",
                    help=f"a small report in well under a minute (sizes up to {max(q['sizes']):,}, "
                         f"{q['cases']} agreement cases)")
@@ -72,6 +73,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "time (default: cpu; both are kept in report.json)")
     p.add_argument("--from-json", default=None, metavar="FILE",
                    help="re-render an existing report.json into --out without measuring anything")
+    p.add_argument("--json", action="store_true",
+                   help="print the written paths and the headline as JSON on stdout; no progress bars on stderr")
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -102,13 +105,16 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def write(report: dict[str, Any], out: str) -> dict[str, str]:
-    """Write ``report.json``, ``report.md``, ``index.html`` and ``plots/*.svg`` into ``out``; returns their paths.
+    """Write ``report.json``, ``report.md``, ``index.html`` and ``plots/*.png`` into ``out``; returns their paths.
 
     All three documents come from the one dict: the JSON is it, the others
-    render it. Cost: O(size of the report).
+    render it. The PNGs (the figures ``report.md`` links; ``index.html``
+    inlines them as SVG) need matplotlib; without it none is written.
+    Cost: O(size of the report), plus a second or two of drawing.
     """
-    from . import html, markdown
+    from . import html, markdown, plots
 
+    figures = plots.figures(report)               # drawn once, for both documents
     os.makedirs(os.path.join(out, "plots"), exist_ok=True)
     paths = {"json": os.path.join(out, "report.json"), "markdown": os.path.join(out, "report.md"),
              "html": os.path.join(out, "index.html")}
@@ -116,12 +122,12 @@ def write(report: dict[str, Any], out: str) -> dict[str, str]:
         json.dump(report, fh, indent=1, allow_nan=False)
         fh.write("\n")
     with open(paths["markdown"], "w", encoding="utf-8") as fh:
-        fh.write(markdown.render(report))
-    for rel, svg in markdown.plot_files(report).items():
-        with open(os.path.join(out, rel), "w", encoding="utf-8") as fh:
-            fh.write(svg)
+        fh.write(markdown.render(report, figures))
+    for rel, data in markdown.plot_files(report, figures).items():
+        with open(os.path.join(out, rel), "wb") as fh:
+            fh.write(data)
     with open(paths["html"], "w", encoding="utf-8") as fh:
-        fh.write(html.render(report))
+        fh.write(html.render(report, figures))
     return paths
 
 
@@ -132,8 +138,8 @@ def _error(message: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Measure (or load ``--from-json``), write the report, print where it is and its headline numbers."""
+    from ..progress import progress as progress_bar
     from .model import Options, build
-    from .progress import Progress
 
     if args.from_json:
         try:
@@ -168,16 +174,30 @@ def run(args: argparse.Namespace) -> int:
                           repeats=args.repeats, sections=tuple(dict.fromkeys(args.sections)),
                           threads=args.threads, clock=args.clock, command=command_line(args))
 
-        def progress(section: str, total: int) -> Progress:
-            return Progress(section, total)
+        def progress(section: str, total: int) -> Any:
+            return progress_bar(section, total, enabled=False if args.json else None)
 
         report = build(options, progress=progress)
     try:
         paths = write(report, args.out)
     except OSError as exc:
         return _error(f"cannot write the report into {args.out}: {exc}")
+    n = len(report.get("agreement", {}).get("disagreements", []))
+    if args.json:
+        print(json.dumps({"paths": paths, "headline": report.get("headline", []), "disagreements": n,
+                          "figures": figures_note(report)}, indent=2))
+        return 1 if n else 0
     print(f"report written to {paths['html']} (also {paths['markdown']}, {paths['json']})")
     for line in report.get("headline", []):
         print(f"  {line}")
-    n = len(report.get("agreement", {}).get("disagreements", []))
+    note = figures_note(report)
+    if note:
+        print(f"  {note}")
     return 1 if n else 0
+
+
+def figures_note(report: dict[str, Any]) -> str:
+    """What to install for the figures when matplotlib is missing ("" when they were drawn)."""
+    from . import plots
+
+    return "" if plots.available() else plots.MISSING

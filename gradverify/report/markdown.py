@@ -1,8 +1,10 @@
-"""Render the report dict as Markdown (``report.md``); plots are linked as SVG files beside it.
+"""Render the report dict as Markdown (``report.md``); figures are linked as PNG files beside it.
 
 :func:`render` only formats what the dict holds (:mod:`gradverify.report.model`);
-:func:`plot_files` gives the SVGs it links (``plots/*.svg``), drawn from the
-same dict by :mod:`gradverify.report.plots`. Cost: O(size of the dict).
+:func:`plot_files` gives the PNGs it links (``plots/*.png``), drawn from the
+same dict by :mod:`gradverify.report.plots` with matplotlib. Without
+matplotlib there are no figures: the tables are written and the report says
+how to get them. Cost: O(size of the dict), plus about a second of drawing.
 """
 
 from __future__ import annotations
@@ -23,43 +25,41 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _slug(label: str) -> str:
-    return label.replace("~", "-vs-")
+def plot_files(report: dict[str, Any], figures: list[Any] | None = None) -> dict[str, bytes]:
+    """Relative path -> PNG bytes of every figure the Markdown links ({} without matplotlib).
+
+    ``figures``: already drawn :func:`gradverify.report.plots.figures` of ``report`` (None: draw them).
+    """
+    specs = plots.figures(report) if figures is None else figures
+    return {f"plots/{spec.name}.png": plots.png(spec) for spec in specs}
 
 
-def plot_files(report: dict[str, Any]) -> dict[str, str]:
-    """Relative path -> SVG text of every plot the Markdown links."""
-    out: dict[str, str] = {}
-    if "scaling" in report:
-        for name, svg in plots.scaling_plots(report["scaling"]).items():
-            out[f"plots/scaling-{name}.svg"] = svg
-    if report.get("checkers"):
-        svg = plots.checker_plot(report["checkers"])
-        if svg:
-            out["plots/checkers.svg"] = svg
-    if "agreement" in report:
-        for label, svg in plots.agreement_plots(report["agreement"]).items():
-            out[f"plots/agreement-{_slug(label)}.svg"] = svg
-    return out
+def _figure(figs: dict[str, Any], name: str) -> list[str]:
+    spec = figs.get(name)
+    if spec is None:
+        return []
+    return [f"![{spec.alt}](plots/{name}.png)", "", f"*{spec.caption}*", ""]
 
 
-def render(report: dict[str, Any]) -> str:
-    """The Markdown text of the report."""
+def render(report: dict[str, Any], figures: list[Any] | None = None) -> str:
+    """The Markdown text of the report (``figures``: as for :func:`plot_files`; only names and captions are used)."""
     env = report.get("environment", {})
+    figs = {f.name: f for f in (plots.figures(report) if figures is None else figures)}
     md = ["# gradverify report", "",
           f"`{env.get('command', 'gradverify report')}` -- seed {report.get('seed')}, "
-          f"{env.get('date_utc', '')} UTC, {report.get('wall_seconds', 0):.0f} s. "
-          "The HTML version (`index.html`) shows the same numbers with the plots inline.", ""]
-    md += ["## Headline", ""] + [f"- {line}" for line in report.get("headline", [])] + [""]
+          f"{env.get('date_utc', '')} UTC. "
+          "The HTML version (`index.html`) shows the same numbers with the figures inline.", ""]
+    md += ["## In numbers", ""] + [f"- {line}" for line in report.get("headline", [])] + [""]
+    if not plots.available():
+        md += [f"> {plots.MISSING}", ""]
 
     sc = report.get("scaling")
     if sc:
         md += ["## Cost of a gradient: reverse mode vs forward mode vs finite differences", ""]
         for para in text.scaling_explanation(sc):
             md += [para, ""]
-        md += ["![cost relative to one forward pass](plots/scaling-relative.svg)", "",
-               "![seconds per gradient](plots/scaling-seconds.svg)", "",
-               "![evaluations per gradient](plots/scaling-evaluations.svg)", ""]
+        md += _figure(figs, "scaling-relative") + _figure(figs, "scaling-seconds") \
+            + _figure(figs, "scaling-evaluations")
         md += ["### Fitted slopes (log-log, cost / one forward pass vs P)", ""]
         md += [_table(["method", "slope", "raw-time slope", "what one gradient costs"],
                       [[text.LABELS[m], text.slope(sc["slopes"].get(m)), text.slope(sc["slopes_seconds"].get(m)),
@@ -85,8 +85,7 @@ def render(report: dict[str, Any]) -> str:
     if ch is not None:
         md += ["## Checker comparison", "", text.checkers_explanation(ch), ""]
         if ch.get("available") and ch.get("rows"):
-            if plots.checker_plot(ch):
-                md += ["![time per check](plots/checkers.svg)", ""]
+            md += _figure(figs, "checkers")
             md += [_table(*text.checker_pivot(ch)), ""]
             notes = [f"- {r['method']} at P = {text.number(r['params'])}: {r['note']}" for r in ch["rows"]
                      if r.get("note")]
@@ -105,7 +104,7 @@ def render(report: dict[str, Any]) -> str:
         md += [_table(["kind", "cases", "disagreements", "seconds"],
                       [[k, str(v["cases"]), str(v["disagreements"]), f"{v['seconds']:.1f}"]
                        for k, v in ag["by_kind"].items()]), ""]
-        md += [f"![{label}](plots/agreement-{_slug(label)}.svg)" for label in ag["pairs"]] + [""]
+        md += _figure(figs, "agreement")
         md += [f"### Disagreements ({len(ag['disagreements'])})", ""]
         if not ag["disagreements"]:
             md += ["None: every pair agreed within tolerance on every case.", ""]
@@ -118,6 +117,7 @@ def render(report: dict[str, Any]) -> str:
                    "```python", d["snippet"].rstrip(), "```", ""]
 
     if env:
-        md += ["## Environment", "", _table(["setting", "value"], [[k, v] for k, v in text.environment_rows(env)]), ""]
+        md += ["## Environment", "", _table(["setting", "value"], [[k, v] for k, v in text.environment_rows(env)]
+                                             + [["run time", text.run_time(report)]]), ""]
         md += ["Reproduce with:", "", "```", env.get("command", "gradverify report"), "```", ""]
     return "\n".join(md)

@@ -43,7 +43,8 @@ import time
 from typing import Any, Callable, Sequence
 
 __all__ = ["Options", "PRESETS", "SECTIONS", "build", "environment", "measure_scaling_section",
-           "measure_agreement_section", "measure_checkers_section", "headline", "plain", "HIST_EDGES"]
+           "measure_agreement_section", "measure_checkers_section", "headline", "plain", "HIST_EDGES",
+           "tolerance_marks"]
 
 #: The report's sections, in order.
 SECTIONS = ("scaling", "checkers", "agreement")
@@ -128,9 +129,9 @@ ProgressFactory = Callable[[str, int], Any]
 
 
 def _null_progress(section: str, total: int) -> Any:
-    from .progress import NullProgress
+    from ..progress import progress
 
-    return NullProgress(section, total)
+    return progress(section, total, enabled=False)
 
 
 # ---------------------------------------------------------------------------
@@ -328,8 +329,19 @@ def measure_checkers_section(settings: dict[str, Any], *, seed: int = 0,
     if fn is None:
         return {"available": False, "reason": "gradverify.checkers has no time_checkers() function", "rows": []}
     sizes = tuple(settings["checker_sizes"])
-    methods = list(getattr(mod, "METHODS", {}) or ())
-    bar = progress("checkers", max(1, len(sizes) * max(len(methods), 1) * 2))
+    methods = dict(getattr(mod, "METHODS", {}) or {})
+    is_available = getattr(mod, "_available", None)
+    if methods and is_available is not None:       # decided before a bar starts: no bar for a section that can't run
+        runnable = [m for m in methods.values() if is_available(getattr(m, "framework", ""))]
+        if not runnable:
+            missing = sorted({getattr(m, "framework", "?") for m in methods.values()})
+            return {"available": False, "rows": [],
+                    "reason": f"none of the frameworks the checkers need is installed ({', '.join(missing)}); "
+                              "pip install \"gradverify[all]\" adds them"}
+    else:
+        runnable = list(methods.values())
+    # time_checkers reports twice per (size, method): after the warm-up and after the timed runs.
+    bar = progress("checkers", max(1, len(sizes) * max(len(runnable), 1) * 2))
     start = time.perf_counter()
     try:
         rows = fn(sizes, repeats=settings["repeats"], budget_s=float(settings["checker_budget"]), seed=seed,
@@ -467,6 +479,7 @@ def measure_agreement_section(settings: dict[str, Any], *, seed: int = 0, backen
     return {
         "cases": len(records),
         "requested": n_cases,
+        "tolerance": tolerance_marks("float64"),
         "seed": seed,
         "dtype": "float64",
         "backends": list(names),
@@ -480,6 +493,20 @@ def measure_agreement_section(settings: dict[str, Any], *, seed: int = 0, backen
         "records": records,
         "seconds": time.perf_counter() - start,
     }
+
+
+def tolerance_marks(dtype: str) -> dict[str, Any]:
+    """Where the comparison core's tolerance sits on the scale of the per-case error ``max|a - b| / max|b|``.
+
+    An element fails when ``|a - b|`` exceeds ``rtol * |b| + floor * max|b|``
+    (plus rounding terms): an error below ``floor`` times the largest value
+    cannot fail anywhere, and one above ``rtol + floor`` fails at the
+    largest element. Returns ``{"dtype", "rtol", "floor", "largest"}``.
+    """
+    from ..compare import TOLERANCES
+
+    t = TOLERANCES.get(dtype, TOLERANCES["float64"])
+    return {"dtype": dtype, "rtol": t.rtol, "floor": t.floor, "largest": t.rtol + t.floor}
 
 
 # ---------------------------------------------------------------------------
@@ -532,13 +559,20 @@ def _fmt(v: Any, spec: str = ".2f") -> str:
 
 
 def headline(report: dict[str, Any]) -> list[str]:
-    """The report's few headline numbers as short sentences (stored in the dict, printed by the CLI)."""
+    """The report's few headline numbers as short sentences (stored in the dict, printed by the CLI).
+
+    In reading order: the slopes, (forward + backward) / forward, the cells
+    over budget, the agreement cases and disagreements, the checkers at the
+    largest P every checker measured.
+    """
     lines: list[str] = []
     sc = report.get("scaling")
     if sc:
         s = sc["slopes"]
+        names = {"reverse": "reverse mode", "forward_mode": "forward mode", "forward_diff": "forward differences",
+                 "central_diff": "central differences"}
         lines.append("slopes of cost / one forward pass vs P: " + ", ".join(
-            f"{m} {_fmt(s.get(m), '+.2f')}" for m in ("reverse", "forward_mode", "forward_diff", "central_diff")))
+            f"{names[m]} {_fmt(s.get(m), '+.2f')}" for m in names))
         cg = sc["cheap_gradient_ratio"]
         at = next((v["params"] for v in cg.values() if v.get("params")), None)
         lines.append(f"(forward + backward) / forward at P={at:,}: " if at else
@@ -546,6 +580,12 @@ def headline(report: dict[str, Any]) -> list[str]:
         lines[-1] += ", ".join(f"{fw} {_fmt(v.get('ratio'))}" for fw, v in cg.items())
         if sc["not_measured"]:
             lines.append(f"{len(sc['not_measured'])} (method, P) cells over the time budget, marked not measured")
+    ag = report.get("agreement")
+    if ag:
+        worst = max((p["max_ratio"] for p in ag["pairs"].values()), default=0.0)
+        n = len(ag["pairs"])
+        lines.append(f"agreement: {ag['cases']} random cases, {n} pair{'' if n == 1 else 's'}, "
+                     f"{len(ag['disagreements'])} disagreements (worst error/tolerance {_num(worst):.2g})")
     ch = report.get("checkers")
     if ch is not None:
         best = _checker_headline(ch) if ch.get("available") else None
@@ -553,12 +593,6 @@ def headline(report: dict[str, Any]) -> list[str]:
             lines.append(best)
         elif not ch.get("available"):
             lines.append(f"checker comparison: not available ({ch.get('reason')})")
-    ag = report.get("agreement")
-    if ag:
-        worst = max((p["max_ratio"] for p in ag["pairs"].values()), default=0.0)
-        n = len(ag["pairs"])
-        lines.append(f"agreement: {ag['cases']} random cases, {n} pair{'' if n == 1 else 's'}, "
-                     f"{len(ag['disagreements'])} disagreements (worst error/tolerance {_num(worst):.2g})")
     return lines
 
 

@@ -1,311 +1,412 @@
-"""Hand-written SVG plots: log-log lines with fitted slopes, and histograms of log10 errors.
+"""The report's figures, drawn with matplotlib: SVG inline in ``index.html``, PNG for ``report.md`` and the README.
 
-No plotting library: each function returns one self-contained ``<svg>``
-string (no scripts, no external fonts or links) that a browser shows inline
-in the HTML report and that the Markdown report links as a file. The plots
-draw only what the report dict holds: data points, and fitted lines given as
-``(slope, intercept)`` in log10 space -- nothing is fitted here.
+Each builder takes one section of the report dict and returns a
+:class:`matplotlib.figure.Figure` built directly (no pyplot, no global
+state): it draws only what the dict holds -- data points, and fitted lines
+given as ``(slope, intercept)`` in log10 space; nothing is fitted here.
+:func:`figures` gives every figure of a report with its name, alt text and
+caption (the caption's prose is :mod:`gradverify.report.text`'s);
+:func:`svg` and :func:`png` serialise one, through the SVG and Agg canvases
+explicitly, inside :func:`matplotlib.rc_context`, so the user's rcParams and
+backend are never touched. SVG text stays text (``svg.fonttype: none``),
+ids are salted with the figure's name and the date is left out, so the same
+dict always gives the same bytes.
 
-Cost: O(number of points) string formatting.
+Conventions: every axis is labelled with its unit; log-log axes carry minor
+ticks; each method has one colour in every figure (:data:`COLORS`, the
+Okabe-Ito colour-blind-safe palette), "one forward pass" is black; the
+legend states each fitted slope. Artists carry ``gid`` s
+(``<figure>-xlabel``, ``-ylabel``, ``-legend``, ``-data-<i>``) so a browser
+test can find them in the page.
+
+matplotlib is an extra (``pip install "gradverify[report]"``); it is
+imported only when a figure is drawn. Without it :func:`available` is False
+and the renderers write the tables with :data:`MISSING` in place of the
+figures. Cost: about 0.1-0.3 s per figure and format.
 """
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
+import io
 import math
-from html import escape
-from typing import Any, Sequence
+import re
+from typing import Any, Callable
 
-__all__ = ["PALETTE", "loglog", "histogram", "scaling_plots", "agreement_plots", "checker_plot"]
+from . import text
 
-#: Line colours (colour-blind friendly, after Okabe & Ito).
-PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#999999")
+__all__ = ["MISSING", "COLORS", "CHECKER_STYLE", "FigureSpec", "available", "figures", "svg", "png",
+           "scaling_figures", "checker_figure", "agreement_figure"]
 
-_FONT = 'font-family="Helvetica, Arial, sans-serif"'
-_MARKERS = ("circle", "square", "triangle", "diamond")
+#: What the report says in place of the figures when matplotlib is missing.
+MISSING = ('figures not drawn: matplotlib is not installed (pip install "gradverify[report]", then '
+           "gradverify report --from-json report.json --out DIR draws them without measuring again)")
 
+#: Okabe & Ito's colour-blind-safe palette.
+OKABE_ITO = {"black": "#000000", "orange": "#E69F00", "sky": "#56B4E9", "green": "#009E73", "yellow": "#F0E442",
+             "blue": "#0072B2", "vermillion": "#D55E00", "purple": "#CC79A7"}
 
-def _f(v: float) -> str:
-    return f"{v:.1f}"
+#: One colour per cost-scaling method, the same in every figure.
+COLORS = {"reverse": OKABE_ITO["blue"], "forward_mode": OKABE_ITO["vermillion"], "forward_diff": OKABE_ITO["green"],
+          "central_diff": OKABE_ITO["purple"], "forward": OKABE_ITO["black"]}
+#: Evaluations per gradient, short enough for a legend that leaves the lines free.
+_COUNTS = {"reverse": "1 (+ 1 backward sweep)", "forward_mode": "P JVPs", "forward_diff": "P + 1",
+           "central_diff": "2P"}
 
+#: The histograms' bars (one colour for every pair; grey for the exact and above-1 bars).
+_HIST_COLOR = OKABE_ITO["blue"]
+_MARKERS = {"reverse": "o", "forward_mode": "s", "forward_diff": "^", "central_diff": "D"}
 
-def _pow10_label(k: int, x: float, y: float, anchor: str) -> str:
-    """``10^k`` as SVG text with a raised exponent (``1``, ``10`` for k = 0, 1)."""
-    if k == 0:
-        body = "1"
-    elif k == 1:
-        body = "10"
-    else:
-        body = f'10<tspan dy="-5" font-size="9">{k}</tspan>'
-    return f'<text x="{_f(x)}" y="{_f(y)}" text-anchor="{anchor}" font-size="11" {_FONT}>{body}</text>'
+#: Checker name fragment -> (colour, marker): colour by tool, line style by mode (fast: dashed).
+CHECKER_STYLE = (("gradverify", "torch", OKABE_ITO["blue"], "o"), ("gradverify", "jax", OKABE_ITO["sky"], "s"),
+                 ("torch gradcheck", "", OKABE_ITO["orange"], "^"), ("check_grads", "", OKABE_ITO["purple"], "D"))
 
-
-def _marker(kind: str, x: float, y: float, color: str) -> str:
-    if kind == "square":
-        return f'<rect x="{_f(x - 3.5)}" y="{_f(y - 3.5)}" width="7" height="7" fill="{color}"/>'
-    if kind == "triangle":
-        return (f'<polygon points="{_f(x)},{_f(y - 4.5)} {_f(x - 4)},{_f(y + 3.5)} {_f(x + 4)},{_f(y + 3.5)}" '
-                f'fill="{color}"/>')
-    if kind == "diamond":
-        return (f'<polygon points="{_f(x)},{_f(y - 5)} {_f(x + 4.5)},{_f(y)} {_f(x)},{_f(y + 5)} '
-                f'{_f(x - 4.5)},{_f(y)}" fill="{color}"/>')
-    return f'<circle cx="{_f(x)}" cy="{_f(y)}" r="3.8" fill="{color}"/>'
-
-
-def _span(lo: float, hi: float) -> tuple[float, float]:
-    """Axis limits in log10 units: the data's range padded by 6% (at least 0.1 decade) on each side,
-    widened to whole decades when that would leave no decade tick inside."""
-    a, b = math.log10(lo), math.log10(hi)
-    pad = max(0.06 * (b - a), 0.1)
-    a, b = a - pad, b + pad
-    if math.floor(b) < math.ceil(a) + 1:          # fewer than two decade ticks inside: use whole decades
-        a, b = math.floor(a), math.ceil(b)
-        if a == b:
-            a, b = a - 1, b + 1
-    return a, b
+_RC = {"svg.fonttype": "none", "font.family": "sans-serif",
+       "font.sans-serif": ["DejaVu Sans", "Helvetica", "Arial", "Liberation Sans"], "font.size": 11,
+       "axes.titlesize": 12, "axes.labelsize": 11, "xtick.labelsize": 10, "ytick.labelsize": 10,
+       "legend.fontsize": 9.5, "axes.grid": False, "figure.dpi": 100, "savefig.dpi": 150,
+       "path.simplify": True, "axes.spines.top": True, "axes.spines.right": True}
 
 
-def loglog(series: Sequence[dict[str, Any]], *, title: str, xlabel: str, ylabel: str, width: int = 720,
-           height: int = 420, note: str = "") -> str:
-    """A log-log line plot.
+@dataclasses.dataclass
+class FigureSpec:
+    """One figure of the report.
 
-    Args:
-        series: dicts with ``name``, ``x`` and ``y`` (sequences; ``None`` or
-            non-positive points are skipped), optional ``fit`` =
-            ``{"slope": s, "intercept": c}`` (log10 y = c + s log10 x, drawn
-            dashed across the series' x range), ``color``, ``dashed``
-            (draw the data line dashed) and ``markers`` (default True).
-        title, xlabel, ylabel: text.
-        width, height: pixels.
-        note: a line of small text under the plot.
-
-    Returns:
-        The ``<svg>`` element as a string.
+    Attributes:
+        name: file stem and gid prefix (``scaling-relative``, ``checkers``, ``agreement``).
+        alt: short alt text.
+        caption: one sentence with this run's numbers.
+        figure: the :class:`matplotlib.figure.Figure`.
     """
-    pts = [(x, y) for s in series for x, y in zip(s["x"], s["y"])
-           if x is not None and y is not None and x > 0 and y > 0]
-    legend_w = 210
-    left, right, top, bottom = 70, legend_w + 20, 36, 56 + (16 if note else 0)
-    pw, ph = width - left - right, height - top - bottom
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}">',
-           f'<rect width="{width}" height="{height}" fill="#ffffff"/>',
-           f'<text x="{left + pw / 2:.1f}" y="22" text-anchor="middle" font-size="14" font-weight="bold" '
-           f'{_FONT}>{escape(title)}</text>']
-    if not pts:
-        out.append(f'<text x="{left + pw / 2:.1f}" y="{top + ph / 2:.1f}" text-anchor="middle" font-size="13" '
-                   f'{_FONT}>no measured points</text></svg>')
-        return "".join(out)
-    x0, x1 = _span(min(p[0] for p in pts), max(p[0] for p in pts))
-    y0, y1 = _span(min(p[1] for p in pts), max(p[1] for p in pts))
 
-    def X(x: float) -> float:
-        return left + (math.log10(x) - x0) / (x1 - x0) * pw
-
-    def Y(y: float) -> float:
-        return top + ph - (math.log10(y) - y0) / (y1 - y0) * ph
-
-    out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="#fafafa" stroke="#333" '
-               f'stroke-width="1"/>')
-    xstep = max(1, math.ceil((x1 - x0) / 8))
-    ystep = max(1, math.ceil((y1 - y0) / 8))
-    for k in range(math.floor(x0), math.ceil(x1) + 1):
-        if x0 - 1e-9 <= k <= x1 + 1e-9 and k % xstep == 0:
-            px = X(10.0 ** k)
-            out.append(f'<line x1="{_f(px)}" y1="{top}" x2="{_f(px)}" y2="{top + ph}" stroke="#ddd"/>')
-            out.append(_pow10_label(k, px, top + ph + 17, "middle"))
-        for m in range(2, 10):
-            if x0 < k + math.log10(m) < x1:
-                mx = X(m * 10.0 ** k)
-                out.append(f'<line x1="{_f(mx)}" y1="{top + ph}" x2="{_f(mx)}" y2="{top + ph - 4}" stroke="#666"/>')
-    for k in range(math.floor(y0), math.ceil(y1) + 1):
-        if y0 - 1e-9 <= k <= y1 + 1e-9 and k % ystep == 0:
-            py = Y(10.0 ** k)
-            out.append(f'<line x1="{left}" y1="{_f(py)}" x2="{left + pw}" y2="{_f(py)}" stroke="#ddd"/>')
-            out.append(_pow10_label(k, left - 6, py + 4, "end"))
-        if (y1 - y0) <= 10:
-            for m in range(2, 10):
-                if y0 < k + math.log10(m) < y1:
-                    my = Y(m * 10.0 ** k)
-                    out.append(f'<line x1="{left}" y1="{_f(my)}" x2="{left + 4}" y2="{_f(my)}" stroke="#666"/>')
-    out.append(f'<text x="{left + pw / 2:.1f}" y="{top + ph + 40}" text-anchor="middle" font-size="12" '
-               f'{_FONT}>{escape(xlabel)}</text>')
-    out.append(f'<text x="18" y="{top + ph / 2:.1f}" text-anchor="middle" font-size="12" '
-               f'transform="rotate(-90 18 {top + ph / 2:.1f})" {_FONT}>{escape(ylabel)}</text>')
-    cid = "c" + hashlib.sha1(f"{title}|{xlabel}|{ylabel}|{len(series)}".encode()).hexdigest()[:10]
-    out.append(f'<clipPath id="{cid}"><rect x="{left}" y="{top}" width="{pw}" height="{ph}"/></clipPath>')
-    clip = f'clip-path="url(#{cid})"'
-    ly = top + 8
-    for i, s in enumerate(series):
-        color = s.get("color") or PALETTE[i % len(PALETTE)]
-        sp = [(x, y) for x, y in zip(s["x"], s["y"]) if x is not None and y is not None and x > 0 and y > 0]
-        fit = s.get("fit")
-        if fit and sp:
-            fx0, fx1 = min(p[0] for p in sp), max(p[0] for p in sp)
-            fy = [10.0 ** (fit["intercept"] + fit["slope"] * math.log10(v)) for v in (fx0, fx1)]
-            out.append(f'<line x1="{_f(X(fx0))}" y1="{_f(Y(fy[0]))}" x2="{_f(X(fx1))}" y2="{_f(Y(fy[1]))}" '
-                       f'stroke="{color}" stroke-width="1.2" stroke-dasharray="2 3" opacity="0.9" {clip}/>')
-        if len(sp) > 1:
-            d = " ".join(f"{_f(X(x))},{_f(Y(y))}" for x, y in sp)
-            dash = ' stroke-dasharray="6 4"' if s.get("dashed") else ""
-            out.append(f'<polyline points="{d}" fill="none" stroke="{color}" stroke-width="2"{dash} {clip}/>')
-        marker = _MARKERS[i % len(_MARKERS)]
-        if s.get("markers", True):
-            out.extend(_marker(marker, X(x), Y(y), color) for x, y in sp)
-        # legend entry
-        lx = left + pw + 14
-        dash = ' stroke-dasharray="6 4"' if s.get("dashed") else ""
-        out.append(f'<line x1="{lx}" y1="{ly}" x2="{lx + 22}" y2="{ly}" stroke="{color}" stroke-width="2"{dash}/>')
-        if s.get("markers", True):
-            out.append(_marker(marker, lx + 11, ly, color))
-        out.append(f'<text x="{lx + 28}" y="{ly + 4}" font-size="12" {_FONT}>{escape(s["name"])}</text>')
-        ly += 18
-        if s.get("legend_note"):
-            out.append(f'<text x="{lx + 28}" y="{ly + 2}" font-size="10" fill="#555" {_FONT}>'
-                       f'{escape(s["legend_note"])}</text>')
-            ly += 16
-    if any(s.get("fit") for s in series):
-        lx = left + pw + 14
-        out.append(f'<line x1="{lx}" y1="{ly + 2}" x2="{lx + 22}" y2="{ly + 2}" stroke="#333" '
-                   'stroke-dasharray="2 3"/>')
-        out.append(f'<text x="{lx + 28}" y="{ly + 6}" font-size="10" fill="#555" {_FONT}>least-squares fit</text>')
-    if note:
-        out.append(f'<text x="{left}" y="{height - 8}" font-size="10" fill="#555" {_FONT}>{escape(note)}</text>')
-    out.append("</svg>")
-    return "".join(out)
+    name: str
+    alt: str
+    caption: str
+    figure: Any
 
 
-def _nice_max(n: int) -> tuple[int, int]:
-    """A round axis maximum >= n and its tick step."""
-    if n <= 5:
-        return max(n, 1), 1
-    mag = 10 ** math.floor(math.log10(n))
-    for step in (mag / 5, mag / 2, mag, 2 * mag):
-        step = max(1, int(step))
-        if n / step <= 6:
-            return int(math.ceil(n / step) * step), step
-    return n, max(1, n // 5)
+def available() -> bool:
+    """Whether matplotlib can be imported (the figures are drawn only then)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
-def histogram(hist: dict[str, Any], *, title: str, xlabel: str = "error (log10 bins)", width: int = 360,
-              height: int = 220, color: str = PALETTE[0]) -> str:
-    """A histogram of log10-binned values, with a separate bar for zero (below the first edge).
+def _new(name: str, w: float, h: float, nrows: int = 1, ncols: int = 1) -> tuple[Any, Any]:
+    from matplotlib.figure import Figure
 
-    Args:
-        hist: ``{"edges_log10": [e0, ..., en], "counts": [n bins], "below": k, "above": m}``
-            as the report model stores it.
-        title, xlabel: text; width, height: pixels.
-    """
-    edges, counts = list(hist["edges_log10"]), list(hist["counts"])
-    below, above = int(hist.get("below", 0)), int(hist.get("above", 0))
-    bars = [("0", below)] + [(str(e), c) for e, c in zip(edges[:-1], counts)] + [(">1", above)]
-    left, right, top, bottom = 36, 10, 28, 44
-    pw, ph = width - left - right, height - top - bottom
-    ymax, ystep = _nice_max(max(c for _, c in bars) if bars else 1)
-    bw = pw / len(bars)
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}">',
-           f'<rect width="{width}" height="{height}" fill="#ffffff"/>',
-           f'<text x="{left + pw / 2:.1f}" y="17" text-anchor="middle" font-size="12" font-weight="bold" '
-           f'{_FONT}>{escape(title)}</text>',
-           f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="#fafafa" stroke="#333"/>']
-    for v in range(0, ymax + 1, ystep):
-        py = top + ph - v / ymax * ph
-        out.append(f'<line x1="{left}" y1="{_f(py)}" x2="{left + pw}" y2="{_f(py)}" stroke="#e3e3e3"/>')
-        out.append(f'<text x="{left - 4}" y="{_f(py + 3)}" text-anchor="end" font-size="9" {_FONT}>{v}</text>')
-    for i, (label, c) in enumerate(bars):
-        x = left + i * bw
-        h = c / ymax * ph
-        fill = "#888888" if i in (0, len(bars) - 1) else color
-        if c:
-            out.append(f'<rect x="{_f(x + 1)}" y="{_f(top + ph - h)}" width="{_f(max(bw - 2, 1))}" '
-                       f'height="{_f(h)}" fill="{fill}"><title>{escape(label)}: {c}</title></rect>')
-    # x labels: "0", every third decade, and ">1"
-    for i, (label, _) in enumerate(bars):
-        x = left + i * bw
-        if i == 0:
-            out.append(f'<text x="{_f(x + bw / 2)}" y="{top + ph + 13}" text-anchor="middle" font-size="9" '
-                       f'{_FONT}>0</text>')
-        elif i == len(bars) - 1:
-            continue
-        else:
-            k = int(label)
-            if k % 3 == 0 and k != edges[0]:
-                out.append(f'<line x1="{_f(x)}" y1="{top + ph}" x2="{_f(x)}" y2="{top + ph + 3}" stroke="#333"/>')
-                body = "1" if k == 0 else f'10<tspan dy="-4" font-size="7">{k}</tspan>'
-                out.append(f'<text x="{_f(x)}" y="{top + ph + 13}" text-anchor="middle" font-size="9" '
-                           f'{_FONT}>{body}</text>')
-    xr = left + (len(bars) - 1) * bw                  # 10^0 = 1: the left edge of the ">1" bar
-    out.append(f'<line x1="{_f(xr)}" y1="{top + ph}" x2="{_f(xr)}" y2="{top + ph + 3}" stroke="#333"/>')
-    out.append(f'<text x="{_f(xr)}" y="{top + ph + 13}" text-anchor="middle" font-size="9" {_FONT}>1</text>')
-    out.append(f'<text x="{left + pw / 2:.1f}" y="{height - 8}" text-anchor="middle" font-size="10" '
-               f'{_FONT}>{escape(xlabel)}</text>')
-    out.append("</svg>")
-    return "".join(out)
+    import matplotlib
+
+    with matplotlib.rc_context(_RC):
+        fig = Figure(figsize=(w, h), layout="constrained")
+        axes = fig.subplots(nrows, ncols, squeeze=False)
+    fig.set_gid(f"{name}-figure")
+    return fig, axes
+
+
+def _in_rc(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``fn`` inside the report's rc_context (fonts and sizes picked up as artists are created)."""
+    def wrapped(*a: Any, **k: Any) -> Any:
+        import matplotlib
+
+        with matplotlib.rc_context(_RC):
+            return fn(*a, **k)
+
+    wrapped.__doc__, wrapped.__name__ = fn.__doc__, fn.__name__
+    return wrapped
+
+
+def _label(ax: Any, name: str, xlabel: str, ylabel: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.xaxis.label.set_gid(f"{name}-xlabel")
+    ax.yaxis.label.set_gid(f"{name}-ylabel")
+
+
+def _loglog_axes(ax: Any) -> None:
+    from matplotlib.ticker import LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_minor_locator(LogLocator(base=10, subs=tuple(range(2, 10)), numticks=100))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.grid(True, which="major", color="#d9d9d9", linewidth=0.8)
+    ax.grid(True, which="minor", color="#efefef", linewidth=0.5)
+    ax.set_axisbelow(True)
+    ax.margins(x=0.06, y=0.1)          # no point touches the frame
+
+
+def _points(xs: list[Any], ys: list[Any]) -> tuple[list[float], list[float]]:
+    pts = [(float(x), float(y)) for x, y in zip(xs, ys) if _pos(x) and _pos(y)]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _pos(v: Any) -> bool:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return False
+    return math.isfinite(x) and x > 0
+
+
+def _legend(ax: Any, name: str, **kw: Any) -> None:
+    leg = ax.legend(frameon=True, framealpha=0.92, edgecolor="#cccccc", **kw)
+    leg.set_gid(f"{name}-legend")
+
+
+def _empty(ax: Any, name: str) -> None:
+    ax.text(0.5, 0.5, "no measured points", transform=ax.transAxes, ha="center", va="center", gid=f"{name}-data-0")
 
 
 # ---------------------------------------------------------------------------
-# The report's plots, from the report dict
+# Cost scaling
 # ---------------------------------------------------------------------------
 
-_LABELS = {"reverse": "reverse mode", "forward_mode": "forward mode (P JVPs)",
-           "forward_diff": "forward differences", "central_diff": "central differences"}
+def _method_rows(sc: dict[str, Any], m: str) -> list[dict[str, Any]]:
+    return sorted((r for r in sc["rows"] if r["method"] == m), key=lambda r: r["params"])
 
 
-def scaling_plots(scaling: dict[str, Any]) -> dict[str, str]:
-    """``{"relative": svg, "seconds": svg, "evaluations": svg}`` from the report's ``scaling`` section."""
-    rows = scaling["rows"]
-    methods = list(scaling["methods"])
-    rel, sec, ev = [], [], []
-    for i, m in enumerate(methods):
-        mr = [r for r in rows if r["method"] == m]
-        s = scaling["slopes"].get(m)
-        slope = f"slope {s:+.2f}" if isinstance(s, (int, float)) else "slope n/a"
-        color = PALETTE[i]
-        rel.append({"name": _LABELS.get(m, m), "legend_note": slope, "color": color,
-                    "x": [r["params"] for r in mr], "y": [r["relative"] for r in mr], "fit": scaling["fits"].get(m)})
-        ss = scaling["slopes_seconds"].get(m)
-        sec.append({"name": _LABELS.get(m, m), "color": color,
-                    "legend_note": f"slope {ss:+.2f}" if isinstance(ss, (int, float)) else "slope n/a",
-                    "x": [r["params"] for r in mr], "y": [r["seconds"] for r in mr]})
-        ev.append({"name": _LABELS.get(m, m), "color": color,
-                   "x": [r["params"] for r in mr], "y": [r["evaluations"] for r in mr]})
-    fwd = scaling.get("forward", [])
-    sec.append({"name": "one forward pass", "color": PALETTE[6], "dashed": True,
-                "x": [r["params"] for r in fwd], "y": [r["seconds"] for r in fwd]})
-    missing = len(scaling.get("not_measured", []))
-    note = (f"{missing} (method, P) cells over the {scaling['budget_seconds']:g} s budget are not measured "
-            "and not drawn" if missing else "")
-    return {
-        "relative": loglog(rel, title="Cost of one full gradient, in forward passes",
-                           xlabel="parameters P", ylabel="time / time of one forward pass", note=note),
-        "seconds": loglog(sec, title="Time of one full gradient", xlabel="parameters P",
-                          ylabel=f"seconds (median, {scaling.get('clock', 'wall')} time)", note=note),
-        "evaluations": loglog(ev, title="Function evaluations per gradient", xlabel="parameters P",
-                              ylabel="evaluations"),
-    }
-
-
-def agreement_plots(agreement: dict[str, Any]) -> dict[str, str]:
-    """Pair label -> histogram svg of the per-case scaled errors."""
+@_in_rc
+def scaling_figures(sc: dict[str, Any]) -> dict[str, Any]:
+    """``{"relative": fig, "seconds": fig, "evaluations": fig}`` from the report's ``scaling`` section."""
     out = {}
-    for i, (label, p) in enumerate(agreement["pairs"].items()):
-        out[label] = histogram(p["histogram"], title=f"{label}  ({p['cases']} cases)",
-                               xlabel="max|a - b| / max|b| per case (grey: 0 or < 1e-18; > 1)",
-                               color=PALETTE[i % 6])
+    clock = sc.get("clock", "wall")
+    specs = (("relative", "relative", sc["slopes"], "time of one gradient / time of one forward pass (×)"),
+             ("seconds", "seconds", sc["slopes_seconds"], f"time of one gradient (s, median {clock} time)"),
+             ("evaluations", "evaluations", None, "function evaluations per gradient (count)"))
+    for key, field, slopes, ylabel in specs:
+        name = f"scaling-{key}"
+        fig, axes = _new(name, 7.2, 4.4)
+        ax = axes[0, 0]
+        _loglog_axes(ax)
+        drawn = 0
+        for m in sc["methods"]:
+            rows = _method_rows(sc, m)
+            x, y = _points([r["params"] for r in rows], [r.get(field) for r in rows])
+            if not x:
+                continue
+            label = text.LABELS.get(m, m)
+            if slopes is not None:
+                label += f"  (slope {text.slope(slopes.get(m))})"
+            elif key == "evaluations":
+                label += f": {_COUNTS.get(m, sc['methods'][m])}"
+            ax.plot(x, y, color=COLORS.get(m), marker=_MARKERS.get(m, "o"), markersize=5.5, linewidth=1.8,
+                    label=label, gid=f"{name}-data-{drawn}", zorder=3)
+            drawn += 1
+            fit = (sc.get("fits") or {}).get(m) if key == "relative" else None
+            if fit and len(x) > 1:
+                fx = [min(x), max(x)]
+                ax.plot(fx, [10 ** (fit["intercept"] + fit["slope"] * math.log10(v)) for v in fx], color=COLORS[m],
+                        linestyle=(0, (1.5, 2.5)), linewidth=1.1, alpha=0.9, zorder=2)
+        # the reference: one forward pass
+        if key == "seconds":
+            fwd = sorted(sc.get("forward", []), key=lambda r: r["params"])
+            x, y = _points([r["params"] for r in fwd], [r.get("seconds") for r in fwd])
+            if x:
+                ax.plot(x, y, color=COLORS["forward"], linestyle="--", linewidth=1.4, marker=".",
+                        label="one forward pass (the reference)", gid=f"{name}-data-{drawn}", zorder=2)
+                drawn += 1
+        elif drawn:
+            ax.axhline(1.0, color=COLORS["forward"], linestyle="--", linewidth=1.2, zorder=1,
+                       label="one forward pass (= 1)" if key == "relative" else "one evaluation (= 1)")
+        if key == "relative" and drawn:
+            rev = _points([r["params"] for r in _method_rows(sc, "reverse")],
+                          [r.get("relative") for r in _method_rows(sc, "reverse")])
+            if rev[0]:
+                lo, hi = min(rev[1]), max(rev[1])
+                ax.annotate(f"reverse mode: {lo:.1f}–{hi:.1f}× one forward pass at every P",
+                            xy=(rev[0][-1], rev[1][-1]), xytext=(-8, 14), textcoords="offset points", ha="right",
+                            va="bottom", color=COLORS["reverse"], fontsize=9.5, fontweight="bold")
+        if key == "relative":
+            fits = any((sc.get("fits") or {}).values())
+            if fits:
+                ax.plot([], [], color="#555555", linestyle=(0, (1.5, 2.5)), linewidth=1.1,
+                        label="least-squares fit (log-log)")
+        if not drawn:
+            _empty(ax, name)
+        _label(ax, name, "parameters P (count, log scale)", ylabel)
+        ax.set_title({"relative": "Cost of one full gradient, in forward passes",
+                      "seconds": "Time of one full gradient",
+                      "evaluations": "Function evaluations per gradient"}[key])
+        if drawn:                  # evaluations: the lower right is empty (the lines rise to the upper right)
+            _legend(ax, name, **({"loc": "lower right", "bbox_to_anchor": (1.0, 0.1)} if key == "evaluations"
+                                 else {"loc": "upper left"}))
+        out[key] = fig
     return out
 
 
-def checker_plot(checkers: dict[str, Any]) -> str | None:
+# ---------------------------------------------------------------------------
+# Checker comparison
+# ---------------------------------------------------------------------------
+
+def _checker_style(method: str) -> tuple[str, str, Any]:
+    low = method.lower()
+    dash = "--" if "fast" in low else "-"
+    for a, b, color, marker in CHECKER_STYLE:
+        if a in low and b in low:
+            return color, marker, dash
+    return OKABE_ITO["black"], "v", dash
+
+
+@_in_rc
+def checker_figure(ch: dict[str, Any]) -> Any | None:
     """Seconds per check against P, one line per checker; None without measured rows."""
-    rows = [r for r in checkers.get("rows", []) if r.get("params") and r.get("reported_seconds")]
+    rows = [r for r in ch.get("rows", []) if _pos(r.get("params")) and _pos(r.get("reported_seconds"))]
     if not rows:
         return None
-    names = list(dict.fromkeys(str(r.get("method")) for r in rows))
-    series = []
-    for i, n in enumerate(names):
-        rs = sorted((r for r in rows if str(r.get("method")) == n), key=lambda r: r["params"])
-        series.append({"name": n, "x": [r["params"] for r in rs], "y": [r["reported_seconds"] for r in rs],
-                       "color": PALETTE[i % len(PALETTE)], "dashed": "fast" in n})
-    return loglog(series, title="Time per gradient check (median)", xlabel="parameters P",
-                  ylabel=f"seconds per check ({checkers.get('clock', 'wall')} time)", height=440)
+    name = "checkers"
+    fig, axes = _new(name, 7.2, 5.0)
+    ax = axes[0, 0]
+    _loglog_axes(ax)
+    for i, m in enumerate(dict.fromkeys(str(r.get("method")) for r in rows)):
+        rs = sorted((r for r in rows if str(r.get("method")) == m), key=lambda r: r["params"])
+        color, marker, dash = _checker_style(m)
+        ax.plot([r["params"] for r in rs], [r["reported_seconds"] for r in rs], color=color, marker=marker,
+                linestyle=dash, linewidth=1.7, markersize=5.5, label=m, gid=f"{name}-data-{i}", zorder=3)
+    ax.set_title("Time per gradient check (median)")
+    _label(ax, name, "parameters P (count, log scale)", f"seconds per check (s, {ch.get('clock', 'wall')} time)")
+    leg = fig.legend(loc="outside lower center", ncols=3, frameon=False)
+    leg.set_gid(f"{name}-legend")
+    return fig
+
+
+# ---------------------------------------------------------------------------
+# Agreement
+# ---------------------------------------------------------------------------
+
+@_in_rc
+def agreement_figure(ag: dict[str, Any]) -> Any | None:
+    """Histograms of the per-case scaled error, one panel per pair, the tolerance marked; None without pairs.
+
+    The x axis is log10 of the error (one bar per decade); cases with error
+    0 (or below the first edge) have their own grey bar on the left, errors
+    above 1 a grey bar on the right.
+    """
+    from matplotlib.ticker import FixedLocator, MaxNLocator
+
+    pairs = list(ag.get("pairs", {}).items())
+    if not pairs:
+        return None
+    name = "agreement"
+    ncols = 1 if len(pairs) == 1 else 2
+    nrows = math.ceil(len(pairs) / ncols)
+    fig, axes = _new(name, 7.2, 1.2 + 2.3 * nrows, nrows, ncols)
+    tol = ag.get("tolerance") or _tolerance_marks(str(ag.get("dtype", "float64")))
+    gid = 0
+    for k, ax in enumerate(axes.flat):
+        if k >= len(pairs):
+            ax.set_visible(False)
+            continue
+        label, p = pairs[k]
+        h = p["histogram"]
+        edges, counts = list(h["edges_log10"]), list(h["counts"])
+        zero_at = edges[0] - 2.5
+        above_at = edges[-1] + 1.0
+        bars = ax.bar([e + 0.5 for e in edges[:-1]], counts, width=0.9, color=_HIST_COLOR,
+                      label="cases per decade of error" if k == 0 else None, zorder=3)
+        for b in bars:                      # one gid per bar: ids stay unique in the page
+            b.set_gid(f"{name}-data-{gid}")
+            gid += 1
+        ax.bar([zero_at, above_at], [int(h.get("below", 0)), int(h.get("above", 0))], width=0.9, color="#9a9a9a",
+               label="exact (0, or < 1e-18) / above 1" if k == 0 else None, zorder=3)
+        for key, style, what in (("floor", ":", "tolerance floor"), ("largest", "-", "tolerance at the largest "
+                                                                                     "element")):
+            v = tol.get(key)
+            if _pos(v):
+                ax.axvline(math.log10(float(v)), color=OKABE_ITO["black"], linestyle=style, linewidth=1.3, zorder=4,
+                           label=f"{what} ({float(v):.0e})" if k == 0 else None)
+        step = 3 if ncols == 1 else 6
+        ticks = [zero_at] + [e for e in edges if e % step == 0]
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_minor_locator(FixedLocator([e for e in edges if e % step]))
+        ax.set_xticklabels(["0"] + [("1" if e == 0 else f"$10^{{{e}}}$") for e in ticks[1:]])
+        ax.set_xlim(zero_at - 0.8, above_at + 0.8)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=4))
+        ax.set_ylim(0, max([1] + counts + [int(h.get("below", 0)), int(h.get("above", 0))]) * 1.18)
+        ax.grid(True, axis="y", color="#e3e3e3", linewidth=0.7)
+        ax.set_axisbelow(True)
+        ax.set_title(f"{label}: {p['cases']} cases, {p['disagreements']} disagreeing", fontsize=10)
+        row, col = divmod(k, ncols)
+        if col == 0:
+            ax.set_ylabel("cases (count)")
+        if row == nrows - 1 or k + ncols >= len(pairs):     # the bottom panel of each column
+            ax.set_xlabel("per-case error max|a − b| / max|b|" + (" (log scale)" if col == 0 else ""))
+        if k == 0:
+            ax.yaxis.label.set_gid(f"{name}-ylabel")
+    bottom_left = axes[nrows - 1, 0] if len(pairs) > (nrows - 1) * ncols else axes[nrows - 2, 0]
+    bottom_left.xaxis.label.set_gid(f"{name}-xlabel")
+    leg = fig.legend(loc="outside lower center", ncols=2, frameon=False)
+    leg.set_gid(f"{name}-legend")
+    fig.suptitle("Agreement: distribution of the per-case error, by pair")
+    return fig
+
+
+def _tolerance_marks(dtype: str) -> dict[str, Any]:
+    """For a report.json written before ``agreement.tolerance`` existed: the comparison core's table."""
+    from .model import tolerance_marks
+
+    return tolerance_marks(dtype)
+
+
+# ---------------------------------------------------------------------------
+# All figures, and their serialisation
+# ---------------------------------------------------------------------------
+
+def figures(report: dict[str, Any]) -> list[FigureSpec]:
+    """Every figure of ``report`` with its alt text and caption, in page order; [] without matplotlib."""
+    if not available():
+        return []
+    out = []
+    sc = report.get("scaling")
+    if sc:
+        figs = scaling_figures(sc)
+        out += [FigureSpec("scaling-relative", "cost of one gradient relative to one forward pass",
+                           text.caption_relative(sc), figs["relative"]),
+                FigureSpec("scaling-seconds", "seconds per gradient", text.caption_seconds(sc), figs["seconds"]),
+                FigureSpec("scaling-evaluations", "function evaluations per gradient", text.caption_evaluations(sc),
+                           figs["evaluations"])]
+    ch = report.get("checkers")
+    if ch and ch.get("available"):
+        fig = checker_figure(ch)
+        if fig is not None:
+            out.append(FigureSpec("checkers", "seconds per gradient check", text.caption_checkers(ch), fig))
+    ag = report.get("agreement")
+    if ag:
+        fig = agreement_figure(ag)
+        if fig is not None:
+            out.append(FigureSpec("agreement", "histograms of the per-case error by pair", text.caption_agreement(ag),
+                                  fig))
+    return out
+
+
+def svg(spec: FigureSpec) -> str:
+    """The figure as an ``<svg>`` element to inline in HTML: no XML prolog, no date, ids salted by its name."""
+    import matplotlib
+    from matplotlib.backends.backend_svg import FigureCanvasSVG
+
+    buf = io.StringIO()
+    with matplotlib.rc_context({**_RC, "svg.hashsalt": f"gradverify-{spec.name}"}):
+        FigureCanvasSVG(spec.figure).print_svg(buf, metadata={"Date": None, "Creator": None, "Format": None,
+                                                              "Type": None})
+    s = buf.getvalue()
+    s = s[s.index("<svg"):]
+    s = re.sub(r"<metadata>.*?</metadata>\s*", "", s, flags=re.S)
+    # matplotlib numbers its groups per figure (figure_1, axes_1, text_3...): prefixed, they stay unique on a page
+    # with several figures. Nothing refers to them (markers and clip paths use the salted hash ids).
+    s = re.sub(r'id="([A-Za-z][A-Za-z0-9.]*_\d+)"', lambda m: f'id="{spec.name}-{m.group(1)}"', s)
+    return s.replace("<svg ", f'<svg role="img" aria-label="{spec.alt}" ', 1)
+
+
+def png(spec: FigureSpec, dpi: int = 150) -> bytes:
+    """The figure as PNG bytes (Agg canvas), for ``report.md`` and the README."""
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    buf = io.BytesIO()
+    with matplotlib.rc_context(_RC):
+        FigureCanvasAgg(spec.figure)                   # the Agg canvas, explicitly: no display needed
+        spec.figure.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
+    return buf.getvalue()

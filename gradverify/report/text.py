@@ -11,7 +11,8 @@ from typing import Any
 
 __all__ = ["LABELS", "seconds", "number", "ratio", "slope", "scaling_pivot", "evaluations_pivot",
            "checker_pivot", "scaling_explanation", "agreement_explanation", "checkers_explanation", "environment_rows",
-           "error"]
+           "error", "caption_relative", "caption_seconds", "caption_evaluations", "caption_checkers",
+           "caption_agreement", "duration", "run_time"]
 
 LABELS = {"reverse": "reverse mode", "forward_mode": "forward mode", "forward_diff": "forward differences",
           "central_diff": "central differences"}
@@ -205,3 +206,95 @@ def environment_rows(env: dict[str, Any]) -> list[tuple[str, str]]:
         ("preset", f"{env.get('settings', {}).get('preset')}: " + ", ".join(
             f"{k}={val}" for k, val in env.get("settings", {}).items() if k != "preset")),
     ]
+
+
+# ---------------------------------------------------------------------------
+# Figure captions: one sentence each, with this run's numbers
+# ---------------------------------------------------------------------------
+
+def _measured(sc: dict[str, Any], method: str, key: str) -> list[tuple[int, float]]:
+    out = []
+    for r in sc["rows"]:
+        if r["method"] == method and r.get("measured") and _f(r.get(key)) is not None:
+            out.append((int(r["params"]), float(r[key])))
+    return sorted(out)
+
+
+def caption_relative(sc: dict[str, Any]) -> str:
+    """The cost-relative-to-one-forward-pass figure, in one sentence."""
+    s = sc["slopes"]
+    rev = _measured(sc, "reverse", "relative")
+    if rev:
+        lo, hi = min(v for _, v in rev), max(v for _, v in rev)
+        head = (f"Reverse mode costs {lo:.1f}–{hi:.1f} forward passes from P = {number(rev[0][0])} to "
+                f"P = {number(rev[-1][0])} (fitted slope {slope(s.get('reverse'))})")
+    else:
+        head = "Reverse mode was not measured"
+    missing = len(sc.get("not_measured", []))
+    skipped = (f"; {missing} (method, P) cell{'' if missing == 1 else 's'} over the time budget "
+               f"{'is' if missing == 1 else 'are'} not drawn") if missing else ""
+    return (f"{head}, while forward mode, forward differences and central differences grow like P (slopes "
+            f"{slope(s.get('forward_mode'))}, {slope(s.get('forward_diff'))}, {slope(s.get('central_diff'))}); "
+            f"the dashed black line is one forward pass{skipped}.")
+
+
+def caption_seconds(sc: dict[str, Any]) -> str:
+    """The seconds-per-gradient figure, in one sentence."""
+    rev = _measured(sc, "reverse", "seconds")
+    others = [(m, _measured(sc, m, "seconds")) for m in ("forward_mode", "forward_diff", "central_diff")]
+    if not rev:
+        return "Median time of one gradient per method against P; reverse mode was not measured."
+    p, t = rev[-1]
+    at_p = [f"{LABELS[m]} {seconds(dict(v)[p])}" for m, v in others if p in dict(v)]
+    tail = f" against {', '.join(at_p)}" if at_p else ""
+    return (f"Median {sc.get('clock', 'wall')} time of one gradient: at P = {number(p)} reverse mode takes "
+            f"{seconds(t)}{tail}; the dashed black line is one forward pass.")
+
+
+def caption_evaluations(sc: dict[str, Any]) -> str:
+    """The evaluation-count figure, in one sentence."""
+    ps = sorted({int(r["params"]) for r in sc["rows"]})
+    top = number(ps[-1]) if ps else "-"
+    return ("Function evaluations per gradient: reverse mode makes one forward pass (plus one backward sweep) "
+            f"at every P, forward mode P, forward differences P + 1 and central differences 2P -- "
+            f"{number(2 * ps[-1]) if ps else '-'} at P = {top}.")
+
+
+def caption_checkers(ch: dict[str, Any]) -> str:
+    """The checker-timing figure, in one sentence."""
+    rows = [r for r in ch.get("rows", []) if _f(r.get("reported_seconds")) is not None and r.get("params")]
+    if not rows:
+        return "No checker was timed."
+    p = max(int(r["params"]) for r in rows)
+    at = sorted(((str(r["method"]), float(r["reported_seconds"])) for r in rows if int(r["params"]) == p),
+                key=lambda mv: mv[1])
+    return (f"Median seconds per check ({ch.get('clock', 'wall')} time) against P; at P = {number(p)}, fastest "
+            "first: " + ", ".join(f"{m} {seconds(v)}" for m, v in at) + " (fast modes dashed).")
+
+
+def caption_agreement(ag: dict[str, Any]) -> str:
+    """The agreement histograms, in one sentence."""
+    pairs = ag.get("pairs", {})
+    worst = max((_f(p.get("max_scaled_err")) or 0.0 for p in pairs.values()), default=0.0)
+    exact = sum(int(p.get("exact", 0)) for p in pairs.values())
+    total = sum(int(p.get("cases", 0)) for p in pairs.values())
+    n = len(ag.get("disagreements", []))
+    return (f"Per-case error of each pair over {ag.get('cases')} random cases: {exact} of {total} comparisons exact, "
+            f"the largest error {error(worst)}, {n} disagreement{'' if n == 1 else 's'}; the vertical lines mark "
+            "where the float64 tolerance starts to bite (dotted: its floor, solid: at the largest element).")
+
+
+def duration(v: Any) -> str:
+    """``5 min 11 s`` / ``42.0 s``; ``-`` for None."""
+    x = _f(v)
+    if x is None:
+        return "-"
+    if x < 60:
+        return f"{x:.1f} s"
+    m, s = divmod(int(round(x)), 60)
+    return f"{m} min {s} s"
+
+
+def run_time(report: dict[str, Any]) -> str:
+    """The report's own run time, stated once (in the environment section)."""
+    return f"{duration(report.get('wall_seconds'))} of wall time measuring (rendering not included)"
