@@ -12,6 +12,7 @@ core (:class:`~gradverify.compare.Comparison`) give the verdict.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -28,16 +29,28 @@ from .references.stencils import FAIL
 from .verdict import CheckResult
 
 __all__ = ["check", "check_layer", "check_pair", "assert_gradients", "assert_layer", "assert_pair", "MODES",
-           "AUTO_FULL_LIMIT", "FAST_PROBES"]
+           "DEFAULT_BUDGET", "FAST_PROBES", "PROGRESS_AFTER", "SlowCheckWarning"]
 
-#: Accepted values of ``mode=``: ``"full"`` checks every element;
-#: ``"fast"`` compares :data:`FAST_PROBES` random projections per input and
-#: parameter, then bisects to the wrong element on failure; ``"auto"`` runs
-#: full up to :data:`AUTO_FULL_LIMIT` elements in all, fast beyond.
+#: Accepted values of ``mode=`` (they govern finite differences; an exact
+#: reference compares every element whatever the mode): ``"full"`` checks
+#: every element; ``"fast"`` compares :data:`FAST_PROBES` random projections
+#: per input and parameter, then bisects to the wrong element on failure;
+#: ``"auto"`` runs full where its predicted time fits ``budget=``, fast beyond.
 MODES = ("auto", "full", "fast")
 
-#: ``mode="auto"`` runs ``"full"`` up to this many differentiable elements.
-AUTO_FULL_LIMIT = 2048
+#: Seconds ``mode="auto"`` may spend on finite differences of every element
+#: (``budget=``): the time of one evaluation, measured, times the
+#: evaluations a full check needs (about 2 per element of tensors the screen
+#: takes, 4 of smaller ones), divided by the rows a batched call evaluates.
+DEFAULT_BUDGET = 5.0
+
+#: A check predicted to run longer than this many seconds shows a progress
+#: bar on stderr when stderr is a terminal (``progress=`` overrides).
+PROGRESS_AFTER = 2.0
+
+
+class SlowCheckWarning(UserWarning):
+    """A full check predicted to take longer than its ``budget=`` (the message gives the estimate)."""
 
 #: Signed Gaussian probes per input/parameter in fast mode. A single
 #: element wrong by ``d`` in a tensor is missed by one probe with
@@ -64,6 +77,16 @@ def _validate(mode: str, seed: Any) -> tuple[np.random.Generator, np.random.Gene
     return np.random.default_rng(inputs), np.random.default_rng(cotangent)
 
 
+def _budget(budget: Any) -> float:
+    """``budget=`` validated: seconds, a positive finite number (None: :data:`DEFAULT_BUDGET`)."""
+    if budget is None:
+        return DEFAULT_BUDGET
+    if isinstance(budget, bool) or not isinstance(budget, (int, float, np.integer, np.floating)) or \
+            not np.isfinite(budget) or budget <= 0:
+        raise SpecError(f"budget must be a positive number of seconds, got {budget!r}")
+    return float(budget)
+
+
 def _lowest_precision(arrays) -> np.dtype:
     floats = [a.dtype for a in arrays if a.dtype.kind == "f"]
     if not floats:
@@ -72,11 +95,19 @@ def _lowest_precision(arrays) -> np.dtype:
 
 
 def _run(target: Target, *, rng: np.random.Generator, seed: int, mode: str, rtol, atol,
-         against: tuple[str, ...] = ("auto",)) -> CheckResult:
-    check = _Check(target, seed=seed, mode=mode, rtol=rtol, atol=atol, against=against)
+         against: tuple[str, ...] = ("auto",), budget: float = DEFAULT_BUDGET,
+         progress: bool | None = None) -> CheckResult:
+    check = _Check(target, seed=seed, mode=mode, rtol=rtol, atol=atol, against=against, budget=budget,
+                   progress=progress)
     try:
         with target.session():
             return _pipeline(check, rng)
+    except KeyboardInterrupt:
+        done = f"after {check.evaluations} evaluations" + (
+            f" of about {check.predicted[0]}" if check.predicted else "")
+        print(f"gradverify: check interrupted (Ctrl-C) {done}; the code under test was left as it was (every "
+              "perturbed value put back)", file=sys.stderr)
+        raise
     finally:
         target.random.release()
 
@@ -91,7 +122,11 @@ class _Check:
     rtol: float | None
     atol: float | None
     against: tuple[str, ...]
+    budget: float = DEFAULT_BUDGET
+    progress: bool | None = None
     start: float = dataclasses.field(default_factory=time.perf_counter)
+    seconds_per_evaluation: float = 0.0
+    predicted: tuple[int, float] | None = None  # a full check's (evaluations, seconds), once predicted
     evaluations: int = 0
     y0: np.ndarray | None = None          # the float64 evaluation at the point
     eval_dtype: Any = np.float64          # the precision the finite differences evaluate in
@@ -191,7 +226,9 @@ def _first_evaluation(c: _Check) -> None:
         target._warn("the code draws random numbers; its random state was captured and replayed for every "
                      "evaluation, so each call saw the same draws (e.g. the same dropout mask)")
     y0 = _check_output(y0, "forward")
+    t = time.perf_counter()
     y1 = np.asarray(target.evaluate())
+    c.seconds_per_evaluation = time.perf_counter() - t
     c.evaluations += 1
     spread = float(np.max(np.abs(y1.astype(np.float64) - y0.astype(np.float64)))) if y0.size else 0.0
     if y1.shape != y0.shape or spread > 16 * np.finfo(y0.dtype if y0.dtype.kind == "f" else np.float64).eps * max(
@@ -329,6 +366,78 @@ def _exact_verdict(c: _Check, name: str) -> CheckResult | None:
     return _check_reference(c, name, ref, result)
 
 
+def _predict_full(c: _Check) -> tuple[int, float]:
+    """Evaluations and seconds a full finite-difference check needs, from the measured cost of one evaluation.
+
+    About 2.25 evaluations per element of tensors the screen takes (64
+    elements and more), 4 of smaller ones. Where the code evaluates
+    perturbations in batches, one batched call of up to 64 rows of the
+    largest tensor is timed (and counted) for the cost of a row.
+    """
+    from .references import screen as _screen
+
+    evals = sum(int((2.25 if a.size >= _screen.SCREEN_MIN_SIZE else 4.0) * a.size) for a in c.target.point.values())
+    per = c.seconds_per_evaluation
+    batch = getattr(c.target, "evaluate_batch", None)
+    if batch is not None and evals > 64:
+        name, arr = max(c.target.point.items(), key=lambda kv: kv[1].size)
+        k = min(arr.size, 64)
+        idx = np.arange(k, dtype=np.int64)
+        t = time.perf_counter()
+        try:
+            batch(name, idx, np.asarray(arr, dtype=np.float64).reshape(-1)[:k].astype(arr.dtype))
+            per = min(per, (time.perf_counter() - t) / k)
+        except Exception:  # noqa: BLE001 - the check's own batched pass reports it; the estimate stays unbatched
+            pass
+        c.evaluations += k
+    return evals, evals * per
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.2g} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else \
+        f"{seconds / 3600:.1f} h"
+
+
+def _progress_of(c: _Check, size: int):
+    """The evaluation callables of a full check, counting on a progress bar when it is predicted to be long."""
+    import contextlib
+
+    target = c.target
+    batch = getattr(target, "evaluate_batch", None)
+    enabled = c.progress if c.progress is not None else (
+        _stderr_is_terminal() and c.predicted is not None and c.predicted[1] > PROGRESS_AFTER)
+    if not enabled:
+        return contextlib.nullcontext((target.evaluate, batch))
+
+    @contextlib.contextmanager
+    def counting():
+        from .progress import progress
+
+        with progress(f"full check ({size} elements)", c.predicted[0] if c.predicted else 4 * size,
+                      enabled=True) as bar:
+            def evaluate():
+                bar.step()
+                return target.evaluate()
+
+            def evaluate_batch(name, idx, vals):
+                bar.step(n=len(idx))
+                return batch(name, idx, vals)
+
+            yield evaluate, (None if batch is None else evaluate_batch)
+
+    return counting()
+
+
+def _stderr_is_terminal() -> bool:
+    """Progress bars go to a terminal only: not in CI logs, pipes or captured test output."""
+    import os
+
+    try:
+        return sys.stderr.isatty() and not os.environ.get("CI")
+    except (AttributeError, ValueError):
+        return False
+
+
 def _check_reference(c: _Check, name: str, ref: dict, result: CheckResult) -> CheckResult | None:
     """Finite differences check the exact reference itself; None (and a warning) if they refute it.
 
@@ -431,15 +540,28 @@ def _fd_verdict(c: _Check) -> tuple[CheckResult, dict | None]:
     noise = c.noise().sigma
     comparison = Comparison(analytic, tol)
     size = sum(a.size for a in target.point.values())
-    used = mode if mode != "auto" else ("full" if size <= AUTO_FULL_LIMIT else "fast")
+    used = mode
+    if mode in ("auto", "full"):
+        evals, seconds = c.predicted = _predict_full(c)
+        if mode == "auto":
+            used = "full" if seconds <= c.budget else "fast"
+        elif seconds > c.budget:
+            import warnings as _warnings
+
+            _warnings.warn(SlowCheckWarning(
+                f"gradverify: a full check of {size} elements needs about {evals} evaluations at "
+                f"{1e3 * c.seconds_per_evaluation:.3g} ms each: about {_duration(seconds)}, over budget={c.budget:g} s "
+                "(mode='fast' checks random projections in seconds)"), stacklevel=4)
     warnings = c.warnings()
     if used == "fast":
         probes, located, n_fast = _fast(target, comparison, u64, eval_dtype, c.rng, probes=FAST_PROBES,
                                         y0=np.asarray(c.y0, dtype=np.float64), noise=noise)
         c.evaluations += n_fast
         if used != mode:
-            warnings += (f"mode='auto' ran 'fast' ({size} elements > {AUTO_FULL_LIMIT}): {FAST_PROBES} random "
-                         "projections per input; pass mode='full' to check every element",)
+            warnings += (f"mode='auto' ran 'fast': every element of {size} would take about "
+                         f"{_duration(c.predicted[1])} by finite differences, over budget={c.budget:g} s; "
+                         f"{FAST_PROBES} random projections per input instead (pass mode='full', a larger budget=, "
+                         "or code with an exact reference to check every element)",)
         return comparison.fast_result(
             probes, located, kind=target.kind, constants=target.constants, warnings=warnings + tuple(
                 w for w in target.warnings if w not in warnings),
@@ -460,9 +582,10 @@ def _fd_verdict(c: _Check) -> tuple[CheckResult, dict | None]:
         tb = comparison.base_tolerance(name, values)
         return tb if comp64 is None else np.minimum(tb, comp64.base_tolerance(name, values))
 
-    fd, n_fd = projected_gradients(target.evaluate, target.point, u64, eval_dtype=eval_dtype, judge=judge,
-                                   evaluate_batch=getattr(target, "evaluate_batch", None), judge_many=judge_many,
-                                   tolerance=tolerance, noise=noise)
+    with _progress_of(c, size) as (evaluate, evaluate_batch):
+        fd, n_fd = projected_gradients(evaluate, target.point, u64, eval_dtype=eval_dtype, judge=judge,
+                                       evaluate_batch=evaluate_batch, judge_many=judge_many,
+                                       tolerance=tolerance, noise=noise)
     c.evaluations += n_fd
     evaluations = c.evaluations
     kinks = {k: (d.kink, d.left, d.right) for k, d in fd.items() if d.kink.any()}
@@ -736,7 +859,8 @@ def _fast(target: Target, comparison: Comparison, u64: np.ndarray, eval_dtype, r
 
 def check(fn: Callable, inputs: Any, *, vjp: Callable | None = None, mode: str = "auto",
           rtol: float | None = None, atol: float | None = None, seed: int = 0, against: Any = "auto",
-          examples: int | None = None, vary_batch: bool = False) -> CheckResult:
+          examples: int | None = None, vary_batch: bool = False, budget: float | None = None,
+          progress: bool | None = None) -> CheckResult:
     """Check the gradient of a numpy function ``fn(*inputs) -> out`` supplied by ``vjp``.
 
     ``vjp(dout, *inputs)`` returns one gradient per input (``None`` allowed
@@ -763,9 +887,11 @@ def check(fn: Callable, inputs: Any, *, vjp: Callable | None = None, mode: str =
     """
     rng, cot_rng = _validate(mode, seed)
     refs = parse_against(against)
+    budget = _budget(budget)
     if examples is not None:
         return _property(lambda xs: check(fn, xs, vjp=vjp, mode=mode, rtol=rtol, atol=atol, seed=seed,
-                                          against=against), inputs, examples, seed, vary_batch)
+                                          against=against, budget=budget, progress=False), inputs, examples, seed,
+                         vary_batch)
     from .frameworks import callable_target
 
     target = callable_target(fn, inputs, vjp)
@@ -776,12 +902,14 @@ def check(fn: Callable, inputs: Any, *, vjp: Callable | None = None, mode: str =
                 "gradient per input (torch and JAX callables are differentiated by their own framework)"
             )
         target = FunctionTarget(fn, vjp, inputs, kind="function", what="vjp")
-    return _run(target, rng=cot_rng, seed=seed, mode=mode, rtol=rtol, atol=atol, against=refs)
+    return _run(target, rng=cot_rng, seed=seed, mode=mode, rtol=rtol, atol=atol, against=refs,
+                budget=budget, progress=progress)
 
 
 def check_pair(forward: Callable, backward: Callable, inputs: Any, *, mode: str = "auto",
                rtol: float | None = None, atol: float | None = None, seed: int = 0,
-               against: Any = "auto", examples: int | None = None, vary_batch: bool = False) -> CheckResult:
+               against: Any = "auto", examples: int | None = None, vary_batch: bool = False,
+               budget: float | None = None, progress: bool | None = None) -> CheckResult:
     """Check a function pair ``forward(*inputs) -> (out, cache)``, ``backward(dout, cache) -> grads``.
 
     ``backward`` returns a tuple with one gradient per input, in order.
@@ -790,9 +918,11 @@ def check_pair(forward: Callable, backward: Callable, inputs: Any, *, mode: str 
     """
     rng, cot_rng = _validate(mode, seed)
     refs = parse_against(against)
+    budget = _budget(budget)
     if examples is not None:
         return _property(lambda xs: check_pair(forward, backward, xs, mode=mode, rtol=rtol, atol=atol, seed=seed,
-                                               against=against), inputs, examples, seed, vary_batch)
+                                               against=against, budget=budget, progress=False), inputs, examples, seed,
+                         vary_batch)
     if not callable(forward) or not callable(backward):
         raise ProtocolError("check_pair needs two callables: forward(*inputs) -> (out, cache) and "
                             "backward(dout, cache) -> one gradient per input")
@@ -813,13 +943,14 @@ def check_pair(forward: Callable, backward: Callable, inputs: Any, *, mode: str 
         return backward(dout, cache)
 
     target = FunctionTarget(fn, vjp, inputs, kind="pair", names_from=forward, what="backward")
-    return _run(target, rng=cot_rng, seed=seed, mode=mode, rtol=rtol, atol=atol, against=refs)
+    return _run(target, rng=cot_rng, seed=seed, mode=mode, rtol=rtol, atol=atol, against=refs,
+                budget=budget, progress=progress)
 
 
 def check_layer(layer: Any, input_shape: int | Sequence[int] | None = None, *, inputs: Any = None,
                 dtype: Any = None, mode: str = "auto", rtol: float | None = None, atol: float | None = None,
                 seed: int = 0, against: Any = "auto", examples: int | None = None,
-                vary_batch: bool = False) -> CheckResult:
+                vary_batch: bool = False, budget: float | None = None, progress: bool | None = None) -> CheckResult:
     """Check a numpy layer (object protocol) for its input and every parameter.
 
     The layer has ``params`` (dict name -> array, may be empty),
@@ -835,6 +966,7 @@ def check_layer(layer: Any, input_shape: int | Sequence[int] | None = None, *, i
     """
     rng, cot_rng = _validate(mode, seed)
     refs = parse_against(against)
+    budget = _budget(budget)
     if examples is not None:
         if inputs is None:
             from .frameworks import framework_inputs
@@ -848,12 +980,14 @@ def check_layer(layer: Any, input_shape: int | Sequence[int] | None = None, *, i
         elif input_shape is not None:
             raise SpecError("give input_shape or inputs, not both")
         return _property(lambda xs: check_layer(layer, inputs=xs, mode=mode, rtol=rtol, atol=atol, seed=seed,
-                                                against=against), inputs, examples, seed, vary_batch)
+                                                against=against, budget=budget, progress=False), inputs, examples, seed,
+                         vary_batch)
     from .frameworks import module_target
 
     fw_target = module_target(layer, input_shape, inputs=inputs, dtype=dtype, rng=rng)
     if fw_target is not None:
-        return _run(fw_target, rng=cot_rng, seed=seed, mode=mode, rtol=rtol, atol=atol, against=refs)
+        return _run(fw_target, rng=cot_rng, seed=seed, mode=mode, rtol=rtol, atol=atol, against=refs,
+                budget=budget, progress=progress)
     params = getattr(layer, "params", None) or {}
     floats = [v.dtype for v in params.values() if isinstance(v, np.ndarray) and v.dtype.kind == "f"] \
         if isinstance(params, Mapping) else []
@@ -869,7 +1003,8 @@ def check_layer(layer: Any, input_shape: int | Sequence[int] | None = None, *, i
         raise NoDifferentiableInputs(
             f"{type(layer).__name__} has no floating-point parameter and its input is {x.dtype}: nothing to differentiate"
         )
-    return _run(target, rng=cot_rng, seed=seed, mode=mode, rtol=rtol, atol=atol, against=refs)
+    return _run(target, rng=cot_rng, seed=seed, mode=mode, rtol=rtol, atol=atol, against=refs,
+                budget=budget, progress=progress)
 
 
 def _property(run: Callable[[Any], CheckResult], inputs: Any, examples: int, seed: int,
