@@ -25,7 +25,22 @@ __all__ = [
     "NoDerivativeRule",
     "NondeterministicError",
     "GradientMismatch",
+    "install_hint",
 ]
+
+#: extra -> the package(s) ``pip`` installs for it (what the extra pulls in).
+_EXTRA_PACKAGES = {"torch": "torch", "jax": "jax", "all": "torch jax"}
+
+
+def install_hint(extra: str) -> str:
+    """The command that installs an optional framework, valid from wherever the user runs it.
+
+    gradverify is not on the package index yet, so ``pip install
+    gradverify[torch]`` would fail; the framework's own package installs
+    from anywhere, and the extra from a checkout of gradverify.
+    """
+    package = _EXTRA_PACKAGES.get(extra, extra)
+    return f'pip install {package} (or, in a gradverify checkout: pip install ".[{extra}]")'
 
 
 class GradVerifyError(Exception):

@@ -112,10 +112,12 @@ def _parse_against(text: str, where: str) -> tuple[str, ...]:
 def _check_installed(names: tuple[str, ...], where: str) -> None:
     import importlib.util
 
+    from gradverify.errors import install_hint
+
     for name in names:
         if name != "fd" and importlib.util.find_spec(name) is None:
             raise ValueError(f"{where} names {name!r} but {name} is not installed "
-                             f"(pip install 'gradverify[{name}]')")
+                             f"({install_hint(name)})")
 
 
 def _parse_int(text: Any, where: str, minimum: int) -> int:
