@@ -19,7 +19,7 @@ import numpy as np
 
 from .compare import Comparison, _maxabs, tolerance_for
 from .errors import GradientMismatch, NoDifferentiableInputs, NondeterministicError, ProtocolError, SpecError
-from .layers import FunctionTarget, LayerTarget, Target, _check_output, _to_array, draw_input
+from .layers import FunctionTarget, LayerTarget, Target, _check_output, _to_array, draw_input, pair_callables
 from .references import EXACT, Declined, parse_against
 from .references.elementwise import projected_gradients
 from .references.exact import TRACE_AGREEMENT, exact_gradients
@@ -716,21 +716,7 @@ def check_pair(forward: Callable, backward: Callable, inputs: Any, *, mode: str 
         raise ProtocolError("check_pair needs two callables: forward(*inputs) -> (out, cache) and "
                             "backward(dout, cache) -> one gradient per input")
 
-    def _split(res):
-        if not isinstance(res, tuple) or len(res) != 2:
-            raise ProtocolError(
-                f"forward must return a pair (out, cache); it returned {type(res).__name__}"
-                + (f" of length {len(res)}" if isinstance(res, tuple) else "")
-            )
-        return res
-
-    def fn(*xs, **kw):
-        return _split(forward(*xs, **kw))[0]
-
-    def vjp(dout, *xs, **kw):
-        _, cache = _split(forward(*xs, **kw))
-        return backward(dout, cache)
-
+    fn, vjp = pair_callables(forward, backward)
     target = FunctionTarget(fn, vjp, inputs, kind="pair", names_from=forward, what="backward")
     return _run(target, rng=cot_rng, seed=seed, mode=mode, rtol=rtol, atol=atol, against=refs)
 

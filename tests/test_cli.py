@@ -110,7 +110,7 @@ def test_check_module_name_form_and_instance(workdir):
     (["check", "missing.py:Dense", "--input-shape", "4,3"], "no such file: missing.py"),
     (["check", "mylayers.py:Nope", "--input-shape", "4,3"], "has no attribute 'Nope'; candidates:"),
     (["check", "mylayers.py:Dense", "--input-shape", "4,a"], "--input-shape must be comma-separated"),
-    (["check", "mylayers.py:Dense", "--input-shape", "4,5"], "raised ValueError while being checked"),
+    (["check", "mylayers.py:Dense", "--input-shape", "4,5"], "Dense.forward raised ValueError"),
     (["check", "mylayers.py:NoGrads", "--input-shape", "4,3"], "bias"),          # MissingGradient
     (["check", "mylayers.py:Dense"], "the following arguments are required: --input-shape"),
     (["explain", "(a + b) *", "--at", "a=1,b=2"], "cannot parse"),

@@ -36,7 +36,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..errors import NoDifferentiableInputs, ProtocolError, SpecError
-from ..layers import FunctionTarget, _signature_names
+from ..layers import FunctionTarget, _signature_names, call_user
 
 __all__ = ["Arg", "BatchedEvaluation", "FrameworkFunctionTarget", "split_inputs", "flatten_tree", "unflatten_tree",
            "join_outputs", "split_cotangent", "dtype_dependence"]
@@ -540,8 +540,11 @@ class FrameworkFunctionTarget(FunctionTarget):
         return {n: self.to_framework(v, n) for n, v in flat.items()}
 
     def call_user(self, values: Mapping[str, Any], opaque: Mapping[str, Any] | None = None) -> Any:
+        """Call the code under test on framework arrays; what it raises becomes a CodeUnderTestError."""
+        __tracebackhide__ = True
         pos, kw = self.build_call(values, opaque)
-        return self.user_fn(*pos, **kw)
+        names = [a.name for a in self.args if not a.keyword]
+        return call_user(_name(self.user_fn), "forward", self.user_fn, pos, kw, names=names)
 
     def _record_output(self, out: Any) -> list:
         if self.float_leaf(out):
@@ -587,7 +590,8 @@ class FrameworkFunctionTarget(FunctionTarget):
               for p, dt in zip(pieces, dts)]
         dout = ts[0] if self._out_single else self.rebuild(self._out_tree, ts)
         pos, kw = self.build_call(values)
-        result = self.user_vjp(dout, *pos, **kw)
+        result = call_user(_name(self.user_vjp), "vjp", self.user_vjp, (dout, *pos), kw,
+                           names=["dout"] + [a.name for a in self.args if not a.keyword])
         if isinstance(result, Mapping):
             per_arg = {str(k): v for k, v in result.items()}
         else:

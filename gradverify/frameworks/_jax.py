@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from ..errors import ShapeMismatch
+from ..layers import call_user
 from ._common import BatchedEvaluation, FrameworkFunctionTarget
 
 __all__ = ["JaxFunctionTarget", "is_jax_array", "x64_context", "JIT_MIN_ELEMENTS", "JIT_AFTER_CALLS"]
@@ -293,11 +294,15 @@ class JaxFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
                 cts.append(jnp.asarray(next(it), dtype=leaf.dtype))
             else:
                 cts.append(np.zeros(np.shape(leaf), dtype=jax.dtypes.float0))
-        try:
-            grads = f_vjp(jax.tree_util.tree_unflatten(treedef, cts))
-        except ValueError as exc:
-            if "bwd rule must produce" in str(exc):
-                raise ShapeMismatch(f"{self.what}: the custom_vjp bwd rule returned a gradient of the wrong shape "
-                                    f"({exc}); sum over broadcast axes?") from exc
-            raise
+        def backward(ct):
+            try:
+                return f_vjp(ct)
+            except ValueError as exc:
+                if "bwd rule must produce" in str(exc):
+                    raise ShapeMismatch(f"{self.what}: the custom_vjp bwd rule returned a gradient of the wrong shape "
+                                        f"({exc}); sum over broadcast axes?") from exc
+                raise
+
+        grads = call_user(self.what, "backward", backward, (jax.tree_util.tree_unflatten(treedef, cts),),
+                          names=("cotangent",))
         return {n: np.array(g) for n, g in zip(diff, grads)}
