@@ -335,6 +335,15 @@ def _plain(obj: Any) -> Any:
     return str(obj)
 
 
+def _default_label(fn: Any) -> str:
+    """A readable name for a checked callable: ``Square.apply`` for an autograd Function, else its name."""
+    owner = getattr(fn, "__self__", None)
+    name = getattr(fn, "__name__", None)
+    if isinstance(owner, type) and name:
+        return f"{owner.__name__}.{name}"
+    return name or type(fn).__name__
+
+
 class GradCheck:
     """The ``gradcheck`` fixture: asserting gradient checks that are recorded for the run's report.
 
@@ -404,7 +413,7 @@ class GradCheck:
         __tracebackhide__ = True
         from gradverify import check
 
-        return self._run("function", label or getattr(fn, "__name__", type(fn).__name__), check,
+        return self._run("function", label or _default_label(fn), check,
                          (fn, inputs), self._options(options))
 
     def _run(self, kind: str, label: str, fn: Any, args: tuple, kwargs: dict[str, Any]) -> Any:

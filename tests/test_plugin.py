@@ -447,3 +447,125 @@ def test_loading_the_plugin_imports_nothing_beyond_the_package():
     env = dict(os.environ, PYTHONPATH=str(REPO))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "['gradverify.pytest_plugin'] []"
+
+
+# ---------------------------------------------------------------------------
+# against=, expected failures, labels, tracebacks (issue 12, points A and 6)
+# ---------------------------------------------------------------------------
+
+TORCH_FUNCTION = '''
+import torch
+
+class Square(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return 2 * x * g
+
+X = torch.linspace(-1.0, 1.0, 5, dtype=torch.float64)
+'''
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs torch")
+def test_against_option_and_marker_reach_the_checks(project):
+    project.makepyfile(fns=TORCH_FUNCTION, test_against='''
+        import pytest
+        from fns import Square, X
+
+        def test_default(gradcheck):
+            print("REF default", gradcheck(Square.apply, (X,)).reference)
+
+        @pytest.mark.gradverify(against="fd")
+        def test_marker_fd(gradcheck):
+            print("REF marker", gradcheck(Square.apply, (X,)).reference)
+
+        @pytest.mark.gradverify(against=("torch", "fd"))
+        def test_marker_both(gradcheck):
+            r = gradcheck(Square.apply, (X,), label="square")
+            print("REF both", r.reference, any("also checked against fd" in w for w in r.warnings))
+    ''')
+    # subprocess: torch is imported by the run, and cannot be imported twice in this process
+    out = project.runpytest_subprocess(*PLUGIN, "-p", "no:cacheprovider", "-s", "--gradverify-report=r.json")
+    out.assert_outcomes(passed=3)
+    out.stdout.fnmatch_lines(["*REF default torch*", "*REF marker fd*", "*REF both torch True*"])
+    out.stdout.fnmatch_lines(["ok   test_against.py::test_default [[]Square.apply[]]: worst *, reference=torch",
+                              "ok   test_against.py::test_marker_both [[]square[]]: worst *, reference=torch"])
+    refs = {c["nodeid"].split("::")[1]: c["reference"] for c in _report(project)["checks"]}
+    assert refs == {"test_default": "torch", "test_marker_fd": "fd", "test_marker_both": "torch"}
+    # the command line sets it for every test without a marker
+    out = project.runpytest_subprocess(*PLUGIN, "-p", "no:cacheprovider", "-s", "--gradverify-against=fd",
+                                       "-k", "default")
+    out.stdout.fnmatch_lines(["gradverify: against=fd*", "*REF default fd*"])
+
+
+def test_against_auto_cannot_be_combined(project):
+    project.makepyfile(test_x="def test_x():\n    pass\n")
+    result = _run(project, "--gradverify-against=auto,fd")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--gradverify-against: auto chooses by itself*"])
+
+
+def test_expected_failure_is_reported_as_expected_not_fail(project):
+    project.makepyfile(test_expect='''
+        import numpy as np
+        import pytest
+        import gradverify
+        from layers import tanh_pair, tanh_backward_wrong
+
+        def test_catches_the_bug(gradcheck):
+            with pytest.raises(gradverify.GradientMismatch):
+                gradcheck.pair(tanh_pair, tanh_backward_wrong, (np.linspace(-1, 1, 5),), label="tanh-bug")
+
+        @pytest.mark.xfail(raises=gradverify.GradientMismatch, strict=True)
+        def test_known_bug(gradcheck):
+            gradcheck.pair(tanh_pair, tanh_backward_wrong, (np.linspace(-1, 1, 5),), label="known")
+    ''')
+    result = _run(project, "--gradverify-report=r.json")
+    result.assert_outcomes(passed=1, xfailed=1)
+    result.stdout.fnmatch_lines([
+        "2 gradient checks in 2 tests, 0 failed, 2 expected failures",
+        "xfail test_expect.py::test_* [[]*[]] (1/1 checks failed as expected): worst 'x'*",
+        "xfail test_expect.py::test_* [[]*[]] (1/1 checks failed as expected): worst 'x'*",
+    ])
+    assert "FAIL test_expect" not in result.stdout.str()
+    data = _report(project)
+    assert data["summary"]["failed"] == 0 and data["summary"]["expected"] == 2
+    assert all(c["expected"] is True and c["passed"] is False for c in data["checks"])
+
+
+def test_bad_input_traceback_stops_at_the_test_call(project):
+    project.makepyfile(test_tb='''
+        import numpy as np
+
+        class Broken:
+            params = {}
+            def forward(self, x):
+                return x @ np.ones((7, 2))      # the user's bug: wrong inner dimension
+            def backward(self, dy):
+                return dy
+
+        def test_no_vjp(gradcheck):
+            gradcheck(np.sin, (np.ones(3),))
+
+        def test_forward_raises(gradcheck):
+            gradcheck.layer(Broken(), (4, 3), label="broken")
+    ''')
+    result = _run(project)
+    result.assert_outcomes(failed=2)
+    out = result.stdout.str()
+    result.stdout.fnmatch_lines(["*gradcheck(np.sin, (np.ones(3),))*", "E*SpecError: check(fn, inputs) of a numpy*"])
+    result.stdout.fnmatch_lines(["*return x @ np.ones((7, 2))*", "E*ValueError*",
+                                 "*direct cause*",
+                                 "*gradcheck.layer(Broken(), (4, 3), label=\"broken\")*",
+                                 "E*CodeUnderTestError: Broken.forward raised ValueError*",
+                                 "E*(forward called with x: (4, 3))*"])
+    # nothing from inside gradverify in the tracebacks
+    tracebacks = out.split("= FAILURES =")[1].split("= gradverify =")[0]
+    assert "gradverify/api.py" not in tracebacks and "gradverify/layers.py" not in tracebacks
+    assert "pytest_plugin.py" not in tracebacks
+    result.stdout.fnmatch_lines(["FAIL test_tb.py::test_forward_raises [[]broken[]]*CodeUnderTestError*"])
