@@ -389,6 +389,9 @@ class FrameworkFunctionTarget(FunctionTarget):
             self._warn(f"{_name(self.user_fn)} {reason}, so the finite differences ran in the caller's dtype "
                        f"({', '.join(low)}); the verdict is coarser than a float64 check")
 
+    def forget_compiled(self) -> None:
+        """Drop compiled versions of the code (a copy whose function differs must not reuse them)."""
+
     def random_draws(self) -> str | None:
         """A reason string when the code drew random numbers whose values depend on the dtype."""
         return None
@@ -437,6 +440,7 @@ class FrameworkFunctionTarget(FunctionTarget):
             self._call(self.fn, self._args(self.point))
         ref = _copy.copy(self)
         ref.user_fn, ref.user_vjp, ref.warnings, ref.what = primal, None, [], what
+        ref.forget_compiled()
         pieces = split_cotangent(cotangent, self._out_shapes, self._out_single)
         flat = dict(zip(self.order, self._args(self.point)))
         self.random.restore()
