@@ -18,7 +18,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from .compare import Comparison, _maxabs, tolerance_for
-from .errors import GradientMismatch, NoDifferentiableInputs, NondeterministicError, ProtocolError, SpecError
+from .errors import (GradientMismatch, NoDifferentiableInputs, NondeterministicError, ProtocolError, SpecError,
+                     raised_at_call)
 from .layers import FunctionTarget, LayerTarget, Target, _check_output, _to_array, draw_input, pair_callables
 from .references import EXACT, Declined, parse_against
 from .references.elementwise import projected_gradients
@@ -660,6 +661,7 @@ def _fast(target: Target, comparison: Comparison, u64: np.ndarray, eval_dtype, r
     return results, located, total
 
 
+@raised_at_call
 def check(fn: Callable, inputs: Any, *, vjp: Callable | None = None, mode: str = "auto",
           rtol: float | None = None, atol: float | None = None, seed: int = 0, against: Any = "auto") -> CheckResult:
     """Check the gradient of a numpy function ``fn(*inputs) -> out`` supplied by ``vjp``.
@@ -701,6 +703,7 @@ def check(fn: Callable, inputs: Any, *, vjp: Callable | None = None, mode: str =
     return _run(target, rng=cot_rng, seed=seed, mode=mode, rtol=rtol, atol=atol, against=refs)
 
 
+@raised_at_call
 def check_pair(forward: Callable, backward: Callable, inputs: Any, *, mode: str = "auto",
                rtol: float | None = None, atol: float | None = None, seed: int = 0,
                against: Any = "auto") -> CheckResult:
@@ -721,6 +724,7 @@ def check_pair(forward: Callable, backward: Callable, inputs: Any, *, mode: str 
     return _run(target, rng=cot_rng, seed=seed, mode=mode, rtol=rtol, atol=atol, against=refs)
 
 
+@raised_at_call
 def check_layer(layer: Any, input_shape: int | Sequence[int] | None = None, *, inputs: Any = None,
                 dtype: Any = None, mode: str = "auto", rtol: float | None = None, atol: float | None = None,
                 seed: int = 0, against: Any = "auto") -> CheckResult:
@@ -763,21 +767,28 @@ def check_layer(layer: Any, input_shape: int | Sequence[int] | None = None, *, i
 
 
 def _raise_unless_passed(result: CheckResult) -> CheckResult:
+    __tracebackhide__ = True
     if not result.passed:
         raise GradientMismatch(result)
     return result
 
 
+@raised_at_call
 def assert_gradients(fn: Callable, inputs: Any, **options) -> CheckResult:
     """:func:`check`, raising :class:`~gradverify.GradientMismatch` unless it passes."""
+    __tracebackhide__ = True
     return _raise_unless_passed(check(fn, inputs, **options))
 
 
+@raised_at_call
 def assert_pair(forward: Callable, backward: Callable, inputs: Any, **options) -> CheckResult:
     """:func:`check_pair`, raising :class:`~gradverify.GradientMismatch` unless it passes."""
+    __tracebackhide__ = True
     return _raise_unless_passed(check_pair(forward, backward, inputs, **options))
 
 
+@raised_at_call
 def assert_layer(layer: Any, input_shape=None, **options) -> CheckResult:
     """:func:`check_layer`, raising :class:`~gradverify.GradientMismatch` unless it passes."""
+    __tracebackhide__ = True
     return _raise_unless_passed(check_layer(layer, input_shape, **options))

@@ -11,7 +11,10 @@ things only:
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable, TypeVar
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 __all__ = [
     "GradVerifyError",
@@ -27,10 +30,32 @@ __all__ = [
     "CodeUnderTestError",
     "GradientMismatch",
     "install_hint",
+    "raised_at_call",
 ]
 
 #: extra -> the package(s) ``pip`` installs for it (what the extra pulls in).
 _EXTRA_PACKAGES = {"torch": "torch", "jax": "jax", "all": "torch jax"}
+
+
+def raised_at_call(entry: _F) -> _F:
+    """Decorate a public entry point: its bad-input errors show the caller's line, not gradverify's internals.
+
+    A :class:`GradVerifyError` leaving ``entry`` is re-raised with its
+    traceback cut at the entry point (the message says what to fix; an error
+    of the code under test keeps its original, with the user's line, as
+    ``__cause__``). The wrapper is hidden from pytest tracebacks
+    (``__tracebackhide__``). Other exceptions pass untouched.
+    """
+
+    @functools.wraps(entry)
+    def wrapper(*args, **kwargs):
+        __tracebackhide__ = True
+        try:
+            return entry(*args, **kwargs)
+        except GradVerifyError as exc:
+            raise exc.with_traceback(None) from exc.__cause__
+
+    return wrapper  # type: ignore[return-value]
 
 
 def install_hint(extra: str) -> str:

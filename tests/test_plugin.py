@@ -554,9 +554,13 @@ def test_bad_input_traceback_stops_at_the_test_call(project):
 
         def test_forward_raises(gradcheck):
             gradcheck.layer(Broken(), (4, 3), label="broken")
+
+        def test_direct_assert(gradcheck):
+            import gradverify
+            gradverify.assert_layer(Broken(), (4, 3))
     ''')
     result = _run(project)
-    result.assert_outcomes(failed=2)
+    result.assert_outcomes(failed=3)
     out = result.stdout.str()
     result.stdout.fnmatch_lines(["*gradcheck(np.sin, (np.ones(3),))*", "E*SpecError: check(fn, inputs) of a numpy*"])
     result.stdout.fnmatch_lines(["*return x @ np.ones((7, 2))*", "E*ValueError*",
@@ -569,3 +573,4 @@ def test_bad_input_traceback_stops_at_the_test_call(project):
     assert "gradverify/api.py" not in tracebacks and "gradverify/layers.py" not in tracebacks
     assert "pytest_plugin.py" not in tracebacks
     result.stdout.fnmatch_lines(["FAIL test_tb.py::test_forward_raises [[]broken[]]*CodeUnderTestError*"])
+    result.stdout.fnmatch_lines(["*gradverify.assert_layer(Broken(), (4, 3))*", "E*CodeUnderTestError*"])
