@@ -590,7 +590,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             detail = (f"worst {_where(w)}: abs err {_fmt(w.get('abs_err'))}, rel err {_fmt(w.get('rel_err'))}, "
                       f"tolerance {_fmt(w.get('tolerance'))}, reference={t['reference']}")
         else:
-            detail = t["error"] or "nothing compared"
+            detail = " ".join(str(t["error"]).split()) if t["error"] else "nothing compared"
         count = f" ({t['failed']}/{t['checks']} checks failed)" if t["failed"] else \
             (f" ({t['expected']}/{t['checks']} checks failed as expected)" if t["expected"] else
              (f" ({t['checks']} checks)" if t["checks"] > 1 else ""))
