@@ -40,6 +40,7 @@ _EXPORTS = {
     "NoDifferentiableInputs": "errors",
     "NoDerivativeRule": "errors",
     "NondeterministicError": "errors",
+    "CodeUnderTestError": "errors",
     "GradientMismatch": "errors",
 }
 

@@ -19,8 +19,9 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from .compare import Comparison, _maxabs, tolerance_for
-from .errors import GradientMismatch, NoDifferentiableInputs, NondeterministicError, ProtocolError, SpecError
-from .layers import FunctionTarget, LayerTarget, Target, _check_output, _to_array, draw_input
+from .errors import (GradientMismatch, NoDifferentiableInputs, NondeterministicError, ProtocolError, SpecError,
+                     raised_at_call)
+from .layers import FunctionTarget, LayerTarget, Target, _check_output, _to_array, draw_input, pair_callables
 from .references import EXACT, Declined, parse_against
 from .references.elementwise import projected_gradients
 from .references.exact import TRACE_AGREEMENT, exact_gradients
@@ -857,6 +858,7 @@ def _fast(target: Target, comparison: Comparison, u64: np.ndarray, eval_dtype, r
     return results, located, total
 
 
+@raised_at_call
 def check(fn: Callable, inputs: Any, *, vjp: Callable | None = None, mode: str = "auto",
           rtol: float | None = None, atol: float | None = None, seed: int = 0, against: Any = "auto",
           examples: int | None = None, vary_batch: bool = False, budget: float | None = None,
@@ -906,6 +908,7 @@ def check(fn: Callable, inputs: Any, *, vjp: Callable | None = None, mode: str =
                 budget=budget, progress=progress)
 
 
+@raised_at_call
 def check_pair(forward: Callable, backward: Callable, inputs: Any, *, mode: str = "auto",
                rtol: float | None = None, atol: float | None = None, seed: int = 0,
                against: Any = "auto", examples: int | None = None, vary_batch: bool = False,
@@ -927,26 +930,13 @@ def check_pair(forward: Callable, backward: Callable, inputs: Any, *, mode: str 
         raise ProtocolError("check_pair needs two callables: forward(*inputs) -> (out, cache) and "
                             "backward(dout, cache) -> one gradient per input")
 
-    def _split(res):
-        if not isinstance(res, tuple) or len(res) != 2:
-            raise ProtocolError(
-                f"forward must return a pair (out, cache); it returned {type(res).__name__}"
-                + (f" of length {len(res)}" if isinstance(res, tuple) else "")
-            )
-        return res
-
-    def fn(*xs, **kw):
-        return _split(forward(*xs, **kw))[0]
-
-    def vjp(dout, *xs, **kw):
-        _, cache = _split(forward(*xs, **kw))
-        return backward(dout, cache)
-
+    fn, vjp = pair_callables(forward, backward)
     target = FunctionTarget(fn, vjp, inputs, kind="pair", names_from=forward, what="backward")
     return _run(target, rng=cot_rng, seed=seed, mode=mode, rtol=rtol, atol=atol, against=refs,
                 budget=budget, progress=progress)
 
 
+@raised_at_call
 def check_layer(layer: Any, input_shape: int | Sequence[int] | None = None, *, inputs: Any = None,
                 dtype: Any = None, mode: str = "auto", rtol: float | None = None, atol: float | None = None,
                 seed: int = 0, against: Any = "auto", examples: int | None = None,
@@ -1065,21 +1055,28 @@ def _like(original: Any, array: np.ndarray) -> Any:
 
 
 def _raise_unless_passed(result: CheckResult) -> CheckResult:
+    __tracebackhide__ = True
     if not result.passed:
         raise GradientMismatch(result)
     return result
 
 
+@raised_at_call
 def assert_gradients(fn: Callable, inputs: Any, **options) -> CheckResult:
     """:func:`check`, raising :class:`~gradverify.GradientMismatch` unless it passes."""
+    __tracebackhide__ = True
     return _raise_unless_passed(check(fn, inputs, **options))
 
 
+@raised_at_call
 def assert_pair(forward: Callable, backward: Callable, inputs: Any, **options) -> CheckResult:
     """:func:`check_pair`, raising :class:`~gradverify.GradientMismatch` unless it passes."""
+    __tracebackhide__ = True
     return _raise_unless_passed(check_pair(forward, backward, inputs, **options))
 
 
+@raised_at_call
 def assert_layer(layer: Any, input_shape=None, **options) -> CheckResult:
     """:func:`check_layer`, raising :class:`~gradverify.GradientMismatch` unless it passes."""
+    __tracebackhide__ = True
     return _raise_unless_passed(check_layer(layer, input_shape, **options))

@@ -63,13 +63,57 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in parts)
 
 
+def _package_module_name(path: str) -> tuple[str, str] | None:
+    """``(root directory, dotted name)`` of a ``.py`` file inside a package, or None for a plain script.
+
+    Walks up the directories that hold an ``__init__.py``: the first one
+    without is the root put on ``sys.path``, so the module imports by its
+    dotted name and its relative imports work. O(depth).
+    """
+    directory, filename = os.path.split(path)
+    stem = os.path.splitext(filename)[0]
+    if not os.path.isfile(os.path.join(directory, "__init__.py")):
+        return None
+    parts = [] if stem == "__init__" else [stem]
+    while os.path.isfile(os.path.join(directory, "__init__.py")):
+        directory, package = os.path.split(directory)
+        if not package.isidentifier():
+            return None
+        parts.insert(0, package)
+    return directory, ".".join(parts)
+
+
+def _import_dotted(name: str, where: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (name == exc.name or name.startswith(exc.name + ".")):
+            raise _BadInput(f"no module named {name!r} (nor a file {where}.py); give FILE.py:NAME or "
+                            "module:NAME importable from the current directory") from None
+        raise _BadInput(f"importing {where} failed: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001
+        raise _BadInput(f"importing {where} failed: {type(exc).__name__}: {exc}") from exc
+
+
 def _load_module(where: str) -> Any:
-    """Import ``where``: a path to a ``.py`` file, or a dotted module name (found from the current directory)."""
+    """Import ``where``: a path to a ``.py`` file, or a dotted module name (found from the current directory).
+
+    A file inside a package (its directory has an ``__init__.py``) is
+    imported by its dotted name from the package's root, so relative
+    imports work; a file outside any package is run as a script would be,
+    with its directory on ``sys.path``.
+    """
     looks_like_file = where.endswith(".py") or os.sep in where or (os.altsep and os.altsep in where)
     if looks_like_file:
         path = os.path.abspath(where)
         if not os.path.isfile(path):
             raise _BadInput(f"no such file: {where}")
+        packaged = _package_module_name(path)
+        if packaged is not None:
+            root, dotted = packaged
+            if root not in sys.path:
+                sys.path.insert(0, root)
+            return _import_dotted(dotted, where)
         name = "_gradverify_target_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
         spec = importlib.util.spec_from_file_location(name, path)
         if spec is None or spec.loader is None:
@@ -85,15 +129,7 @@ def _load_module(where: str) -> Any:
         return module
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    try:
-        return importlib.import_module(where)
-    except ModuleNotFoundError as exc:
-        if exc.name and (where == exc.name or where.startswith(exc.name + ".")):
-            raise _BadInput(f"no module named {where!r} (nor a file {where}.py); give FILE.py:NAME or "
-                            "module:NAME importable from the current directory") from None
-        raise _BadInput(f"importing {where} failed: {type(exc).__name__}: {exc}") from exc
-    except Exception as exc:  # noqa: BLE001
-        raise _BadInput(f"importing {where} failed: {type(exc).__name__}: {exc}") from exc
+    return _import_dotted(where, where)
 
 
 def _is_layer(obj: Any) -> bool:
@@ -109,16 +145,36 @@ def _needs_arguments(fn: Any) -> list[str]:
             if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
-def load_layer(target: str) -> Any:
+def parse_init(text: str | None) -> dict[str, Any]:
+    """``--init`` JSON (an object of keyword arguments) -> dict; None -> {}.
+
+    Raises:
+        _BadInput: not JSON, or not a JSON object.
+    """
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _BadInput(f"--init must be a JSON object of keyword arguments such as '{{\"n\": 3}}'; {exc}") from None
+    if not isinstance(value, dict):
+        raise _BadInput(f"--init must be a JSON object of keyword arguments such as '{{\"n\": 3}}', "
+                        f"got a {type(value).__name__}")
+    return value
+
+
+def load_layer(target: str, init: dict[str, Any] | None = None) -> Any:
     """Resolve ``FILE.py:NAME`` or ``module:NAME`` to a layer instance.
 
-    ``NAME`` (dotted attributes allowed) is a class constructed with no
-    arguments, a zero-argument factory, or an instance.
+    ``NAME`` (dotted attributes allowed) is a class or factory, called with
+    the keyword arguments ``init`` (none by default), or an instance.
 
     Raises:
         _BadInput: malformed target, missing file, module or name, a class or
-            factory that needs arguments or fails, or something that is not a layer.
+            factory that needs arguments it was not given or fails, ``init``
+            given for an instance, or something that is not a layer.
     """
+    init = init or {}
     where, sep, name = target.rpartition(":")
     if not sep or not where or not name:
         raise _BadInput(f"expected FILE.py:NAME or module:NAME, got {target!r}")
@@ -135,27 +191,55 @@ def load_layer(target: str) -> Any:
     if not _is_layer(obj):
         if not callable(obj):
             raise _BadInput(f"{name} is a {type(obj).__name__}, not a layer, class or factory")
-        missing = _needs_arguments(obj)
+        missing = [m for m in _needs_arguments(obj) if m not in init]
         if missing:
-            raise _BadInput(f"{name} needs arguments ({', '.join(missing)}); the CLI constructs it with none -- "
-                            "give defaults or point at a zero-argument factory")
+            example = json.dumps({m: "..." for m in missing})
+            raise _BadInput(f"{name} needs arguments ({', '.join(missing)}); give them as JSON keyword "
+                            f"arguments, e.g. --init '{example}'")
         try:
-            obj = obj()
+            obj = obj(**init)
         except Exception as exc:  # noqa: BLE001
-            raise _BadInput(f"{name}() raised {type(exc).__name__}: {exc}") from exc
+            args = ", ".join(f"{k}={v!r}" for k, v in init.items())
+            raise _BadInput(f"{name}({args}) raised {type(exc).__name__}: {exc}") from exc
+    elif init:
+        raise _BadInput(f"{name} is already an instance; --init applies to a class or factory")
     if not _is_layer(obj):
         raise _BadInput(f"{name} gave a {type(obj).__name__}, which has no forward(); a layer has params, "
                         "forward(x) and backward(dy) (or is a torch.nn.Module)")
     return obj
 
 
+def parse_against_option(text: str) -> tuple[str, ...]:
+    """``--against`` text (comma-separated names) -> the tuple ``against=`` takes.
+
+    Raises:
+        _BadInput: an unknown name, or ``auto`` combined with others.
+    """
+    from .errors import SpecError
+    from .references import parse_against
+
+    names = tuple(n.strip() for n in str(text).split(",") if n.strip())
+    try:
+        return parse_against(names)
+    except SpecError as exc:
+        raise _BadInput(f"--against: {exc}") from None
+
+
 def _check_arguments(p: argparse.ArgumentParser) -> None:
     from .api import MODES
+    from .references import AGAINST
 
     p.add_argument("target", metavar="FILE.py:NAME|module:NAME",
-                   help="the layer: a class constructed with no arguments, a zero-argument factory, or an instance")
+                   help="the layer: a class or factory (called with --init's arguments, none by default), or an "
+                        "instance; FILE.py may sit inside a package (relative imports work), module is dotted")
     p.add_argument("--input-shape", required=True, metavar="SHAPE",
                    help="shape of the input drawn for the layer, e.g. 4,3")
+    p.add_argument("--init", default=None, metavar="JSON",
+                   help="keyword arguments of the class or factory as a JSON object, e.g. '{\"n\": 3}' "
+                        "(default: none)")
+    p.add_argument("--against", default="auto", metavar="REFS",
+                   help=f"what the backward is compared with, comma-separated, from {','.join(AGAINST)} "
+                        "(default: auto, an exact reference where one applies, else finite differences)")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the input and cotangent (default: 0)")
     p.add_argument("--mode", choices=MODES, default="auto", help="how to check (default: auto)")
@@ -184,30 +268,40 @@ def _plain(obj: Any) -> Any:
 
 
 def _run_check(args: argparse.Namespace) -> int:
-    from . import GradVerifyError, check_layer
+    from . import CodeUnderTestError, GradVerifyError, check_layer
 
     try:
         shape = parse_shape(args.input_shape)
-        layer = load_layer(args.target)
+        against = parse_against_option(args.against)
+        layer = load_layer(args.target, parse_init(args.init))
     except _BadInput as exc:
         return _emit_error(args, str(exc))
     try:
         result = check_layer(layer, shape, mode=args.mode, seed=args.seed, rtol=args.rtol, atol=args.atol,
-                             dtype=args.dtype)
+                             dtype=args.dtype, against=against)
+    except CodeUnderTestError as exc:
+        message = str(exc)
+        if exc.stage == "forward" and exc.about_shapes:
+            # the evidence points at the drawn input: the forward refused its shape
+            message += f"\n  is --input-shape {','.join(map(str, shape))} right for this layer?"
+        return _emit_error(args, message, type(exc).__name__)
     except GradVerifyError as exc:
         return _emit_error(args, str(exc), type(exc).__name__)
-    except Exception as exc:  # noqa: BLE001 - the code under test raised: it could not be checked
-        return _emit_error(args, f"{args.target} raised {type(exc).__name__} while being checked with input "
-                                 f"shape {shape}: {exc} (is --input-shape right for this layer?)",
-                           type(exc).__name__)
+    except Exception as exc:  # noqa: BLE001 - gradverify itself failed: report it, exit 2
+        return _emit_error(args, f"checking {args.target} failed: {type(exc).__name__}: {exc}", type(exc).__name__)
     code = EXIT_OK if result.passed else EXIT_MISMATCH
     if args.json:
-        data = {"target": args.target, "input_shape": list(shape), "exit_status": code}
+        data = {"target": args.target, "input_shape": list(shape), "input_dtype": args.dtype,
+                "against": list(against), "exit_status": code}
         data.update(result.to_dict())
         print(json.dumps(_plain(data), indent=2))
     else:
-        print(f"{args.target} with input shape {shape}:")
+        drawn = f", input dtype {args.dtype}" if args.dtype else ""
+        print(f"{args.target} with input shape {shape}{drawn}, against={','.join(against)}:")
         print(result)
+        if args.dtype and result.dtype != args.dtype:
+            print(f"note: the input was drawn in {args.dtype}; the layer computed its gradients in {result.dtype} "
+                  "(its parameters' dtype), so they were checked at that precision")
     return code
 
 
@@ -247,7 +341,9 @@ exit status: 0 the gradients agree, 1 they do not, 2 the check could not run
 
 examples:
   gradverify check layers.py:Dense --input-shape 4,3
+  gradverify check mypkg/layers.py:Dense --input-shape 4,3 --init '{"n_in": 3, "n_out": 2}'
   gradverify check mypkg.layers:make_layer --input-shape 2,8 --json
+  gradverify check layers.py:Dense --input-shape 4,3 --dtype float32 --against reference,fd
 """
 
 _EXPLAIN_EPILOG = """\
@@ -282,7 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gradverify {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     commands = [
-        ("check", "check a layer's backward against finite differences (exit 0 agree, 1 disagree, 2 bad input)",
+        ("check", "check a layer's backward against an exact reference or finite differences (exit 0 agree, "
+                  "1 disagree, 2 bad input)",
          _check_arguments, _run_check, _CHECK_EPILOG),
         ("explain", "show the computational graph of an expression: values, local partials, adjoints, cost",
          _explain_arguments, _run_explain, _EXPLAIN_EPILOG),

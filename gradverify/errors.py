@@ -11,7 +11,10 @@ things only:
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable, TypeVar
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 __all__ = [
     "GradVerifyError",
@@ -24,8 +27,46 @@ __all__ = [
     "NoDifferentiableInputs",
     "NoDerivativeRule",
     "NondeterministicError",
+    "CodeUnderTestError",
     "GradientMismatch",
+    "install_hint",
+    "raised_at_call",
 ]
+
+#: extra -> the package(s) ``pip`` installs for it (what the extra pulls in).
+_EXTRA_PACKAGES = {"torch": "torch", "jax": "jax", "all": "torch jax"}
+
+
+def raised_at_call(entry: _F) -> _F:
+    """Decorate a public entry point: its bad-input errors show the caller's line, not gradverify's internals.
+
+    A :class:`GradVerifyError` leaving ``entry`` is re-raised with its
+    traceback cut at the entry point (the message says what to fix; an error
+    of the code under test keeps its original, with the user's line, as
+    ``__cause__``). The wrapper is hidden from pytest tracebacks
+    (``__tracebackhide__``). Other exceptions pass untouched.
+    """
+
+    @functools.wraps(entry)
+    def wrapper(*args, **kwargs):
+        __tracebackhide__ = True
+        try:
+            return entry(*args, **kwargs)
+        except GradVerifyError as exc:
+            raise exc.with_traceback(None) from exc.__cause__
+
+    return wrapper  # type: ignore[return-value]
+
+
+def install_hint(extra: str) -> str:
+    """The command that installs an optional framework, valid from wherever the user runs it.
+
+    gradverify is not on the package index yet, so ``pip install
+    gradverify[torch]`` would fail; the framework's own package installs
+    from anywhere, and the extra from a checkout of gradverify.
+    """
+    package = _EXTRA_PACKAGES.get(extra, extra)
+    return f'pip install {package} (or, in a gradverify checkout: pip install ".[{extra}]")'
 
 
 class GradVerifyError(Exception):
@@ -71,6 +112,47 @@ class NoDerivativeRule(GradVerifyError, NotImplementedError):
 
 class NondeterministicError(GradVerifyError, RuntimeError):
     """Repeated evaluations at the same point gave different values."""
+
+
+class CodeUnderTestError(GradVerifyError, RuntimeError):
+    """The code under test raised while gradverify ran it (its forward, backward or vjp).
+
+    The original exception is ``__cause__`` (its traceback shows the line of
+    the user's code that raised). Raised by
+    :func:`gradverify.layers.call_user`, the one place every call of the code
+    under test goes through.
+
+    Attributes:
+        call: what raised, e.g. ``"Dense.forward"``, ``"backward"``, ``"vjp"``.
+        stage: ``"forward"``, ``"backward"`` or ``"vjp"``.
+        shapes: the shapes of the array arguments of that call, by name.
+        original: the exception the code raised.
+    """
+
+    def __init__(self, call: str, stage: str, shapes: dict, original: BaseException):
+        self.call, self.stage, self.shapes, self.original = call, stage, dict(shapes), original
+        got = ", ".join(f"{k}: {v}" for k, v in self.shapes.items()) or "no array arguments"
+        super().__init__(f"{call} raised {type(original).__name__}: {original}\n"
+                         f"  ({stage} called with {got})")
+
+    #: Words in an error message that say it is about shapes.
+    SHAPE_WORDS = ("shape", "size", "dimension", "broadcast", "aligned", "mismatch", "axis", "dim ", "dims",
+                   "matmul", "mat1", "mat2", "reshape", "index", "out of bounds", "incompatible")
+
+    @property
+    def about_shapes(self) -> bool:
+        """Whether the original error is about array shapes (an IndexError, or its message says so)."""
+        text = str(self.original).lower()
+        return isinstance(self.original, IndexError) or any(w in text for w in self.SHAPE_WORDS)
+
+    def __reduce__(self):  # picklable (pytest-xdist, multiprocessing): the original may not be
+        return (_rebuild_code_error, (self.call, self.stage, self.shapes, type(self.original).__name__,
+                                      str(self.original)))
+
+
+def _rebuild_code_error(call, stage, shapes, kind, text):
+    original = type(kind, (Exception,), {})(text)
+    return CodeUnderTestError(call, stage, shapes, original)
 
 
 class GradientMismatch(AssertionError):

@@ -25,6 +25,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from .errors import (
+    CodeUnderTestError,
+    GradVerifyError,
     MissingGradient,
     NoDifferentiableInputs,
     NonFiniteError,
@@ -34,7 +36,96 @@ from .errors import (
 )
 
 __all__ = ["Target", "LayerTarget", "FunctionTarget", "RandomGuard", "as_input_arrays", "draw_input",
-           "validate_gradients"]
+           "validate_gradients", "call_user", "pair_callables"]
+
+
+def _shape_of(value: Any) -> Any:
+    shape = getattr(value, "shape", None)
+    if shape is not None and not callable(shape):
+        try:
+            return tuple(int(d) for d in shape)
+        except (TypeError, ValueError):
+            return None
+    if isinstance(value, (list, tuple)):
+        inner = [_shape_of(v) for v in value]
+        return inner if any(i is not None for i in inner) else None
+    return None
+
+
+def call_user(call: str, stage: str, fn: Callable, args: Sequence = (), kwargs: Mapping | None = None,
+              names: Sequence[str] | None = None) -> Any:
+    """Call the code under test; what it raises becomes a :class:`~gradverify.CodeUnderTestError`.
+
+    The one place every call of a forward, backward or vjp goes through.
+    The error names ``call`` (``"Dense.forward"``), its ``stage``
+    (``"forward"``, ``"backward"`` or ``"vjp"``) and the shapes of the array
+    arguments (named by ``names``, else by position), with the original as
+    ``__cause__``. Exceptions gradverify raises itself (any
+    :class:`~gradverify.GradVerifyError`, e.g. from a nested call that was
+    already wrapped, and any exception class defined in gradverify, such as
+    the engine's signal that a traced forward left the trace) pass through
+    unchanged. Callers that retry or fall back
+    on failure (the float64 fallback, batched evaluation) catch the typed
+    error like any other. Cost: a ``try`` around the call.
+    """
+    __tracebackhide__ = True
+    kwargs = {} if kwargs is None else kwargs
+    try:
+        return fn(*args, **kwargs)
+    except GradVerifyError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's code raised: say where, keep the original
+        if type(exc).__module__.split(".")[0] == "gradverify":
+            raise  # gradverify's own signals from inside the call (the engine's trace, a Declined reference)
+        shapes = {}
+        for i, a in enumerate(args):
+            shape = _shape_of(a)
+            if shape is not None:
+                shapes[names[i] if names is not None and i < len(names) else f"argument {i}"] = shape
+        for k, a in kwargs.items():
+            shape = _shape_of(a)
+            if shape is not None:
+                shapes[str(k)] = shape
+        raise CodeUnderTestError(call, stage, shapes, exc) from exc
+
+
+def _callable_name(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
+
+
+def _framework_array_type(value: Any) -> str | None:
+    """``"torch.Tensor"``-like name when ``value`` is a torch or JAX array (handed to numpy code), else None."""
+    root = type(value).__module__.split(".")[0]
+    if root in ("torch", "jax", "jaxlib", "tensorflow") and hasattr(value, "shape"):
+        return f"{root}.{type(value).__name__}"
+    return None
+
+
+def pair_callables(forward: Callable, backward: Callable) -> tuple[Callable, Callable]:
+    """A function pair as ``fn(*xs)`` and ``vjp(dout, *xs)`` (forward re-run right before backward).
+
+    Each call of ``forward`` and ``backward`` goes through :func:`call_user`,
+    so an exception names which of the two raised; a forward that does not
+    return ``(out, cache)`` is a :class:`~gradverify.ProtocolError`.
+    """
+    fname, bname = _callable_name(forward), _callable_name(backward)
+
+    def split(res):
+        if not isinstance(res, tuple) or len(res) != 2:
+            raise ProtocolError(
+                f"forward must return a pair (out, cache); it returned {type(res).__name__}"
+                + (f" of length {len(res)}" if isinstance(res, tuple) else "")
+            )
+        return res
+
+    def fn(*xs, **kw):
+        return split(call_user(fname, "forward", forward, xs, kw))[0]
+
+    def vjp(dout, *xs, **kw):
+        _, cache = split(call_user(fname, "forward", forward, xs, kw))
+        return call_user(bname, "backward", backward, (dout, cache), names=("dout", "cache"))
+
+    return fn, vjp
 
 
 def _is_differentiable(a: np.ndarray) -> bool:
@@ -45,7 +136,9 @@ def _to_array(value: Any, name: str) -> np.ndarray:
     if value is None:
         raise SpecError(f"input {name!r} is None; pass an array")
     try:
-        arr = np.array(value)  # always a copy: the caller's arrays are never touched
+        arr = _framework_to_numpy(value, name)  # always a copy: the caller's arrays are never touched
+    except GradVerifyError:
+        raise
     except Exception as exc:  # noqa: BLE001 - report what to fix
         raise SpecError(f"input {name!r} cannot be converted to a numpy array: {exc}") from None
     if arr.dtype == object:
@@ -59,6 +152,24 @@ def _to_array(value: Any, name: str) -> np.ndarray:
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
         raise NonFiniteError(f"input {name!r} contains NaN or inf; check the point, not only the gradient")
     return arr
+
+
+def _framework_to_numpy(value: Any, name: str) -> np.ndarray:
+    """A numpy copy of ``value``; a torch tensor through its own ``numpy()`` (no NumPy 2 ``__array__`` warning).
+
+    ``np.array(tensor)`` goes through ``Tensor.__array__``, which NumPy 2
+    warns about (no ``copy`` keyword) and which fails on a tensor that
+    requires grad; ``detach().cpu().numpy()`` is torch's own conversion.
+    torch is never imported here: the tensor's type says where it comes from.
+    """
+    if type(value).__module__.split(".")[0] == "torch" and hasattr(value, "detach"):
+        t = value.detach()
+        if str(t.dtype) == "torch.bfloat16":
+            raise SpecError(f"input {name!r} is a bfloat16 tensor, which numpy cannot hold; pass x.float()")
+        if t.is_complex():
+            raise SpecError(f"input {name!r} is complex; gradverify checks real-valued inputs")
+        return np.array(t.resolve_conj().resolve_neg().cpu().numpy(), copy=True)
+    return np.array(value)
 
 
 class Opaque:
@@ -184,7 +295,22 @@ def validate_gradients(
     return out
 
 
+def _numpy_output(y: Any, what: str) -> np.ndarray:
+    """``np.asarray(y)``, refusing a torch or JAX array (numpy code that returns one is mixing frameworks)."""
+    framework = _framework_array_type(y)
+    if framework is not None:
+        _check_output(y, what)
+    return np.asarray(y)
+
+
 def _check_output(y: Any, what: str) -> np.ndarray:
+    framework = _framework_array_type(y)
+    if framework is not None:
+        raise ProtocolError(
+            f"{what} returned a {framework}; numpy code must return numpy arrays (convert it, e.g. "
+            "y.detach().cpu().numpy(), or check framework code with gradverify.check(fn, inputs), which "
+            "differentiates it by its own framework)"
+        )
     try:
         arr = np.asarray(y)
     except Exception as exc:  # noqa: BLE001
@@ -509,8 +635,9 @@ class LayerTarget(Target):
 
     def evaluate(self) -> np.ndarray:
         self.random.restore()
-        return np.asarray(self.layer.forward(self.point[self.input_name].copy())) if self.input_name in self.point \
-            else np.asarray(self.layer.forward(self._x.copy()))
+        x = self.point[self.input_name].copy() if self.input_name in self.point else self._x.copy()
+        return _numpy_output(call_user(f"{type(self.layer).__name__}.forward", "forward", self.layer.forward, (x,),
+                                       names=("x",)), f"{type(self.layer).__name__}.forward")
 
     def exact_references(self) -> tuple[str, ...]:
         return ("reference",)
@@ -536,7 +663,9 @@ class LayerTarget(Target):
         self.random.restore()
         source = self.point[self.input_name] if at_point and self.input_name in self.point else self._x
         x_arg = source.copy()
-        y = _check_output(self.layer.forward(x_arg), f"{type(self.layer).__name__}.forward")
+        name = type(self.layer).__name__
+        y = _check_output(call_user(f"{name}.forward", "forward", self.layer.forward, (x_arg,), names=("x",)),
+                          f"{name}.forward")
         if not at_point:
             self.analytic_output = y
         if not np.array_equal(x_arg, source):
@@ -545,7 +674,7 @@ class LayerTarget(Target):
         if y.shape != cotangent.shape:
             raise ShapeMismatch(f"forward returned shape {y.shape} on this call but {cotangent.shape} before")
         dy = cotangent.copy()
-        dx = self.layer.backward(dy)
+        dx = call_user(f"{name}.backward", "backward", self.layer.backward, (dy,), names=("dy",))
         if not np.array_equal(dy, cotangent):
             self._warn("backward modifies the dy it was given in place; in a network this corrupts the "
                        "gradient other layers receive (the check handed over a copy)")
@@ -606,6 +735,8 @@ class FunctionTarget(Target):
         self.fn = fn
         self.vjp = vjp
         self.what = what
+        #: how error messages name the function (its forward, for a pair)
+        self.fn_name = _callable_name(names_from or fn)
         self.by_keyword = isinstance(inputs, Mapping)
         count = len(inputs) if isinstance(inputs, (list, tuple, Mapping)) else 1
         names = None if self.by_keyword else _signature_names(names_from or fn, count)
@@ -635,13 +766,20 @@ class FunctionTarget(Target):
         return out
 
     def _call(self, f: Callable, args: list, *extra):
+        """``f(*extra, *args)`` (keywords for dict inputs) through :func:`call_user`."""
+        __tracebackhide__ = True
+        if f is self.vjp:
+            call, stage = self.what, ("vjp" if self.what == "vjp" else "backward")
+        else:
+            call, stage = self.fn_name, "forward"
+        names = ["dout"] * len(extra) + self.order
         if self.by_keyword:
-            return f(*extra, **dict(zip(self.order, args)))
-        return f(*extra, *args)
+            return call_user(call, stage, f, extra, dict(zip(self.order, args)), names=names)
+        return call_user(call, stage, f, (*extra, *args), names=names)
 
     def evaluate(self) -> np.ndarray:
         self.random.restore()
-        return np.asarray(self._call(self.fn, self._args(self.point)))
+        return _numpy_output(self._call(self.fn, self._args(self.point)), self.fn_name)
 
     def exact_references(self) -> tuple[str, ...]:
         return ("reference",)

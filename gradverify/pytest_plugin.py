@@ -35,8 +35,8 @@ __all__ = ["GradCheck", "MARKER_KEYS", "REFERENCES", "DTYPES"]
 
 #: Keys accepted by ``@pytest.mark.gradverify(...)``.
 MARKER_KEYS = ("rtol", "atol", "mode", "seed", "dtype", "against")
-#: References a check can be compared against (``--gradverify-against``).
-REFERENCES = ("fd", "torch", "jax")
+#: References a check can be compared against (``--gradverify-against``; ``against=`` of the checks).
+REFERENCES = ("auto", "fd", "reference", "torch", "jax")
 #: Floating dtypes accepted by ``--gradverify-dtype`` and the marker.
 DTYPES = ("float16", "float32", "float64")
 
@@ -46,8 +46,9 @@ _OPTIONS = (
      "write a report of every gradient check to PATH: JSON if it ends in .json, HTML if .html "
      "(default: no report)"),
     ("--gradverify-against", "gradverify_against", "REFS",
-     "comma-separated references to compare against, from fd,torch,jax (default: fd); exposed as "
-     "gradcheck.against; a framework named here must be installed"),
+     "what the gradcheck fixture's checks compare with (their against=), comma-separated, from "
+     "auto,fd,reference,torch,jax (default: auto, an exact reference where one applies, else finite "
+     "differences); a framework named here must be installed"),
     ("--gradverify-dtype", "gradverify_dtype", "DTYPE",
      "dtype of the inputs gradcheck.layer draws from input_shape: float16, float32 or float64 "
      "(default: the layer's parameter dtype, else float64)"),
@@ -106,16 +107,20 @@ def _parse_against(text: str, where: str) -> tuple[str, ...]:
     unknown = [n for n in names if n not in REFERENCES]
     if unknown:
         raise ValueError(f"{where}: unknown reference {unknown[0]!r}; choose from {','.join(REFERENCES)}")
+    if "auto" in names and len(set(names)) > 1:
+        raise ValueError(f"{where}: auto chooses by itself; combine only explicit references, e.g. reference,fd")
     return tuple(dict.fromkeys(names))
 
 
 def _check_installed(names: tuple[str, ...], where: str) -> None:
     import importlib.util
 
+    from gradverify.errors import install_hint
+
     for name in names:
-        if name != "fd" and importlib.util.find_spec(name) is None:
+        if name in ("torch", "jax") and importlib.util.find_spec(name) is None:
             raise ValueError(f"{where} names {name!r} but {name} is not installed "
-                             f"(pip install 'gradverify[{name}]')")
+                             f"({install_hint(name)})")
 
 
 def _parse_int(text: Any, where: str, minimum: int) -> int:
@@ -139,7 +144,7 @@ class _Session:
     """Run-wide state: the validated options and every check record received."""
 
     def __init__(self, config: pytest.Config):
-        self.against: tuple[str, ...] = ("fd",)
+        self.against: tuple[str, ...] = ("auto",)
         self.dtype: str | None = None
         self.examples: int | None = None
         self.seed: int | None = None
@@ -330,6 +335,15 @@ def _plain(obj: Any) -> Any:
     return str(obj)
 
 
+def _default_label(fn: Any) -> str:
+    """A readable name for a checked callable: ``Square.apply`` for an autograd Function, else its name."""
+    owner = getattr(fn, "__self__", None)
+    name = getattr(fn, "__name__", None)
+    if isinstance(owner, type) and name:
+        return f"{owner.__name__}.{name}"
+    return name or type(fn).__name__
+
+
 class GradCheck:
     """The ``gradcheck`` fixture: asserting gradient checks that are recorded for the run's report.
 
@@ -341,9 +355,9 @@ class GradCheck:
     ``"error"``).
 
     Attributes:
-        against: references requested (``--gradverify-against`` / marker),
-            e.g. ``("fd",)``; the checks themselves compare with finite
-            differences, the reference every check implements.
+        against: what the checks compare with (``--gradverify-against`` /
+            the marker), passed as their ``against=`` unless a call gives its
+            own, e.g. ``("auto",)`` or ``("reference", "fd")``.
         dtype: dtype requested for drawn inputs, or None.
         examples: the Hypothesis budget (``--gradverify-examples``), or None.
         seed: the seed the checks use unless given one.
@@ -366,6 +380,7 @@ class GradCheck:
     def _options(self, options: dict[str, Any]) -> dict[str, Any]:
         merged = {k: self._marker[k] for k in ("rtol", "atol", "mode") if k in self._marker}
         merged["seed"] = self.seed
+        merged["against"] = self.against
         merged.update(options)
         return merged
 
@@ -398,10 +413,17 @@ class GradCheck:
         __tracebackhide__ = True
         from gradverify import check
 
-        return self._run("function", label or getattr(fn, "__name__", type(fn).__name__), check,
+        return self._run("function", label or _default_label(fn), check,
                          (fn, inputs), self._options(options))
 
     def _run(self, kind: str, label: str, fn: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
+        """Run one check, record it, raise unless it passed.
+
+        Bad input is re-raised with its traceback cut here (this frame and
+        the fixture method are hidden), so pytest shows the test's own call
+        and the message, not gradverify's internals; an error of the code
+        under test keeps its original as ``__cause__``, with the user's line.
+        """
         __tracebackhide__ = True
         from gradverify import GradientMismatch, GradVerifyError
 
@@ -413,20 +435,22 @@ class GradCheck:
                 "nodeid": self._item.nodeid, "label": label, "kind": kind, "passed": False, "status": "error",
                 "worst": None, "seconds": time.perf_counter() - start, "seed": kwargs.get("seed"),
                 "error": f"{type(exc).__name__}: {exc}",
-            }, f"[{label}] gradient check ERROR: {type(exc).__name__}: {exc}")
-            raise
+            }, f"[{label}] gradient check ERROR: {type(exc).__name__}: {exc}", exc)
+            raise exc.with_traceback(None) from exc.__cause__
         self.results.append(result)
         record = dict(result.to_dict())
         record.update(nodeid=self._item.nodeid, label=label, kind=result.kind,
                       worker=os.environ.get("PYTEST_XDIST_WORKER", "main"))
-        self._record(record, f"[{label}] {result}")
-        if not result.passed:
-            raise GradientMismatch(result)
+        mismatch = None if result.passed else GradientMismatch(result)
+        self._record(record, f"[{label}] {result}", mismatch)
+        if mismatch is not None:
+            raise mismatch
         return result
 
-    def _record(self, record: dict[str, Any], text: str) -> None:
+    def _record(self, record: dict[str, Any], text: str, raised: BaseException | None = None) -> None:
+        """Keep a record and its text for the test's report; ``raised`` is the exception the check raised."""
         record.setdefault("worker", os.environ.get("PYTEST_XDIST_WORKER", "main"))
-        self._item.stash.setdefault(_PENDING, []).append((_plain(record), text))
+        self._item.stash.setdefault(_PENDING, []).append((_plain(record), text, raised))
 
 
 @pytest.fixture
@@ -452,12 +476,31 @@ def gradcheck(request: pytest.FixtureRequest) -> GradCheck:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
+    """Move the test's check records onto its report, and its readable verdicts into a report section.
+
+    A check that failed (or met bad input) in a test that passed anyway --
+    inside ``pytest.raises(GradientMismatch)``, or an ``xfail`` test -- is an
+    expected failure: its record gets ``"expected": True`` and is not
+    counted as failed. A verdict whose exception is the one the test
+    failed with is already printed in the traceback, so it is left out of
+    the section: each failing verdict is printed once.
+    """
     report = yield
     pending = item.stash.get(_PENDING, None)
     if pending:
         item.stash[_PENDING] = []
-        report.gradverify = [record for record, _ in pending]
-        report.sections.append(("gradverify", "\n\n".join(text for _, text in pending)))
+        expected = report.passed or hasattr(report, "wasxfail")
+        raised = call.excinfo.value if call.excinfo is not None else None
+        texts = []
+        for record, text, exc in pending:
+            if not record.get("passed") and expected:
+                record["expected"] = True
+                text = "(expected failure) " + text
+            if exc is None or exc is not raised:
+                texts.append(text)
+        report.gradverify = [record for record, _, _ in pending]
+        if texts:
+            report.sections.append(("gradverify", "\n\n".join(texts)))
     return report
 
 
@@ -484,24 +527,43 @@ def _where(worst: dict[str, Any]) -> str:
     return f"{worst.get('input')!r}[{', '.join(str(i) for i in worst.get('index', []))}]"
 
 
+def _failed(rec: dict[str, Any]) -> bool:
+    return not rec.get("passed") and not rec.get("expected")
+
+
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per-test and overall counts from check records; the worst check of each test by error/tolerance."""
+    """Per-test and overall counts from check records; the worst check of each test by error/tolerance.
+
+    Failed checks the test expected (see :func:`pytest_runtest_makereport`)
+    are counted as ``expected``, not ``failed``; a test's worst check is
+    chosen among its unexpected failures first.
+    """
     tests: dict[str, dict[str, Any]] = {}
     for rec in records:
-        t = tests.setdefault(rec["nodeid"], {"nodeid": rec["nodeid"], "checks": 0, "failed": 0,
-                                             "worst": None, "worst_ratio": -1.0, "label": None, "error": None})
+        t = tests.setdefault(rec["nodeid"], {"nodeid": rec["nodeid"], "checks": 0, "failed": 0, "expected": 0,
+                                             "worst": None, "worst_ratio": -1.0, "label": None, "error": None,
+                                             "reference": None, "_rank": (-1, -1.0)})
         t["checks"] += 1
-        if not rec.get("passed"):
+        if _failed(rec):
             t["failed"] += 1
+        elif not rec.get("passed"):
+            t["expected"] += 1
         if rec.get("error") and t["error"] is None:
             t["error"] = rec["error"]
+            if t["label"] is None:
+                t["label"] = rec.get("label")
         r = _ratio(rec.get("worst"))
-        if rec.get("worst") and r > t["worst_ratio"]:
-            t["worst"], t["worst_ratio"], t["label"] = rec["worst"], r, rec.get("label")
+        rank = (int(_failed(rec)), r)
+        if rec.get("worst") and rank > t["_rank"]:
+            t["worst"], t["worst_ratio"], t["label"], t["reference"], t["_rank"] = \
+                rec["worst"], r, rec.get("label"), rec.get("reference"), rank
+    for t in tests.values():
+        del t["_rank"]
     return {
         "checks": len(records),
-        "failed": sum(1 for r in records if not r.get("passed")),
-        "errors": sum(1 for r in records if r.get("status") == "error"),
+        "failed": sum(1 for r in records if _failed(r)),
+        "expected": sum(1 for r in records if not r.get("passed") and r.get("expected")),
+        "errors": sum(1 for r in records if r.get("status") == "error" and _failed(r)),
         "tests": len(tests),
         "per_test": list(tests.values()),
     }
@@ -516,20 +578,24 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     tr.section("gradverify")
     tr.write_line(f"{s['checks']} gradient check{'s' if s['checks'] != 1 else ''} in {s['tests']} "
                   f"test{'s' if s['tests'] != 1 else ''}, {s['failed']} failed"
-                  + (f" ({s['errors']} with bad input)" if s["errors"] else ""))
+                  + (f" ({s['errors']} with bad input)" if s["errors"] else "")
+                  + (f", {s['expected']} expected failure{'s' if s['expected'] != 1 else ''}"
+                     if s["expected"] else ""))
     rows = sorted(s["per_test"], key=lambda t: (t["failed"] == 0, -t["worst_ratio"], t["nodeid"]))
     limit = None if config.get_verbosity() > 0 else 30
     for t in rows[:limit]:
-        tag = "FAIL" if t["failed"] else "ok  "
+        tag = "FAIL" if t["failed"] else ("xfail" if t["expected"] else "ok  ")
         w = t["worst"]
         if w:
             detail = (f"worst {_where(w)}: abs err {_fmt(w.get('abs_err'))}, rel err {_fmt(w.get('rel_err'))}, "
-                      f"tolerance {_fmt(w.get('tolerance'))}")
+                      f"tolerance {_fmt(w.get('tolerance'))}, reference={t['reference']}")
         else:
-            detail = t["error"] or "nothing compared"
+            detail = " ".join(str(t["error"]).split()) if t["error"] else "nothing compared"
         count = f" ({t['failed']}/{t['checks']} checks failed)" if t["failed"] else \
-            (f" ({t['checks']} checks)" if t["checks"] > 1 else "")
-        tr.write_line(f"{tag} {t['nodeid']}{count}: {detail}")
+            (f" ({t['expected']}/{t['checks']} checks failed as expected)" if t["expected"] else
+             (f" ({t['checks']} checks)" if t["checks"] > 1 else ""))
+        label = f" [{t['label']}]" if t["label"] else ""
+        tr.write_line(f"{tag} {t['nodeid']}{label}{count}: {detail}")
     if limit is not None and len(rows) > limit:
         tr.write_line(f"... {len(rows) - limit} more tests (use -v to list all, or --gradverify-report)")
     if state.report is not None:
@@ -548,13 +614,14 @@ def report_dict(records: list[dict[str, Any]], state: _Session | None = None) ->
         "version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "settings": {
-            "against": list(state.against) if state else ["fd"],
+            "against": list(state.against) if state else ["auto"],
             "dtype": state.dtype if state else None,
             "examples": state.examples if state else None,
             "seed": (state.seed if state and state.seed is not None else 0),
         },
-        "summary": {"checks": s["checks"], "failed": s["failed"], "errors": s["errors"], "tests": s["tests"]},
-        "tests": [{k: t[k] for k in ("nodeid", "checks", "failed", "worst", "label", "error")}
+        "summary": {"checks": s["checks"], "failed": s["failed"], "expected": s["expected"], "errors": s["errors"],
+                    "tests": s["tests"]},
+        "tests": [{k: t[k] for k in ("nodeid", "checks", "failed", "expected", "worst", "label", "reference", "error")}
                   for t in s["per_test"]],
         "checks": sorted(records, key=lambda r: r["nodeid"]),
     }
@@ -570,10 +637,12 @@ def render_html(data: dict[str, Any]) -> str:
     for rec in data["checks"]:
         w = rec.get("worst") or {}
         status = rec.get("status", "pass" if rec.get("passed") else "fail")
+        if rec.get("expected"):
+            status += " (expected)"
         rows.append(
-            f"<tr class=\"{'ok' if rec.get('passed') else 'bad'}\"><td>{esc(rec['nodeid'])}</td>"
+            f"<tr class=\"{'bad' if _failed(rec) else 'ok'}\"><td>{esc(rec['nodeid'])}</td>"
             f"<td>{esc(str(rec.get('label', '')))}</td><td>{esc(str(rec.get('kind', '')))}</td>"
-            f"<td>{esc(status)}</td>"
+            f"<td>{esc(status)}</td><td>{esc(str(rec.get('reference') or ''))}</td>"
             f"<td>{esc(_where(w)) if w else esc(str(rec.get('error') or ''))}</td>"
             f"<td>{esc(_fmt(w.get('analytic'))) if w else ''}</td><td>{esc(_fmt(w.get('numeric'))) if w else ''}</td>"
             f"<td>{esc(_fmt(w.get('abs_err'))) if w else ''}</td><td>{esc(_fmt(w.get('rel_err'))) if w else ''}</td>"
@@ -590,9 +659,9 @@ th, td {{ border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; }}
 tr.bad td {{ background: #fde2e2; }} tr.ok td {{ background: #eef8ee; }}
 </style></head><body>
 <h1>gradverify report</h1>
-<p>{s['checks']} gradient checks in {s['tests']} tests, {s['failed']} failed.
+<p>{s['checks']} gradient checks in {s['tests']} tests, {s['failed']} failed, {s['expected']} expected failures.
 gradverify {esc(str(data['version']))}, {esc(data['created'])}; {esc(settings)}.</p>
-<table><thead><tr><th>test</th><th>check</th><th>kind</th><th>status</th><th>worst element</th>
+<table><thead><tr><th>test</th><th>check</th><th>kind</th><th>status</th><th>reference</th><th>worst element</th>
 <th>analytic</th><th>numeric</th><th>abs err</th><th>rel err</th><th>tolerance</th><th>seed</th><th>seconds</th>
 </tr></thead><tbody>
 {chr(10).join(rows)}

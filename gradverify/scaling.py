@@ -66,6 +66,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import engine as E
+from .errors import install_hint
 from .numeric import default_step
 
 __all__ = [
@@ -556,7 +557,7 @@ def cheap_gradient_ratios(sizes: Sequence[int], *, frameworks: Sequence[str] = (
         if name != "reference" and importlib.util.find_spec(name) is None:
             rows.append({"framework": name, "params": None, "forward_seconds": None, "gradient_seconds": None,
                          "ratio": None, "wall_ratio": None, "cpu_ratio": None, "clock": clock, "available": False,
-                         "reason": f"{name} is not installed (pip install gradverify[{name}])"})
+                         "reason": f"{name} is not installed ({install_hint(name)})"})
             if progress:
                 for _ in sizes:
                     progress(f"{name} not installed")

@@ -228,7 +228,8 @@ def test_missing_framework_names_the_extra(monkeypatch, framework, extra):
     cls = B.BACKENDS[framework]
     assert not cls.available()
     assert framework not in B.available_backends()
-    with pytest.raises(BackendUnavailable, match=rf"pip install gradverify\[{extra}\]"):
+    hint = rf'pip install {framework} \(or, in a gradverify checkout: pip install "\.\[{extra}\]"\)'
+    with pytest.raises(BackendUnavailable, match=hint):
         cls()
     with pytest.raises(ImportError):          # BackendUnavailable is an ImportError too
         cls()

@@ -459,3 +459,90 @@ def test_pair_backward_mutating_dout_passes_with_warning():
     result = gv.check_pair(forward, backward, (np.linspace(-1.0, 1.0, 5),))
     assert result.passed, str(result)
     assert _mutation_warnings(result), result.warnings
+
+
+# ---------------------------------------------------------------------------
+# The code under test raising: a typed error naming the call (issue 12, point 3)
+# ---------------------------------------------------------------------------
+
+class _Dense:
+    def __init__(self):
+        self.params = {"W": np.random.default_rng(0).standard_normal((4, 3))}
+
+    def forward(self, x):
+        self.x = x
+        return x @ self.params["W"]
+
+    def backward(self, dy):
+        self.grads = {"W": self.x.T @ dy}
+        return dy @ self.params["W"].T
+
+
+def test_wrong_input_shape_numpy_layer_is_a_typed_error():
+    with pytest.raises(gv.CodeUnderTestError) as info:
+        gv.check_layer(_Dense(), (5, 3))
+    err = info.value
+    assert isinstance(err, gv.GradVerifyError)
+    assert err.call == "_Dense.forward" and err.stage == "forward" and err.shapes == {"x": (5, 3)}
+    assert isinstance(err.__cause__, ValueError) and err.original is err.__cause__
+    assert str(err).startswith("_Dense.forward raised ValueError: matmul")
+    assert "(forward called with x: (5, 3))" in str(err)
+    assert err.about_shapes
+
+
+def test_broadcasting_error_in_a_pair_backward_names_the_backward():
+    def add_forward(x, b):
+        return x + b, None
+
+    def add_backward(dout, cache):
+        return dout, dout + np.ones(7)          # the user's bug: a broadcast that cannot happen
+
+    with pytest.raises(gv.CodeUnderTestError) as info:
+        gv.check_pair(add_forward, add_backward, [np.ones((2, 3)), np.ones(3)])
+    err = info.value
+    assert err.stage == "backward" and err.call.endswith("add_backward")
+    assert err.shapes == {"dout": (2, 3)}
+    assert "operands could not be broadcast" in str(err) and isinstance(err.__cause__, ValueError)
+
+
+def test_a_raising_forward_of_a_pair_is_named_as_the_forward():
+    def fwd(x):
+        raise KeyError("cache_key")
+
+    with pytest.raises(gv.CodeUnderTestError, match=r"fwd raised KeyError: 'cache_key'") as info:
+        gv.check_pair(fwd, lambda d, c: (d,), [np.ones(3)])
+    assert info.value.stage == "forward" and not info.value.about_shapes
+
+
+def test_vjp_raising_is_named_vjp():
+    def bad_vjp(g, x):
+        raise ZeroDivisionError("oops")
+
+    with pytest.raises(gv.CodeUnderTestError, match=r"vjp raised ZeroDivisionError: oops") as info:
+        gv.check(np.sin, (np.ones(3),), vjp=bad_vjp)
+    assert info.value.stage == "vjp" and info.value.shapes == {"dout": (3,), "x": (3,)}
+
+
+def test_gradverify_errors_inside_user_calls_pass_through_unchanged():
+    # the pair's forward not returning (out, cache) is gradverify's ProtocolError, raised inside the wrapped call
+    with pytest.raises(errors.ProtocolError, match=r"forward must return a pair"):
+        gv.check_pair(lambda x: x * 2, lambda d, c: (d,), [np.ones(3)])
+
+
+def test_code_that_refuses_float64_still_falls_back_to_its_dtype():
+    def f32_only(x):
+        if x.dtype != np.float32:
+            raise TypeError("float32 only")
+        return x * x
+
+    result = gv.check(f32_only, (np.linspace(-1, 1, 4).astype(np.float32),), vjp=lambda g, x: (2 * x * g,))
+    assert result.passed
+    assert any("refused float64 input" in w and "float32 only" in w for w in result.warnings)
+
+
+def test_code_under_test_error_pickles_with_its_message():
+    import pickle
+
+    err = gv.CodeUnderTestError("f", "forward", {"x": (2,)}, ValueError("bad"))
+    again = pickle.loads(pickle.dumps(err))
+    assert str(again) == str(err) and again.stage == "forward"

@@ -110,7 +110,7 @@ def test_check_module_name_form_and_instance(workdir):
     (["check", "missing.py:Dense", "--input-shape", "4,3"], "no such file: missing.py"),
     (["check", "mylayers.py:Nope", "--input-shape", "4,3"], "has no attribute 'Nope'; candidates:"),
     (["check", "mylayers.py:Dense", "--input-shape", "4,a"], "--input-shape must be comma-separated"),
-    (["check", "mylayers.py:Dense", "--input-shape", "4,5"], "raised ValueError while being checked"),
+    (["check", "mylayers.py:Dense", "--input-shape", "4,5"], "Dense.forward raised ValueError"),
     (["check", "mylayers.py:NoGrads", "--input-shape", "4,3"], "bias"),          # MissingGradient
     (["check", "mylayers.py:Dense"], "the following arguments are required: --input-shape"),
     (["explain", "(a + b) *", "--at", "a=1,b=2"], "cannot parse"),
@@ -265,3 +265,138 @@ def test_check_a_torch_module_factory(in_workdir, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["passed"] is True
     assert {s["name"] for s in data["inputs"]} == {"x", "weight", "bias"}
+
+
+# ---------------------------------------------------------------------------
+# issue 12: packages, --init, --against, --dtype, the --input-shape hint
+# ---------------------------------------------------------------------------
+
+PACKAGE_LAYER = '''
+import numpy as np
+from ..act import tanh
+
+
+class Dense:
+    def __init__(self, n, m=2):
+        self.params = {"W": np.random.default_rng(0).standard_normal((n, m))}
+
+    def forward(self, x):
+        self.x = x
+        self.y = tanh(x @ self.params["W"])
+        return self.y
+
+    def backward(self, dy):
+        dz = dy * (1 - self.y ** 2)
+        self.grads = {"W": self.x.T @ dz}
+        return dz @ self.params["W"].T
+'''
+
+
+@pytest.fixture
+def package(in_workdir):
+    """gvpkg/sub/layers.py with a relative import of gvpkg/act.py; its modules are dropped afterwards."""
+    sub = in_workdir / "gvpkg" / "sub"
+    sub.mkdir(parents=True)
+    (in_workdir / "gvpkg" / "__init__.py").write_text("", encoding="utf-8")
+    (sub / "__init__.py").write_text("", encoding="utf-8")
+    (in_workdir / "gvpkg" / "act.py").write_text("import numpy as np\n\ndef tanh(z):\n    return np.tanh(z)\n",
+                                                 encoding="utf-8")
+    (sub / "layers.py").write_text(PACKAGE_LAYER, encoding="utf-8")
+    yield in_workdir
+    for name in [m for m in sys.modules if m == "gvpkg" or m.startswith("gvpkg.")]:
+        del sys.modules[name]
+
+
+@pytest.mark.parametrize("target", [os.path.join("gvpkg", "sub", "layers.py") + ":Dense", "gvpkg.sub.layers:Dense"])
+def test_check_a_module_inside_a_package_with_init_arguments(package, capsys, target):
+    assert cli.main(["check", target, "--input-shape", "4,3", "--init", '{"n": 3}', "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["passed"] is True and data["inputs"][1]["name"] == "W" and data["inputs"][1]["shape"] == [3, 2]
+
+
+def test_a_file_inside_a_package_from_another_directory(package, capsys, monkeypatch):
+    monkeypatch.chdir(package.parent)        # the package root is found from the file, not the cwd
+    target = os.path.join(package.name, "gvpkg", "sub", "layers.py") + ":Dense"
+    assert cli.main(["check", target, "--input-shape", "4,3", "--init", '{"n": 3, "m": 5}']) == 0
+
+
+@pytest.mark.parametrize("init, message", [
+    (None, "Dense needs arguments (n); give them as JSON keyword arguments, e.g. --init '{\"n\": \"...\"}'"),
+    ("{n: 3}", "--init must be a JSON object"),
+    ("[3]", "--init must be a JSON object of keyword arguments such as '{\"n\": 3}', got a list"),
+    ('{"n": 3, "bogus": 1}', "Dense(n=3, bogus=1) raised TypeError"),
+])
+def test_init_errors_say_what_to_fix(package, capsys, init, message):
+    args = ["check", "gvpkg.sub.layers:Dense", "--input-shape", "4,3"] + ([] if init is None else ["--init", init])
+    assert cli.main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_init_for_an_instance_is_an_error(in_workdir, capsys):
+    assert cli.main(["check", "mylayers.py:instance", "--input-shape", "4,3", "--init", '{"n_in": 3}']) == 2
+    assert "instance is already an instance; --init applies to a class or factory" in capsys.readouterr().err
+
+
+def test_against_option(in_workdir, capsys):
+    assert cli.main(["check", "mylayers.py:Dense", "--input-shape", "4,3", "--against", "fd", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["against"] == ["fd"] and data["reference"] == "fd"
+    assert not any("declined" in w for w in data["warnings"])     # no exact reference was asked for
+    assert cli.main(["check", "mylayers.py:Dense", "--input-shape", "4,3", "--against", "reference,fd"]) == 0
+    out = capsys.readouterr().out
+    assert "against=reference,fd:" in out and "reference=" in out
+    assert cli.main(["check", "mylayers.py:Dense", "--input-shape", "4,3", "--against", "fd,bogus"]) == 2
+    assert "--against: against= takes names from" in capsys.readouterr().err
+
+
+def test_dtype_is_shown_in_the_printed_output(in_workdir, capsys):
+    assert cli.main(["check", "mylayers.py:Dense", "--input-shape", "2,3", "--dtype", "float32"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "mylayers.py:Dense with input shape (2, 3), input dtype float32, against=auto:"
+    assert cli.main(["check", "mylayers.py:Dense", "--input-shape", "2,3", "--dtype", "float32", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["input_dtype"] == "float32"
+
+
+RAISING = '''
+import numpy as np
+
+class Dense:
+    params = {"W": np.ones((3, 2))}
+
+    def forward(self, x):
+        self.x = x
+        return x @ self.params["W"]
+
+    def backward(self, dy):
+        self.grads = {"W": self.x.T @ dy}
+        return dy @ self.params["W"].T
+
+
+class ForwardKeyError(Dense):
+    def forward(self, x):
+        return {"a": x}["b"]
+
+
+class BackwardBroadcast(Dense):
+    def backward(self, dy):
+        self.grads = {"W": self.x.T @ dy}
+        return dy @ self.params["W"].T + np.ones(7)
+'''
+
+
+@pytest.mark.parametrize("name, shape, pieces, hint", [
+    ("Dense", "4,5", ["CodeUnderTestError", "Dense.forward raised ValueError", "(forward called with x: (4, 5))"],
+     True),
+    ("ForwardKeyError", "4,3", ["ForwardKeyError.forward raised KeyError: 'b'", "(forward called with x: (4, 3))"],
+     False),
+    ("BackwardBroadcast", "4,3", ["BackwardBroadcast.backward raised ValueError: operands could not be broadcast",
+                                  "(backward called with dy: (4, 2))"], False),
+])
+def test_code_under_test_errors_and_the_input_shape_hint(in_workdir, capsys, name, shape, pieces, hint):
+    (in_workdir / "raising.py").write_text(RAISING, encoding="utf-8")
+    assert cli.main(["check", f"raising.py:{name}", "--input-shape", shape, "--json"]) == 2
+    captured = capsys.readouterr()
+    for piece in pieces[1:] if pieces[0] == "CodeUnderTestError" else pieces:
+        assert piece in captured.err
+    assert json.loads(captured.out)["error"]["type"] == "CodeUnderTestError"
+    assert ("is --input-shape" in captured.err) is hint

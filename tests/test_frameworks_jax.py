@@ -282,3 +282,72 @@ def test_pytree_argument_with_user_vjp(corrupt):
         assert r.status == "fail" and r.worst.input == "params[0]" and tuple(r.worst.index) == (0,), str(r)
     else:
         assert r.passed, str(r)
+
+
+# ---------------------------------------------------------------------------
+# issue 12: un-jitted JAX code is evaluated under jax.jit; untraceable code falls back with a warning
+# ---------------------------------------------------------------------------
+
+def _attention():
+    @jax.custom_vjp
+    def attention(q, k, v):
+        p = jax.nn.softmax(q @ k.T / jnp.sqrt(q.shape[-1]), axis=-1)
+        return p @ v
+
+    def fwd(q, k, v):
+        p = jax.nn.softmax(q @ k.T / jnp.sqrt(q.shape[-1]), axis=-1)
+        return p @ v, (q, k, v, p)
+
+    def bwd(res, g):
+        q, k, v, p = res
+        dp = g @ v.T
+        ds = p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True)) / jnp.sqrt(q.shape[-1])
+        return ds @ k, ds.T @ q, p.T @ g
+
+    attention.defvjp(fwd, bwd)
+    return attention
+
+
+def test_an_unjitted_custom_vjp_is_compiled_once_and_reused(monkeypatch):
+    from gradverify.frameworks import _jax as J
+
+    attention = _attention()
+    rng = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(rng.standard_normal((4, 8)), dtype=jnp.float32) for _ in range(3))
+    built = []
+    real_jit = jax.jit
+    monkeypatch.setattr(J.jax, "jit", lambda f, *a, **kw: built.append(f) or real_jit(f, *a, **kw))
+    first = gv.check(attention, (q, k, v))
+    assert first.passed and first.reference == "jax"
+    assert built, "the check compiled nothing: the function ran eagerly"
+    n_built = len(built)
+    again = gv.check(attention, (q, k, v))          # same function, same layout: the compiled code is reused
+    assert again.passed and len(built) == n_built
+    assert not any("could not be compiled" in w for w in first.warnings + again.warnings)
+
+
+def test_a_wrong_custom_vjp_is_still_caught_under_jit():
+    attention = _attention()
+    fwd, bwd = attention.fwd, attention.bwd
+
+    def bwd_bug(res, g):
+        dq, dk, dv = bwd(res, g)
+        return dq, dk, dv.at[1, 2].multiply(1.01)
+
+    attention.defvjp(fwd, bwd_bug)
+    rng = np.random.default_rng(1)
+    q, k, v = (jnp.asarray(rng.standard_normal((4, 8)), dtype=jnp.float32) for _ in range(3))
+    result = gv.check(attention, (q, k, v))
+    assert not result.passed and result.worst.input == "v" and result.worst.index == (1, 2)
+
+
+def test_code_that_cannot_be_jitted_falls_back_with_a_warning():
+    def branchy(x):
+        if float(jnp.sum(x)) > 0:          # Python control flow on a value: not traceable
+            return jnp.sin(x)
+        return jnp.cos(x)
+
+    # (jax.vjp cannot differentiate it either, so its gradient comes from a vjp=)
+    result = gv.check(branchy, (jnp.linspace(0.1, 1.0, 5),), vjp=lambda g, x: (g * jnp.cos(x),))
+    assert result.passed and result.reference == "fd"
+    assert any("could not be compiled with jax.jit" in w and "ran eagerly" in w for w in result.warnings)

@@ -459,3 +459,73 @@ def test_list_argument_of_tensors_is_checked_leaf_by_leaf():
     r = gv.check(f, ([_t(40, 3), _t(41, 3)], _t(42, 3)))
     assert r.passed, str(r)
     assert [s.name for s in r.inputs] == ["xs[0]", "xs[1]", "w"]
+
+
+# ---------------------------------------------------------------------------
+# issue 12: typed errors from torch code, torch tensors given to numpy code
+# ---------------------------------------------------------------------------
+
+def test_torch_module_with_a_wrong_input_shape_is_a_typed_error():
+    with pytest.raises(gv.CodeUnderTestError) as info:
+        gv.check_layer(torch.nn.Linear(4, 3).double(), (5, 3))
+    err = info.value
+    assert err.call == "Linear.forward" and err.stage == "forward" and err.shapes == {"x": (5, 3)}
+    assert isinstance(err.__cause__, RuntimeError) and "mat1 and mat2 shapes cannot be multiplied" in str(err)
+    assert err.about_shapes
+
+
+def test_torch_function_whose_backward_raises_names_the_backward():
+    class Broken(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, g):
+            return g + torch.ones(7, dtype=g.dtype)    # a broadcasting error in the user's backward
+
+    with pytest.raises(gv.CodeUnderTestError) as info:
+        gv.check(Broken.apply, (torch.ones(3, dtype=torch.float64),))
+    assert info.value.stage == "backward" and isinstance(info.value.__cause__, RuntimeError)
+
+
+def test_torch_function_whose_forward_raises_names_the_forward():
+    def f(x):
+        return x @ torch.ones(5, 2, dtype=x.dtype)
+
+    with pytest.raises(gv.CodeUnderTestError, match=r"f raised RuntimeError") as info:
+        gv.check(f, (torch.ones(4, 3, dtype=torch.float64),))
+    assert info.value.stage == "forward" and info.value.shapes == {"x": (4, 3)}
+
+
+class _NumpyDense:
+    def __init__(self):
+        self.params = {"W": np.random.default_rng(0).standard_normal((2, 4))}
+
+    def forward(self, x):
+        self.x = x
+        return x @ self.params["W"]
+
+    def backward(self, dy):
+        self.grads = {"W": self.x.T @ dy}
+        return dy @ self.params["W"].T
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_torch_tensors_given_to_numpy_code_convert_without_deprecation_warnings(requires_grad):
+    import warnings
+
+    x = torch.randn(3, 2, dtype=torch.float64, requires_grad=requires_grad)
+    w = torch.randn(2, 4, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        assert gv.check_layer(_NumpyDense(), inputs=x).passed
+        assert gv.check_pair(lambda x, w: (x @ w, (x, w)), lambda d, c: (d @ c[1].T, c[0].T @ d), [x, w]).passed
+
+
+def test_numpy_pair_whose_forward_returns_a_tensor_is_a_protocol_error():
+    def forward(x):
+        return torch.as_tensor(x) * 2, None
+
+    with pytest.raises(gv.ProtocolError, match=r"forward returned a torch.Tensor; numpy code must return numpy"):
+        gv.check_pair(forward, lambda d, c: (2 * d,), [np.ones(3)])

@@ -28,7 +28,9 @@ import pytest
 
 # Imported here, before any in-process pytester run: pytester restores
 # sys.modules after each run, and numpy cannot be imported twice in a process.
+# (``import gradverify`` is lazy and no longer imports numpy itself.)
 import gradverify  # noqa: F401
+import gradverify.api  # noqa: F401  (its submodules, numpy among them, load once: one class per error)
 
 pytest_plugins = ["pytester"]
 
@@ -119,8 +121,9 @@ def test_fixture_fails_only_the_wrong_layer_and_names_the_bias(project):
         "*analytic:*", "*numeric:*", "*tolerance:*",
     ])
     assert "test_correct_layer" not in out.split("short test summary")[1]
-    # The per-test section, printed with the failure.
-    result.stdout.fnmatch_lines(["*- gradverify -*", "[[]Dense[]] gradient check FAIL*"])
+    # The failing verdict is printed once (in the failure), not again in the per-test section.
+    assert out.count("gradient check FAIL at") == 1
+    assert "[Dense] gradient check FAIL" not in out
 
 
 def test_fixture_pair_and_function_return_results_and_raise_on_mismatch(project):
@@ -168,8 +171,9 @@ def test_report_sections_and_attributes_carry_each_check(project):
     (record,) = bad.gradverify
     assert record["passed"] is False and record["worst"]["input"] == "bias"
     assert record["kind"] == "layer" and record["seconds"] >= 0
-    sections = dict(bad.sections)
-    assert "mismatch at input 'bias'" in sections["gradverify"]
+    # The failing verdict is in the failure itself, so it is not repeated in a section.
+    assert "mismatch at input 'bias'" in str(bad.longrepr)
+    assert "gradverify" not in dict(bad.sections)
     assert "gradient check PASS" in dict(calls["test_correct_layer"].sections)["gradverify"]
 
 
@@ -254,8 +258,8 @@ def test_seed_and_dtype_options_and_their_ini_equivalents(project):
             print("SEED", r.seed, "DTYPE", r.dtype, "AGAINST", ",".join(gradcheck.against))
     ''')
     _run(project, "-s", "--gradverify-seed=5", "--gradverify-dtype=float32").stdout.fnmatch_lines(
-        ["gradverify: against=fd, seed=5, dtype=float32",          # the run header
-         "*SEED 5 DTYPE float32 AGAINST fd*"])
+        ["gradverify: against=auto, seed=5, dtype=float32",        # the run header
+         "*SEED 5 DTYPE float32 AGAINST auto*"])
     project.makeini("[pytest]\ngradverify_seed = 3\ngradverify_dtype = float32\ngradverify_against = fd\n")
     _run(project, "-s").stdout.fnmatch_lines(["*SEED 3 DTYPE float32 AGAINST fd*"])
     # The command line overrides the ini file.
@@ -284,7 +288,7 @@ def test_bad_ini_value_is_a_usage_error(project):
 
 
 @pytest.mark.parametrize("option, message", [
-    ("--gradverify-against=fd,bogus", "*unknown reference 'bogus'; choose from fd,torch,jax*"),
+    ("--gradverify-against=fd,bogus", "*unknown reference 'bogus'; choose from auto,fd,reference,torch,jax*"),
     ("--gradverify-report=r.txt", "*--gradverify-report must end in .json or .html*"),
     ("--gradverify-seed=-2", "*--gradverify-seed must be >= 0*"),
     ("--gradverify-examples=many", "*--gradverify-examples must be an integer*"),
@@ -306,8 +310,8 @@ def test_against_a_framework_that_is_not_installed_is_a_usage_error(project, mon
     project.makepyfile(test_x="def test_x():\n    pass\n")
     result = _run(project, "--gradverify-against=fd,jax")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert "--gradverify-against names 'jax' but jax is not installed (pip install 'gradverify[jax]')" \
-        in result.stderr.str()
+    assert ("--gradverify-against names 'jax' but jax is not installed "
+            '(pip install jax (or, in a gradverify checkout: pip install ".[jax]"))') in result.stderr.str()
 
 
 def test_terminal_summary_counts_checks_and_shows_worst_per_test(project):
@@ -324,11 +328,12 @@ def test_no_checks():
     result.stdout.fnmatch_lines([
         "*= gradverify =*",
         "4 gradient checks in 3 tests, 1 failed",
-        "FAIL test_layers.py::test_wrong_bias (1/1 checks failed): worst 'bias'[[]*]: abs err *, rel err *, tolerance *",
-        "ok   test_layers.py::test_*",
-        "ok   test_layers.py::test_*",
+        "FAIL test_layers.py::test_wrong_bias [[]Dense[]] (1/1 checks failed): worst 'bias'[[]*]: abs err *, "
+        "rel err *, tolerance *, reference=fd",
+        "ok   test_layers.py::test_* [[]Dense[]]*",
+        "ok   test_layers.py::test_* [[]Dense[]]*",
     ])
-    result.stdout.fnmatch_lines(["ok   test_layers.py::test_two_checks (2 checks): worst *"])
+    result.stdout.fnmatch_lines(["ok   test_layers.py::test_two_checks [[]Dense[]] (2 checks): worst *"])
     assert "test_no_checks" not in result.stdout.str().split("= gradverify =")[1].split("short test summary")[0]
 
 
@@ -342,7 +347,7 @@ def test_json_report_lists_every_check(project):
     project.makepyfile(test_layers=TWO_TESTS)
     _run(project, "--gradverify-report=out/r.json").assert_outcomes(passed=1, failed=1)
     data = _report(project, "out/r.json")
-    assert data["summary"] == {"checks": 2, "failed": 1, "errors": 0, "tests": 2}
+    assert data["summary"] == {"checks": 2, "failed": 1, "expected": 0, "errors": 0, "tests": 2}
     assert len(data["checks"]) == 2
     for check in data["checks"]:
         assert {"nodeid", "passed", "kind", "worst", "seconds", "seed", "status"} <= set(check)
@@ -442,3 +447,130 @@ def test_loading_the_plugin_imports_nothing_beyond_the_package():
     env = dict(os.environ, PYTHONPATH=str(REPO))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "['gradverify.pytest_plugin'] []"
+
+
+# ---------------------------------------------------------------------------
+# against=, expected failures, labels, tracebacks (issue 12, points A and 6)
+# ---------------------------------------------------------------------------
+
+TORCH_FUNCTION = '''
+import torch
+
+class Square(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return 2 * x * g
+
+X = torch.linspace(-1.0, 1.0, 5, dtype=torch.float64)
+'''
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs torch")
+def test_against_option_and_marker_reach_the_checks(project):
+    project.makepyfile(fns=TORCH_FUNCTION, test_against='''
+        import pytest
+        from fns import Square, X
+
+        def test_default(gradcheck):
+            print("REF default", gradcheck(Square.apply, (X,)).reference)
+
+        @pytest.mark.gradverify(against="fd")
+        def test_marker_fd(gradcheck):
+            print("REF marker", gradcheck(Square.apply, (X,)).reference)
+
+        @pytest.mark.gradverify(against=("torch", "fd"))
+        def test_marker_both(gradcheck):
+            r = gradcheck(Square.apply, (X,), label="square")
+            print("REF both", r.reference, any("also checked against fd" in w for w in r.warnings))
+    ''')
+    # subprocess: torch is imported by the run, and cannot be imported twice in this process
+    out = project.runpytest_subprocess(*PLUGIN, "-p", "no:cacheprovider", "-s", "--gradverify-report=r.json")
+    out.assert_outcomes(passed=3)
+    out.stdout.fnmatch_lines(["*REF default torch*", "*REF marker fd*", "*REF both torch True*"])
+    out.stdout.fnmatch_lines(["ok   test_against.py::test_default [[]Square.apply[]]: worst *, reference=torch",
+                              "ok   test_against.py::test_marker_both [[]square[]]: worst *, reference=torch"])
+    refs = {c["nodeid"].split("::")[1]: c["reference"] for c in _report(project)["checks"]}
+    assert refs == {"test_default": "torch", "test_marker_fd": "fd", "test_marker_both": "torch"}
+    # the command line sets it for every test without a marker
+    out = project.runpytest_subprocess(*PLUGIN, "-p", "no:cacheprovider", "-s", "--gradverify-against=fd",
+                                       "-k", "default")
+    out.stdout.fnmatch_lines(["gradverify: against=fd*", "*REF default fd*"])
+
+
+def test_against_auto_cannot_be_combined(project):
+    project.makepyfile(test_x="def test_x():\n    pass\n")
+    result = _run(project, "--gradverify-against=auto,fd")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--gradverify-against: auto chooses by itself*"])
+
+
+def test_expected_failure_is_reported_as_expected_not_fail(project):
+    project.makepyfile(test_expect='''
+        import numpy as np
+        import pytest
+        import gradverify
+        from layers import tanh_pair, tanh_backward_wrong
+
+        def test_catches_the_bug(gradcheck):
+            with pytest.raises(gradverify.GradientMismatch):
+                gradcheck.pair(tanh_pair, tanh_backward_wrong, (np.linspace(-1, 1, 5),), label="tanh-bug")
+
+        @pytest.mark.xfail(raises=gradverify.GradientMismatch, strict=True)
+        def test_known_bug(gradcheck):
+            gradcheck.pair(tanh_pair, tanh_backward_wrong, (np.linspace(-1, 1, 5),), label="known")
+    ''')
+    result = _run(project, "--gradverify-report=r.json")
+    result.assert_outcomes(passed=1, xfailed=1)
+    result.stdout.fnmatch_lines([
+        "2 gradient checks in 2 tests, 0 failed, 2 expected failures",
+        "xfail test_expect.py::test_* [[]*[]] (1/1 checks failed as expected): worst 'x'*",
+        "xfail test_expect.py::test_* [[]*[]] (1/1 checks failed as expected): worst 'x'*",
+    ])
+    assert "FAIL test_expect" not in result.stdout.str()
+    data = _report(project)
+    assert data["summary"]["failed"] == 0 and data["summary"]["expected"] == 2
+    assert all(c["expected"] is True and c["passed"] is False for c in data["checks"])
+
+
+def test_bad_input_traceback_stops_at_the_test_call(project):
+    project.makepyfile(test_tb='''
+        import numpy as np
+
+        class Broken:
+            params = {}
+            def forward(self, x):
+                return x @ np.ones((7, 2))      # the user's bug: wrong inner dimension
+            def backward(self, dy):
+                return dy
+
+        def test_no_vjp(gradcheck):
+            gradcheck(np.sin, (np.ones(3),))
+
+        def test_forward_raises(gradcheck):
+            gradcheck.layer(Broken(), (4, 3), label="broken")
+
+        def test_direct_assert(gradcheck):
+            import gradverify
+            gradverify.assert_layer(Broken(), (4, 3))
+    ''')
+    result = _run(project)
+    result.assert_outcomes(failed=3)
+    out = result.stdout.str()
+    result.stdout.fnmatch_lines(["*gradcheck(np.sin, (np.ones(3),))*", "E*SpecError: check(fn, inputs) of a numpy*"])
+    result.stdout.fnmatch_lines(["*return x @ np.ones((7, 2))*", "E*ValueError*",
+                                 "*direct cause*",
+                                 "*gradcheck.layer(Broken(), (4, 3), label=\"broken\")*",
+                                 "E*CodeUnderTestError: Broken.forward raised ValueError*",
+                                 "E*(forward called with x: (4, 3))*"])
+    # nothing from inside gradverify in the tracebacks
+    tracebacks = out.split("= FAILURES =")[1].split("= gradverify =")[0]
+    assert "gradverify/api.py" not in tracebacks and "gradverify/layers.py" not in tracebacks
+    assert "pytest_plugin.py" not in tracebacks
+    result.stdout.fnmatch_lines(["FAIL test_tb.py::test_forward_raises [[]broken[]]*CodeUnderTestError*"])
+    result.stdout.fnmatch_lines(["*gradverify.assert_layer(Broken(), (4, 3))*", "E*CodeUnderTestError*"])

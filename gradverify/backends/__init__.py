@@ -7,8 +7,8 @@ A registry maps names to :class:`~gradverify.backends.base.Backend` classes::
     out, jv = get_backend("jax").jvp(spec, {"x": v})
 
 * ``"reference"`` -- :mod:`gradverify.engine` (numpy; always available);
-* ``"torch"`` -- PyTorch (``pip install gradverify[torch]``);
-* ``"jax"`` -- JAX (``pip install gradverify[jax]``).
+* ``"torch"`` -- PyTorch (``pip install torch``, or ``pip install ".[torch]"`` in a checkout);
+* ``"jax"`` -- JAX (``pip install jax``, or ``pip install ".[jax]"`` in a checkout).
 
 Importing this package imports neither framework: availability is checked
 with ``importlib.util.find_spec`` and the framework is imported when a

@@ -33,7 +33,7 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import BackendUnavailable, ShapeMismatch, SpecError
+from ..errors import BackendUnavailable, ShapeMismatch, SpecError, install_hint
 from ..spec import Const, Expression, Index, Mask, Network, Op, Var
 from ..spec._base import pair
 
@@ -380,7 +380,7 @@ class Backend:
         if missing:
             raise BackendUnavailable(
                 f"the {self.name!r} backend needs {', '.join(missing)}, which is not installed; "
-                f"install it with: pip install gradverify[{self.extra}]"
+                f"install it with: {install_hint(self.extra)}"
             )
         self._import()
         self.device = self._device(str(device))

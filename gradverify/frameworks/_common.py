@@ -36,7 +36,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..errors import NoDifferentiableInputs, ProtocolError, SpecError
-from ..layers import FunctionTarget, _signature_names
+from ..layers import FunctionTarget, _signature_names, call_user
 
 __all__ = ["Arg", "BatchedEvaluation", "FrameworkFunctionTarget", "split_inputs", "flatten_tree", "unflatten_tree",
            "join_outputs", "split_cotangent", "dtype_dependence"]
@@ -389,6 +389,9 @@ class FrameworkFunctionTarget(FunctionTarget):
             self._warn(f"{_name(self.user_fn)} {reason}, so the finite differences ran in the caller's dtype "
                        f"({', '.join(low)}); the verdict is coarser than a float64 check")
 
+    def forget_compiled(self) -> None:
+        """Drop compiled versions of the code (a copy whose function differs must not reuse them)."""
+
     def random_draws(self) -> str | None:
         """A reason string when the code drew random numbers whose values depend on the dtype."""
         return None
@@ -437,6 +440,7 @@ class FrameworkFunctionTarget(FunctionTarget):
             self._call(self.fn, self._args(self.point))
         ref = _copy.copy(self)
         ref.user_fn, ref.user_vjp, ref.warnings, ref.what = primal, None, [], what
+        ref.forget_compiled()
         pieces = split_cotangent(cotangent, self._out_shapes, self._out_single)
         flat = dict(zip(self.order, self._args(self.point)))
         self.random.restore()
@@ -544,8 +548,11 @@ class FrameworkFunctionTarget(FunctionTarget):
         return {n: self.to_framework(v, n) for n, v in flat.items()}
 
     def call_user(self, values: Mapping[str, Any], opaque: Mapping[str, Any] | None = None) -> Any:
+        """Call the code under test on framework arrays; what it raises becomes a CodeUnderTestError."""
+        __tracebackhide__ = True
         pos, kw = self.build_call(values, opaque)
-        return self.user_fn(*pos, **kw)
+        names = [a.name for a in self.args if not a.keyword]
+        return call_user(_name(self.user_fn), "forward", self.user_fn, pos, kw, names=names)
 
     def _record_output(self, out: Any) -> list:
         if self.float_leaf(out):
@@ -591,7 +598,8 @@ class FrameworkFunctionTarget(FunctionTarget):
               for p, dt in zip(pieces, dts)]
         dout = ts[0] if self._out_single else self.rebuild(self._out_tree, ts)
         pos, kw = self.build_call(values)
-        result = self.user_vjp(dout, *pos, **kw)
+        result = call_user(_name(self.user_vjp), "vjp", self.user_vjp, (dout, *pos), kw,
+                           names=["dout"] + [a.name for a in self.args if not a.keyword])
         if isinstance(result, Mapping):
             per_arg = {str(k): v for k, v in result.items()}
         else:

@@ -19,6 +19,7 @@ order; integer leaves get ``float0`` cotangents.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 from typing import Any, Callable
@@ -28,16 +29,18 @@ import jax
 import jax.numpy as jnp
 
 from ..errors import ShapeMismatch
+from ..layers import call_user
 from ._common import BatchedEvaluation, FrameworkFunctionTarget
 
-__all__ = ["JaxFunctionTarget", "is_jax_array", "x64_context", "JIT_MIN_ELEMENTS", "JIT_AFTER_CALLS"]
+__all__ = ["JaxFunctionTarget", "is_jax_array", "x64_context"]
 
-#: Points with at least this many elements are evaluated through ``jax.jit``...
-JIT_MIN_ELEMENTS = 64
-#: ...once a check has made this many eager calls: a compilation costs
-#: ~0.1-0.2 s, about 500-1000 eager calls of a small network (~0.2-0.3 ms
-#: each), so a fast-mode check (~100-300 calls) never pays for one.
-JIT_AFTER_CALLS = 512
+
+#: Compiled callables shared by the checks of one process: (role, code, argument layout) -> the
+#: ``jax.jit`` object (its own cache holds one executable per shape and dtype), or the reason the code
+#: cannot be jitted. Repeated checks of the same function (``examples=``, a test suite) compile once.
+_COMPILED: "collections.OrderedDict[tuple, Any]" = collections.OrderedDict()
+#: Entries kept in :data:`_COMPILED` (least recently used dropped first).
+COMPILED_CACHE_SIZE = 32
 
 
 def is_jax_array(value: Any) -> bool:
@@ -85,9 +88,14 @@ def _draws_random(jaxpr, depth: int = 0) -> bool:
 class JaxFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
     """A JAX function (see the module docstring).
 
-    Cost per evaluation: one call of ``fn`` on float64 arrays (a ``jit``-ed
-    function compiles once per dtype); the analytic pass is one
-    ``jax.vjp`` in the caller's dtype. Full checks evaluate the
+    Cost per evaluation: one call of ``fn`` on float64 arrays, compiled with
+    ``jax.jit`` (once per dtype) whether or not the caller jitted it: run
+    eagerly, every primitive of ``fn`` compiles on its first use in each
+    dtype (~0.1 s each), so a small custom_vjp attention took ~9 s per check
+    eagerly and 0.6 s jitted. The analytic pass is one ``jax.vjp`` in the
+    caller's dtype, jitted likewise. Code that cannot be traced (Python
+    control flow on values, numpy calls on traced arrays) runs eagerly, with
+    a warning. Full checks evaluate the
     perturbations of an input in batches, ``jax.jit(jax.vmap(fn))`` under
     the same scoped 64-bit mode (one compilation per input: batches are
     padded to one power-of-two size), falling back to a plain loop where
@@ -97,9 +105,9 @@ class JaxFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
     framework = "jax"
 
     def __init__(self, fn: Callable, inputs: Any, vjp: Callable | None):
+        #: compiled callables by role (see :meth:`_jitted`); a str: why the code cannot be jitted
+        self._jit: dict[str, Any] = {}
         super().__init__(fn, inputs, vjp)
-        self._jit = None if sum(v.size for v in self.point.values()) >= JIT_MIN_ELEMENTS else False
-        self._eager_calls = 0
         self._x64 = x64_context()
         if self._x64 is None and not _x64_enabled():
             low = {v.dtype.name for v in self.originals.values() if v.dtype != np.float64}
@@ -110,6 +118,10 @@ class JaxFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
                        "is coarser -- enable jax_enable_x64 for a float64 oracle")
         else:
             self.faithful_float64()
+
+    def forget_compiled(self) -> None:
+        """A fresh cache of compiled callables (the copy computing the primal's autodiff needs its own)."""
+        self._jit = {}
 
     def random_draws(self) -> str | None:
         """Does ``fn`` draw ``jax.random`` numbers (whose values change in 64-bit mode)?
@@ -181,28 +193,82 @@ class JaxFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
             return self._x64(True)
         return contextlib.nullcontext()
 
-    def run(self, flat):
-        """Evaluate ``fn``; compiled with ``jax.jit`` once the check has called it often enough to pay for it.
+    def _jitted(self, role: str, build: Callable[[], Callable], eager: Callable, *args) -> Any:
+        """``jax.jit(build())(*args)``, compiled once per role; ``eager(*args)`` where the code cannot be jitted.
 
-        Eager dispatch costs ~0.1-1 ms a call, compilation ~0.1-0.2 s once
-        per dtype, so inputs of at least :data:`JIT_MIN_ELEMENTS` elements
-        use the compiled function after :data:`JIT_AFTER_CALLS` eager calls
-        (a full check of such a point makes at least 4 per element; a fast
-        one about a hundred). Code that cannot be traced (Python control
-        flow on values, numpy calls on arrays, side effects...) falls back
-        to eager calls for good.
+        A failure under ``jit`` is retried eagerly: if the eager call fails
+        too, that error (the code's own) is raised; if it succeeds, the code
+        cannot be traced (value-dependent Python control flow, numpy calls on
+        traced arrays...) and runs eagerly for the rest of the check, with a
+        warning saying why.
         """
+        __tracebackhide__ = True
+        key = self._compile_key(role)
+        compiled = self._jit.get(role)
+        if compiled is None and key is not None:
+            compiled = _COMPILED.get(key)
+            if compiled is not None:
+                _COMPILED.move_to_end(key)
+        if isinstance(compiled, str):
+            self._jit[role] = compiled
+            self._warn(compiled)
+            return eager(*args)
+        try:
+            if compiled is None:
+                compiled = jax.jit(build())
+                if key is not None:
+                    _COMPILED[key] = compiled
+                    while len(_COMPILED) > COMPILED_CACHE_SIZE:
+                        _COMPILED.popitem(last=False)
+            self._jit[role] = compiled
+            return compiled(*args)
+        except Exception as exc:  # noqa: BLE001 - retried eagerly below
+            out = eager(*args)
+            self._not_jittable(role, exc)
+            return out
+
+    def _not_jittable(self, role: str, exc: BaseException) -> None:
+        """Remember (for this check and later ones) and say that ``role`` runs eagerly, and why."""
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        why = (f"{self.what if role == 'autodiff' else 'the function'} could not be compiled with jax.jit "
+               f"({type(cause).__name__}: {first[:200]}), so it ran eagerly: every primitive compiles on its "
+               "first use, which is much slower -- make it traceable (jax.lax.cond/where instead of Python "
+               "branches on values, jnp instead of np)")
+        self._jit[role] = why
+        key = self._compile_key(role)
+        if key is not None:
+            _COMPILED[key] = why
+        self._warn(why)
+
+    def _compile_key(self, role: str) -> tuple | None:
+        """What a compiled callable of ``role`` depends on beyond its array arguments, or None (not shareable).
+
+        The code (function, vjp), which inputs are differentiated, and the
+        layout of the arguments: names, keyword or not, kind, and the
+        identity of every non-array argument and tree leaf (they are baked
+        into the compiled function as constants).
+        """
+        layout = []
+        for a in self.args:
+            if a.kind == "opaque":
+                layout.append((a.name, a.keyword, a.kind, id(a.obj)))
+            elif a.kind == "tree":
+                layout.append((a.name, a.keyword, a.kind, tuple(map(str, a.flat)),
+                               tuple(id(leaf) for leaf, f in zip(a.leaves, a.flat) if f is None)))
+            else:
+                layout.append((a.name, a.keyword, a.kind))
+        try:
+            key = (role, self.user_fn, self.user_vjp, tuple(self.point), tuple(layout))
+            hash(key)
+        except TypeError:
+            return None
+        return key
+
+    def run(self, flat):
+        """Evaluate ``fn`` on numpy arguments, under ``jax.jit`` (see :meth:`_jitted`)."""
         values = self.convert(flat)
-        if self._jit is None and self._eager_calls < JIT_AFTER_CALLS:
-            self._eager_calls += 1
-        elif self._jit is not False:
-            try:
-                if self._jit is None:
-                    self._jit = jax.jit(self.call_user)
-                return self._jit(values)
-            except Exception:  # noqa: BLE001 - not traceable: run it as written
-                self._jit = False
-        return self.call_user(values)
+        return self._jitted("call", lambda: self.call_user, self.call_user, values)
 
     #: A compilation costs ~0.1-0.3 s, about 2000 plain evaluations: smaller
     #: requests run as a loop.
@@ -275,29 +341,60 @@ class JaxFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
         return jax.jit(jax.vmap(one, in_axes=(None, 0)))
 
     def autodiff(self, pieces, flat):
+        """``jax.vjp`` of ``fn`` at ``flat`` against the cotangent ``pieces``: forward and backward in one jit.
+
+        The output's structure comes from one abstract evaluation
+        (``jax.eval_shape``, no computation); integer output leaves get
+        ``float0`` cotangents.
+        """
         values = self.convert(flat)
         diff = list(self.point)
 
-        def closed(*dv):
-            full = dict(values)
+        def closed(base, *dv):
+            full = dict(base)
             full.update(zip(diff, dv))
             return self.call_user(full)
 
-        out, f_vjp = jax.vjp(closed, *[values[n] for n in diff])
+        def cotangent(out):  # arrays or shape/dtype structs
+            leaves, treedef = jax.tree_util.tree_flatten(out)
+            it = iter(pieces)
+            cts = []
+            for leaf in leaves:
+                if jnp.issubdtype(leaf.dtype, jnp.floating):
+                    cts.append(jnp.asarray(next(it), dtype=leaf.dtype))
+                else:
+                    cts.append(np.zeros(np.shape(leaf), dtype=jax.dtypes.float0))
+            return jax.tree_util.tree_unflatten(treedef, cts)
+
+        def pull(f_vjp, ct):
+            try:
+                return f_vjp(ct)
+            except ValueError as exc:
+                if "bwd rule must produce" in str(exc):
+                    raise ShapeMismatch(f"{self.what}: the custom_vjp bwd rule returned a gradient of the wrong shape "
+                                        f"({exc}); sum over broadcast axes?") from exc
+                raise
+
+        def vjp(base, ct):
+            out, f_vjp = jax.vjp(lambda *dv: closed(base, *dv), *[base[n] for n in diff])
+            return out, pull(f_vjp, ct)
+
+        def eager(base):
+            out, f_vjp = jax.vjp(lambda *dv: closed(base, *dv), *[base[n] for n in diff])
+            return out, pull(f_vjp, cotangent(out))
+
+        def backward(base):
+            if not isinstance(self._jit.get("autodiff"), str):
+                try:  # the output's structure, abstractly (a trace, no computation)
+                    ct = cotangent(jax.eval_shape(closed, base, *[base[n] for n in diff]))
+                except Exception as exc:  # noqa: BLE001 - not traceable: eager below (which raises a real error)
+                    out = eager(base)
+                    self._not_jittable("autodiff", exc)
+                    return out
+                return self._jitted("autodiff", lambda: vjp, vjp, base, ct)
+            self._warn(self._jit["autodiff"])
+            return eager(base)
+
+        out, grads = call_user(self.what, "backward", backward, (values,), names=("inputs",))
         self._record_output(out)
-        leaves, treedef = jax.tree_util.tree_flatten(out)
-        it = iter(pieces)
-        cts = []
-        for leaf in leaves:
-            if self.float_leaf(leaf):
-                cts.append(jnp.asarray(next(it), dtype=leaf.dtype))
-            else:
-                cts.append(np.zeros(np.shape(leaf), dtype=jax.dtypes.float0))
-        try:
-            grads = f_vjp(jax.tree_util.tree_unflatten(treedef, cts))
-        except ValueError as exc:
-            if "bwd rule must produce" in str(exc):
-                raise ShapeMismatch(f"{self.what}: the custom_vjp bwd rule returned a gradient of the wrong shape "
-                                    f"({exc}); sum over broadcast axes?") from exc
-            raise
         return {n: np.array(g) for n, g in zip(diff, grads)}

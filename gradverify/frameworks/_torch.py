@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from ..errors import NoDifferentiableInputs, ProtocolError, ShapeMismatch, SpecError
-from ..layers import Target, _signature_names, _to_array, draw_input, validate_gradients
+from ..layers import Target, _signature_names, _to_array, call_user, draw_input, validate_gradients
 from ._common import (
     BatchedEvaluation, FrameworkFunctionTarget, dtype_dependence, flatten_tree, join_outputs, split_cotangent,
     split_inputs,
@@ -132,14 +132,24 @@ def _to_tensor(value: Any, device) -> Any:
 
 
 def _autograd(outputs, inputs, grad_outputs, what: str):
-    """``torch.autograd.grad`` (unused inputs give None); a backward's wrong-shaped gradient is a ShapeMismatch."""
-    try:
-        return torch.autograd.grad(outputs, inputs, grad_outputs=grad_outputs, allow_unused=True)
-    except RuntimeError as exc:
-        if "invalid gradient" in str(exc):
-            raise ShapeMismatch(f"{what}: a backward returned a gradient of the wrong shape ({exc}); a gradient must "
-                                "have the shape of what it differentiates (sum over broadcast axes?)") from exc
-        raise
+    """``torch.autograd.grad`` (unused inputs give None); a backward's wrong-shaped gradient is a ShapeMismatch.
+
+    Anything else the backward raises (a user ``backward`` of an
+    ``autograd.Function`` that fails) is a CodeUnderTestError naming ``what``.
+    """
+    __tracebackhide__ = True
+
+    def grad():
+        try:
+            return torch.autograd.grad(outputs, inputs, grad_outputs=grad_outputs, allow_unused=True)
+        except RuntimeError as exc:
+            if "invalid gradient" in str(exc):
+                raise ShapeMismatch(f"{what}: a backward returned a gradient of the wrong shape ({exc}); a gradient "
+                                    "must have the shape of what it differentiates (sum over broadcast axes?)") from exc
+            raise
+
+    return call_user(what, "backward", lambda *_: grad(), tuple(grad_outputs),
+                     names=[f"grad_output {i}" for i in range(len(grad_outputs))])
 
 
 _RANDOM = "draws random numbers (dropout?) whose values depend on the dtype"
@@ -629,6 +639,12 @@ class TorchModuleTarget(BatchedEvaluation, Target):
     def session(self):
         return _torch_threads_for(sum(a.size for a in self.point.values()))
 
+    def _call_module(self, module: torch.nn.Module, args: list, kwargs: dict) -> Any:
+        """``module(*args, **kwargs)``; what it raises becomes a CodeUnderTestError naming its forward."""
+        __tracebackhide__ = True
+        return call_user(f"{type(self.module).__name__}.forward", "forward", module, args, kwargs,
+                         names=[n for n in self.order if not self.by_keyword])
+
     def evaluate(self) -> np.ndarray:
         return self._forward(self._use64 and all(v.dtype == np.float64 for v in self.point.values()), self.point)
 
@@ -637,7 +653,7 @@ class TorchModuleTarget(BatchedEvaluation, Target):
         c.load(source)
         args, kwargs, _ = self._inputs(source, grad=False)
         with torch.no_grad(), self.rng():
-            out = c.module(*args, **kwargs)
+            out = self._call_module(c.module, args, kwargs)
         leaves = self._outputs(out, f"{type(self.module).__name__}.forward")
         return join_outputs([_leaf_numpy(v) for v in leaves], self._single)
 
@@ -726,7 +742,7 @@ class TorchModuleTarget(BatchedEvaluation, Target):
         try:
             with torch.enable_grad(), self.rng():
                 args, kwargs, leaves = self._inputs(self.originals, grad=True)
-                out = self.module(*args, **kwargs)
+                out = self._call_module(self.module, args, kwargs)
             outs = self._outputs(out, f"{type(self.module).__name__}.forward")
             pieces = split_cotangent(cotangent, [tuple(o.shape) for o in outs], self._single)
             wrt = {**leaves, **self.orig_params}
