@@ -240,7 +240,12 @@ def _check_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--against", default="auto", metavar="REFS",
                    help=f"what the backward is compared with, comma-separated, from {','.join(AGAINST)} "
                         "(default: auto, an exact reference where one applies, else finite differences)")
-    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    p.add_argument("--examples", type=int, default=None, metavar="N",
+                   help="check N Hypothesis-drawn inputs (scales, signs, ties) and report the shrunk failing one "
+                        "(default: one drawn input)")
+    p.add_argument("--budget", type=float, default=None, metavar="SECONDS",
+                   help="seconds mode=auto may spend on finite differences of every element (default: 5)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout (no progress bar)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the input and cotangent (default: 0)")
     p.add_argument("--mode", choices=MODES, default="auto", help="how to check (default: auto)")
     p.add_argument("--dtype", choices=("float16", "float32", "float64"), default=None,
@@ -278,7 +283,8 @@ def _run_check(args: argparse.Namespace) -> int:
         return _emit_error(args, str(exc))
     try:
         result = check_layer(layer, shape, mode=args.mode, seed=args.seed, rtol=args.rtol, atol=args.atol,
-                             dtype=args.dtype, against=against)
+                             dtype=args.dtype, against=against, examples=args.examples, budget=args.budget,
+                             progress=False if args.json else None)
     except CodeUnderTestError as exc:
         message = str(exc)
         if exc.stage == "forward" and exc.about_shapes:

@@ -34,7 +34,7 @@ import pytest
 __all__ = ["GradCheck", "MARKER_KEYS", "REFERENCES", "DTYPES"]
 
 #: Keys accepted by ``@pytest.mark.gradverify(...)``.
-MARKER_KEYS = ("rtol", "atol", "mode", "seed", "dtype", "against")
+MARKER_KEYS = ("rtol", "atol", "mode", "seed", "dtype", "against", "examples")
 #: References a check can be compared against (``--gradverify-against``; ``against=`` of the checks).
 REFERENCES = ("auto", "fd", "reference", "torch", "jax")
 #: Floating dtypes accepted by ``--gradverify-dtype`` and the marker.
@@ -53,8 +53,9 @@ _OPTIONS = (
      "dtype of the inputs gradcheck.layer draws from input_shape: float16, float32 or float64 "
      "(default: the layer's parameter dtype, else float64)"),
     ("--gradverify-examples", "gradverify_examples", "N",
-     "Hypothesis budget (max_examples) for strategy-driven tests; also gradcheck.examples "
-     "(default: the active Hypothesis profile)"),
+     "property-test every gradcheck fixture check on N Hypothesis-drawn inputs (their examples=; the failing "
+     "input is shrunk), and the Hypothesis budget (max_examples) of strategy-driven tests "
+     "(default: one input per check; the active Hypothesis profile)"),
     ("--gradverify-seed", "gradverify_seed", "SEED",
      "seed of every gradient check (cotangent and drawn inputs) (default: 0)"),
 )
@@ -184,7 +185,7 @@ class _Session:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "gradverify(rtol=, atol=, mode=, seed=, dtype=, against=): per-test settings of the gradcheck "
+        "gradverify(rtol=, atol=, mode=, seed=, dtype=, against=, examples=): per-test settings of the gradcheck "
         "fixture's checks (unknown keys are an error)",
     )
     state = _Session(config)
@@ -284,6 +285,11 @@ def _marker_settings(item: pytest.Item) -> dict[str, Any]:
                 raise ValueError(f"{where} must be one of {', '.join(MODES)}, got {value!r}")
         elif key == "dtype":
             value = _parse_dtype(value, where)
+        elif key == "examples":
+            if value is not None:
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise ValueError(f"{where} must be a positive integer, got {value!r}")
+                value = _parse_int(value, where, 1)
         elif key == "against":
             text = value if isinstance(value, str) else ",".join(map(str, value))
             value = _parse_against(text, where)
@@ -359,7 +365,8 @@ class GradCheck:
             the marker), passed as their ``against=`` unless a call gives its
             own, e.g. ``("auto",)`` or ``("reference", "fd")``.
         dtype: dtype requested for drawn inputs, or None.
-        examples: the Hypothesis budget (``--gradverify-examples``), or None.
+        examples: inputs each check draws (``--gradverify-examples`` / the
+            marker; their ``examples=``), or None for the one input given.
         seed: the seed the checks use unless given one.
         results: the :class:`gradverify.CheckResult` of every check run so far.
     """
@@ -369,7 +376,7 @@ class GradCheck:
         self._marker = marker
         self.against: tuple[str, ...] = marker.get("against", state.against)
         self.dtype: str | None = marker.get("dtype", state.dtype)
-        self.examples: int | None = state.examples
+        self.examples: int | None = marker.get("examples", state.examples)
         self.seed: int = marker.get("seed", state.seed if state.seed is not None else 0)
         self.results: list[Any] = []
 
@@ -381,6 +388,8 @@ class GradCheck:
         merged = {k: self._marker[k] for k in ("rtol", "atol", "mode") if k in self._marker}
         merged["seed"] = self.seed
         merged["against"] = self.against
+        if self.examples is not None:
+            merged["examples"] = self.examples
         merged.update(options)
         return merged
 

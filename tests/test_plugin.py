@@ -574,3 +574,27 @@ def test_bad_input_traceback_stops_at_the_test_call(project):
     assert "pytest_plugin.py" not in tracebacks
     result.stdout.fnmatch_lines(["FAIL test_tb.py::test_forward_raises [[]broken[]]*CodeUnderTestError*"])
     result.stdout.fnmatch_lines(["*gradverify.assert_layer(Broken(), (4, 3))*", "E*CodeUnderTestError*"])
+
+
+def test_examples_option_property_tests_the_fixture_checks(project):
+    """--gradverify-examples makes each gradcheck call a property check: the clip bug only |x| > 3 shows is found."""
+    project.makepyfile(test_clip='''
+        import numpy as np
+
+        class Clip:
+            params = {}
+
+            def forward(self, x):
+                return np.clip(x, -3.0, 3.0)
+
+            def backward(self, dy):
+                self.grads = {}
+                return dy.copy()  # ignores the clip range
+
+        def test_clip(gradcheck):
+            gradcheck.layer(Clip(), (4, 3))
+    ''')
+    _run(project).assert_outcomes(passed=1)  # one standard-normal draw misses it
+    result = _run(project, "--gradverify-examples=40")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*counterexample x = *"])
