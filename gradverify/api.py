@@ -862,48 +862,67 @@ def _fast(target: Target, comparison: Comparison, u64: np.ndarray, eval_dtype, r
 def check(fn: Callable, inputs: Any, *, vjp: Callable | None = None, mode: str = "auto",
           rtol: float | None = None, atol: float | None = None, seed: int = 0, against: Any = "auto",
           examples: int | None = None, vary_batch: bool = False, budget: float | None = None,
-          progress: bool | None = None) -> CheckResult:
-    """Check the gradient of a numpy function ``fn(*inputs) -> out`` supplied by ``vjp``.
+          progress: bool | None = None, constants: Any = ()) -> CheckResult:
+    """Check the gradient of ``fn(*inputs) -> out``: a numpy function with ``vjp=``, or torch/JAX code.
 
-    ``vjp(dout, *inputs)`` returns one gradient per input (``None`` allowed
-    for integer inputs, which are constants). Inputs may be one array, a
-    sequence (named by ``fn``'s parameter names, else ``"0"``, ``"1"``...)
-    or a dict (names -> arrays, passed by keyword). The output is projected
-    on a seeded random cotangent; every input element is checked against
-    central differences in float64, Richardson-extrapolated wherever a
-    one-difference screen does not settle the element.
+    ``vjp(dout, *inputs)`` returns one gradient per input (``None`` for
+    constants); torch and JAX callables are differentiated by their own
+    framework unless ``vjp=`` is given. Inputs may be one array, a sequence
+    (named by ``fn``'s parameter names, else ``"0"``, ``"1"``...) or a dict
+    (names -> arrays, passed by keyword); Python numbers, strings, dicts,
+    None and tuples of ints among them are constants passed through as
+    given, and ``constants=`` (names or positions) holds arrays constant
+    too. ``fn`` may return several outputs (a tuple or dict of arrays):
+    the cotangent covers every floating-point output and ``vjp`` gets
+    ``dout`` in the same structure.
 
-    Cost: about 2 evaluations of ``fn`` per element of inputs with at
-    least 64 elements, where a one-difference screen settles most elements
-    (:func:`~gradverify.numeric.projected_gradients`), 4 per element of
-    smaller ones and of elements the screen leaves open, more where the
-    reference is noisy; one ``vjp`` call (two, with the reproducibility
-    check).
+    The output is projected on a seeded random cotangent and the gradient
+    under test compared element by element with a reference chosen by
+    ``against=`` (see :mod:`gradverify.references`): ``"auto"`` takes the
+    exact one that applies -- the reference engine tracing a numpy ``fn``,
+    torch autograd of a custom Function's forward, ``jax.vjp`` of a custom
+    VJP's primal -- held to rounding alone and itself checked by finite
+    differences on random projections; otherwise finite differences in
+    float64 (``mode="full"``: every element; ``"fast"``: random
+    projections; ``"auto"``: full where its predicted time fits
+    ``budget=`` seconds, :data:`DEFAULT_BUDGET` by default). A full check
+    predicted to run longer than :data:`PROGRESS_AFTER` seconds shows a
+    progress bar on a terminal (``progress=`` forces it on or off).
+    ``examples=N`` checks N Hypothesis-drawn inputs and returns the shrunk
+    failing one (:mod:`gradverify.examples`).
+
+    Cost: with an exact reference, one traced forward and backward plus 4
+    evaluations per input for its check; with finite differences about 2
+    evaluations per element of inputs with at least 64 elements, 4 per
+    element of smaller ones, more where the function is noisy; 9 more to
+    measure its noise; one or two ``vjp`` calls.
 
     Returns:
         A :class:`~gradverify.CheckResult` (a value; nothing is raised for a
         wrong gradient -- see :func:`assert_gradients`).
 
     Raises:
-        GradVerifyError: bad input, with a message that says what to fix.
+        GradVerifyError: bad input, with a message that says what to fix;
+            :class:`~gradverify.CodeUnderTestError` when the code under test
+            itself raised.
     """
     rng, cot_rng = _validate(mode, seed)
     refs = parse_against(against)
     budget = _budget(budget)
     if examples is not None:
         return _property(lambda xs: check(fn, xs, vjp=vjp, mode=mode, rtol=rtol, atol=atol, seed=seed,
-                                          against=against, budget=budget, progress=False), inputs, examples, seed,
-                         vary_batch)
+                                          constants=constants, against=against, budget=budget, progress=False),
+                         inputs, examples, seed, vary_batch)
     from .frameworks import callable_target
 
-    target = callable_target(fn, inputs, vjp)
+    target = callable_target(fn, inputs, vjp, constants)
     if target is None:
         if vjp is None:
             raise SpecError(
                 "check(fn, inputs) of a numpy function needs vjp=: a callable vjp(dout, *inputs) returning one "
                 "gradient per input (torch and JAX callables are differentiated by their own framework)"
             )
-        target = FunctionTarget(fn, vjp, inputs, kind="function", what="vjp")
+        target = FunctionTarget(fn, vjp, inputs, kind="function", what="vjp", constants=constants)
     return _run(target, rng=cot_rng, seed=seed, mode=mode, rtol=rtol, atol=atol, against=refs,
                 budget=budget, progress=progress)
 
@@ -912,18 +931,21 @@ def check(fn: Callable, inputs: Any, *, vjp: Callable | None = None, mode: str =
 def check_pair(forward: Callable, backward: Callable, inputs: Any, *, mode: str = "auto",
                rtol: float | None = None, atol: float | None = None, seed: int = 0,
                against: Any = "auto", examples: int | None = None, vary_batch: bool = False,
-               budget: float | None = None, progress: bool | None = None) -> CheckResult:
+               budget: float | None = None, progress: bool | None = None, constants: Any = ()) -> CheckResult:
     """Check a function pair ``forward(*inputs) -> (out, cache)``, ``backward(dout, cache) -> grads``.
 
-    ``backward`` returns a tuple with one gradient per input, in order.
-    ``forward`` is re-run right before ``backward``, as in a network. Same
-    method and cost as :func:`check`.
+    ``backward`` returns a tuple with one gradient per input, in order
+    (``None`` for constants); ``out`` may be several outputs (a tuple or
+    dict), and ``dout`` then comes in the same structure. ``forward`` is
+    re-run right before ``backward``, as in a network. Same options,
+    references and cost as :func:`check` (the engine traces ``forward``).
     """
     rng, cot_rng = _validate(mode, seed)
     refs = parse_against(against)
     budget = _budget(budget)
     if examples is not None:
         return _property(lambda xs: check_pair(forward, backward, xs, mode=mode, rtol=rtol, atol=atol, seed=seed,
+                                               constants=constants,
                                                against=against, budget=budget, progress=False), inputs, examples, seed,
                          vary_batch)
     if not callable(forward) or not callable(backward):
@@ -931,7 +953,8 @@ def check_pair(forward: Callable, backward: Callable, inputs: Any, *, mode: str 
                             "backward(dout, cache) -> one gradient per input")
 
     fn, vjp = pair_callables(forward, backward)
-    target = FunctionTarget(fn, vjp, inputs, kind="pair", names_from=forward, what="backward")
+    target = FunctionTarget(fn, vjp, inputs, kind="pair", names_from=forward, what="backward",
+                            constants=constants)
     return _run(target, rng=cot_rng, seed=seed, mode=mode, rtol=rtol, atol=atol, against=refs,
                 budget=budget, progress=progress)
 
@@ -940,19 +963,24 @@ def check_pair(forward: Callable, backward: Callable, inputs: Any, *, mode: str 
 def check_layer(layer: Any, input_shape: int | Sequence[int] | None = None, *, inputs: Any = None,
                 dtype: Any = None, mode: str = "auto", rtol: float | None = None, atol: float | None = None,
                 seed: int = 0, against: Any = "auto", examples: int | None = None,
-                vary_batch: bool = False, budget: float | None = None, progress: bool | None = None) -> CheckResult:
-    """Check a numpy layer (object protocol) for its input and every parameter.
+                vary_batch: bool = False, budget: float | None = None, progress: bool | None = None,
+                constants: Any = (), params_attr: str = "params", grads_attr: str = "grads") -> CheckResult:
+    """Check a layer for its input and every parameter: a numpy layer (object protocol) or a ``torch.nn.Module``.
 
-    The layer has ``params`` (dict name -> array, may be empty),
+    A numpy layer has ``params`` (dict name -> array, may be empty),
     ``forward(x) -> y`` and ``backward(dy) -> dx``, which also sets
-    ``grads`` (one entry per params key). The input is ``inputs`` (an
-    array) or, given ``input_shape``, drawn from a seeded standard normal in
-    ``dtype`` (default: the dtype of the layer's params, else float64).
-    Parameters are perturbed in place and restored bit for bit.
+    ``grads`` (one entry per params key); ``params_attr=``/``grads_attr=``
+    name other attributes, ``constants=`` parameters (or ``"x"``) not to
+    differentiate. The input is ``inputs`` (an array) or, given
+    ``input_shape``, drawn from a seeded standard normal in ``dtype``
+    (default: the dtype of the layer's params, else float64). Parameters
+    are perturbed in place and restored bit for bit; the reference engine
+    traces ``forward`` with the parameters swapped for traced arrays and
+    puts the layer back afterwards. A forward that changes state later
+    calls read (a list of cached inputs, gradients accumulated with ``+=``)
+    is reset to the state it was given before every call, with a warning.
 
-    Cost: as :func:`check`: about 2 forward calls per element of tensors
-    with at least 64 elements, 4 per element of smaller ones; backward
-    calls: two.
+    References, options and cost as :func:`check`; backward calls: two.
     """
     rng, cot_rng = _validate(mode, seed)
     refs = parse_against(against)
@@ -963,13 +991,14 @@ def check_layer(layer: Any, input_shape: int | Sequence[int] | None = None, *, i
 
             inputs = framework_inputs(layer, input_shape, dtype=dtype, rng=rng)
             if inputs is None:
-                params = getattr(layer, "params", None) or {}
+                params = getattr(layer, params_attr, None) or {}
                 floats = [v.dtype for v in params.values() if isinstance(v, np.ndarray) and v.dtype.kind == "f"] \
                     if isinstance(params, Mapping) else []
                 inputs = draw_input(input_shape, None, dtype, floats[0] if floats else np.float64, rng)
         elif input_shape is not None:
             raise SpecError("give input_shape or inputs, not both")
         return _property(lambda xs: check_layer(layer, inputs=xs, mode=mode, rtol=rtol, atol=atol, seed=seed,
+                                                constants=constants, params_attr=params_attr, grads_attr=grads_attr,
                                                 against=against, budget=budget, progress=False), inputs, examples, seed,
                          vary_batch)
     from .frameworks import module_target
@@ -978,7 +1007,7 @@ def check_layer(layer: Any, input_shape: int | Sequence[int] | None = None, *, i
     if fw_target is not None:
         return _run(fw_target, rng=cot_rng, seed=seed, mode=mode, rtol=rtol, atol=atol, against=refs,
                 budget=budget, progress=progress)
-    params = getattr(layer, "params", None) or {}
+    params = getattr(layer, params_attr, None) or {}
     floats = [v.dtype for v in params.values() if isinstance(v, np.ndarray) and v.dtype.kind == "f"] \
         if isinstance(params, Mapping) else []
     drawn = draw_input(input_shape, inputs, dtype, floats[0] if floats else np.float64, rng)
@@ -988,7 +1017,7 @@ def check_layer(layer: Any, input_shape: int | Sequence[int] | None = None, *, i
         x = _to_array(inputs, "x")
         if dtype is not None:
             x = x.astype(dtype)
-    target = LayerTarget(layer, x)
+    target = LayerTarget(layer, x, params_attr=params_attr, grads_attr=grads_attr, constants=constants)
     if not target.point:
         raise NoDifferentiableInputs(
             f"{type(layer).__name__} has no floating-point parameter and its input is {x.dtype}: nothing to differentiate"

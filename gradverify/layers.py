@@ -197,10 +197,19 @@ class Opaque:
 
 
 def _is_opaque(value: Any) -> bool:
-    if value is None or isinstance(value, (Mapping, str, bytes)) or callable(value):
+    """A constant passed through as given: anything but an array (Python numbers, tuples of ints, dicts, None...).
+
+    Python numbers among the inputs are options (a scale, an epsilon, a
+    count), as for ``torch.autograd.gradcheck``; pass an array to have one
+    differentiated.
+    """
+    if value is None or isinstance(value, (Mapping, str, bytes, int, float, bool, complex)) or callable(value):
         return True
-    if isinstance(value, (np.ndarray, np.generic, int, float, bool)):
+    if isinstance(value, (np.ndarray, np.generic)):
         return False
+    if isinstance(value, (list, tuple)) and value and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value):
+        return True  # a shape, a kernel size, a list of indices
     if isinstance(value, (list, tuple)):
         try:
             return np.asarray(value).dtype == object
@@ -226,7 +235,7 @@ def as_input_arrays(inputs: Any, names: Sequence[str] | None = None, *, allow_op
             raise SpecError("inputs is an empty dict; give at least one input")
         return {str(k): convert(v, str(k)) for k, v in inputs.items()}
     if isinstance(inputs, np.ndarray) or np.isscalar(inputs):
-        inputs = (inputs,)
+        inputs = (np.asarray(inputs) if np.isscalar(inputs) and not isinstance(inputs, (str, bytes)) else inputs,)
     try:
         seq = list(inputs)
     except TypeError:
@@ -293,6 +302,78 @@ def validate_gradients(
             raise NonFiniteError(f"{what} gradient for {name!r} is not finite at index {bad} (value {g[bad]})")
         out[name] = g
     return out
+
+
+class OutputStructure:
+    """Several outputs (a tuple, list or dict of arrays, nested) seen as one flat float array, and back.
+
+    An LSTM step returning ``(h, c)`` is checked on both: the cotangent
+    covers every floating-point output, and :meth:`split` hands the code
+    under test its pieces in the structure it returned (``None`` for
+    outputs that are not floating-point: integer arrays, strings, None).
+    Cost: one concatenation per evaluation.
+    """
+
+    def __init__(self, out: Any, what: str):
+        self.what = what
+        self.paths: list[tuple] = []
+        self.shapes: list[tuple] = []
+        self.template = self._walk(out, ())
+
+    @staticmethod
+    def is_structured(out: Any) -> bool:
+        return isinstance(out, (tuple, list, Mapping))
+
+    def _walk(self, node: Any, path: tuple) -> Any:
+        if isinstance(node, Mapping):
+            return {k: self._walk(v, path + (k,)) for k, v in node.items()}
+        if isinstance(node, (tuple, list)):
+            return type(node)(self._walk(v, path + (i,)) for i, v in enumerate(node)) \
+                if not hasattr(node, "_fields") else type(node)(*(self._walk(v, path + (i,)) for i, v in enumerate(node)))
+        arr = _numpy_output(node, self.what) if node is not None and not isinstance(node, (str, bytes)) else None
+        if arr is not None and arr.dtype.kind == "f":
+            self.paths.append(path)
+            self.shapes.append(arr.shape)
+            return len(self.paths) - 1
+        return None
+
+    def leaves(self, out: Any) -> list:
+        found = []
+        for path in self.paths:
+            node = out
+            for k in path:
+                node = node[k]
+            found.append(_numpy_output(node, self.what))
+        return found
+
+    def join(self, out: Any) -> np.ndarray:
+        """The floating-point outputs raveled and concatenated (float64 where they differ in dtype)."""
+        leaves = self.leaves(out)
+        if [a.shape for a in leaves] != self.shapes:
+            raise ShapeMismatch(f"{self.what} returned outputs of shapes {[a.shape for a in leaves]} on this call "
+                                f"but {self.shapes} before")
+        if not leaves:
+            raise ProtocolError(f"{self.what} returned no floating-point array; return the output(s) to check")
+        dtype = np.result_type(*leaves)
+        return np.concatenate([a.reshape(-1).astype(dtype, copy=False) for a in leaves])
+
+    def split(self, flat: np.ndarray) -> Any:
+        """``flat`` cut into pieces shaped like the outputs, in the output's structure."""
+        pieces, start = [], 0
+        for shape in self.shapes:
+            n = int(np.prod(shape))
+            pieces.append(np.asarray(flat[start:start + n]).reshape(shape))
+            start += n
+
+        def build(node):
+            if isinstance(node, Mapping):
+                return {k: build(v) for k, v in node.items()}
+            if isinstance(node, (tuple, list)):
+                items = [build(v) for v in node]
+                return type(node)(*items) if hasattr(node, "_fields") else type(node)(items)
+            return None if node is None else pieces[node]
+
+        return build(self.template)
 
 
 def _numpy_output(y: Any, what: str) -> np.ndarray:
@@ -464,11 +545,11 @@ class _LayerState:
 
     _DEPTH = 2
 
-    def __init__(self, layer: Any, swap: Mapping[int, Any]):
+    def __init__(self, layer: Any, swap: Mapping[int, Any], *, skip: set[int] = frozenset()):
         self.objects: list[tuple[Any, dict]] = []
         self.containers: list[tuple[Any, Any]] = []
         self.arrays: list[tuple[np.ndarray, np.ndarray]] = []
-        seen: set[int] = set()
+        seen: set[int] = set(skip)  # arrays not to copy or restore (parameters the check perturbs itself)
         self._record(layer, 0, seen)
         for obj, _ in self.objects:
             d = vars(obj)
@@ -508,6 +589,18 @@ class _LayerState:
             return
         for child in children:
             self._record(child, depth + 1, seen)
+
+    def changed(self) -> list[str]:
+        """What a call changed that a later call reads: lists and dicts that grew or shrank, arrays updated in place."""
+        out = []
+        names = {id(v): k for obj, saved in self.objects for k, v in saved.items()}
+        for c, saved in self.containers:
+            if len(c) != len(saved):
+                out.append(f"{names.get(id(c), 'a container')} ({type(c).__name__}: {len(saved)} -> {len(c)} entries)")
+        for arr, saved in self.arrays:
+            if not np.array_equal(arr, saved, equal_nan=True):
+                out.append(f"{names.get(id(arr), 'an array')} (updated in place)")
+        return out
 
     def restore(self) -> None:
         for obj, saved in self.objects:
@@ -591,21 +684,29 @@ class LayerTarget(Target):
 
     kind = "layer"
 
-    def __init__(self, layer: Any, x: np.ndarray):
+    def __init__(self, layer: Any, x: np.ndarray, *, params_attr: str = "params", grads_attr: str = "grads",
+                 constants: Sequence[str] = ()):
         super().__init__()
         for method in ("forward", "backward"):
             if not callable(getattr(layer, method, None)):
                 raise ProtocolError(
-                    f"{type(layer).__name__} has no {method}() method; a numpy layer needs params (a dict), "
-                    "forward(x) -> y and backward(dy) -> dx that sets grads"
+                    f"{type(layer).__name__} has no {method}() method; a numpy layer needs {params_attr} (a dict), "
+                    f"forward(x) -> y and backward(dy) -> dx that sets {grads_attr}"
                 )
-        params = getattr(layer, "params", None)
+        params = getattr(layer, params_attr, None)
         if params is None:
             params = {}
         if not isinstance(params, Mapping):
-            raise ProtocolError(f"{type(layer).__name__}.params must be a dict of name -> array, got {type(params).__name__}")
+            raise ProtocolError(f"{type(layer).__name__}.{params_attr} must be a dict of name -> array, got "
+                                f"{type(params).__name__} (params_attr= names another attribute)")
         self.layer = layer
         self.params = params
+        self.params_attr, self.grads_attr = params_attr, grads_attr
+        held = set(constants or ())
+        unknown = held - set(map(str, params)) - {"x", "input"}
+        if unknown:
+            raise SpecError(f"constants= names {sorted(unknown)}, which are not parameters of {type(layer).__name__} "
+                            f"(it has {sorted(map(str, params))})")
         self.input_name = "input" if "x" in params else "x"
         if x.dtype.kind == "f":
             self.point[self.input_name] = x.astype(np.float64)
@@ -619,7 +720,7 @@ class LayerTarget(Target):
                     f"parameter {name!r} of {type(layer).__name__} is a {type(value).__name__}; "
                     "params must hold numpy arrays (they are perturbed in place)"
                 )
-            if value.dtype.kind != "f":
+            if value.dtype.kind != "f" or str(name) in held:
                 self.constants[str(name)] = value
                 continue
             if not value.flags.writeable:
@@ -629,15 +730,62 @@ class LayerTarget(Target):
             self.point[str(name)] = value
             self.originals[str(name)] = value
             self.param_names.append(str(name))
+        if self.input_name in held and self.input_name in self.point:
+            self.constants[self.input_name] = self.originals.pop(self.input_name)
+            del self.point[self.input_name]
         self._x = x
         self._checked_mutation = False
         self.random = RandomGuard(layer)
+        #: the layer's state, when its forward changes state that later calls read (see :meth:`evaluate`)
+        self._state: _LayerState | None = None
+
+    def _forward(self, x: np.ndarray) -> Any:
+        return call_user(f"{type(self.layer).__name__}.forward", "forward", self.layer.forward, (x,), names=("x",))
 
     def evaluate(self) -> np.ndarray:
+        """One forward at the point, from the layer's state as the check found it.
+
+        The first two calls watch the layer: a forward that appends to a
+        list attribute, adds dict entries or updates an array attribute in
+        place between one call and the next (a cache of every input, a
+        running sum) would make every call see another layer, so from then
+        on the layer's state is put back after every call (a warning names
+        the state), and the second call runs again from it. A forward that
+        only rebinds or overwrites its caches (``self.x = x``) costs nothing.
+        """
         self.random.restore()
         x = self.point[self.input_name].copy() if self.input_name in self.point else self._x.copy()
-        return _numpy_output(call_user(f"{type(self.layer).__name__}.forward", "forward", self.layer.forward, (x,),
-                                       names=("x",)), f"{type(self.layer).__name__}.forward")
+        what = f"{type(self.layer).__name__}.forward"
+        calls = self._state_calls = getattr(self, "_state_calls", 0) + 1
+        if calls == 1:
+            self._pristine = _LayerState(self.layer, {}, skip=self._param_ids())
+            y = self._forward(x)
+            self._after_first = _LayerState(self.layer, {}, skip=self._param_ids())
+            return _numpy_output(y, what)
+        if calls == 2:
+            y = self._forward(x)
+            changed = self._after_first.changed()
+            self._after_first = None
+            if changed:
+                self._warn(f"{what} changes state that later calls read ({', '.join(changed)}); the check puts the "
+                           "layer's state back before every call, so each forward and backward starts from the "
+                           "state it was given")
+                self._state = self._pristine
+                self._state.restore()
+                self.random.restore()
+                y = self._forward(x)
+                self._state.restore()
+            self._pristine = None
+            return _numpy_output(y, what)
+        if self._state is None:
+            return _numpy_output(self._forward(x), what)
+        try:
+            return _numpy_output(self._forward(x), what)
+        finally:
+            self._state.restore()
+
+    def _param_ids(self) -> set[int]:
+        return {id(self.params[n]) for n in self.param_names}
 
     def exact_references(self) -> tuple[str, ...]:
         return ("reference",)
@@ -659,7 +807,19 @@ class LayerTarget(Target):
             state.restore()
 
     def analytic(self, cotangent: np.ndarray, at_point: bool = False) -> dict[str, np.ndarray]:
-        """Forward then backward; ``at_point`` feeds the float64 input copy instead of the caller's."""
+        """Forward then backward; ``at_point`` feeds the float64 input copy instead of the caller's.
+
+        The layer's state is put back afterwards (gradients accumulated with
+        ``+=`` start from the same zeros on every call), and what the
+        backward returned is copied before that.
+        """
+        state = _LayerState(self.layer, {}, skip=self._param_ids())
+        try:
+            return self._analytic(cotangent, at_point)
+        finally:
+            state.restore()
+
+    def _analytic(self, cotangent: np.ndarray, at_point: bool) -> dict[str, np.ndarray]:
         self.random.restore()
         source = self.point[self.input_name] if at_point and self.input_name in self.point else self._x
         x_arg = source.copy()
@@ -680,22 +840,41 @@ class LayerTarget(Target):
                        "gradient other layers receive (the check handed over a copy)")
         grads = {}
         if self.input_name in self.point:
-            grads[self.input_name] = dx
-        layer_grads = getattr(self.layer, "grads", None)
+            grads[self.input_name] = np.array(dx, copy=True) if isinstance(dx, np.ndarray) else dx
+        ga = self.grads_attr
+        layer_grads = getattr(self.layer, ga, None)
         if self.param_names:
             if not isinstance(layer_grads, Mapping):
                 raise MissingGradient(
-                    f"{type(self.layer).__name__}.backward did not set grads (a dict with one entry per params key: "
-                    f"{self.param_names})"
+                    f"{type(self.layer).__name__}.backward did not set {ga} (a dict with one entry per "
+                    f"{self.params_attr} key: {self.param_names}; grads_attr= names another attribute)"
                 )
             for name in self.param_names:
                 if name not in layer_grads:
                     raise MissingGradient(
-                        f"{type(self.layer).__name__}.grads has no entry for parameter {name!r}; "
-                        f"backward must set grads[{name!r}] (it has {sorted(map(str, layer_grads))})"
+                        f"{type(self.layer).__name__}.{ga} has no entry for parameter {name!r}; "
+                        f"backward must set {ga}[{name!r}] (it has {sorted(map(str, layer_grads))})"
                     )
-                grads[name] = layer_grads[name]
+                g = layer_grads[name]
+                grads[name] = np.array(g, copy=True) if isinstance(g, np.ndarray) else g
         return validate_gradients(grads, self.originals, what=f"{type(self.layer).__name__}.backward")
+
+
+def _constant_names(constants: Any, order: Sequence[str]) -> set[str]:
+    """``constants=`` (input names or positions) -> the set of input names held constant."""
+    if constants is None:
+        return set()
+    if isinstance(constants, (str, int)):
+        constants = (constants,)
+    out = set()
+    for c in constants:
+        if isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 0 <= c < len(order):
+            out.add(order[int(c)])
+        elif isinstance(c, str) and c in order:
+            out.add(c)
+        else:
+            raise SpecError(f"constants= names inputs by name or position ({', '.join(order)}); got {c!r}")
+    return out
 
 
 def _signature_names(fn: Callable, count: int) -> list[str] | None:
@@ -725,7 +904,7 @@ class FunctionTarget(Target):
     kind = "function"
 
     def __init__(self, fn: Callable, vjp: Callable, inputs: Any, *, kind: str = "function",
-                 names_from: Callable | None = None, what: str = "vjp"):
+                 names_from: Callable | None = None, what: str = "vjp", constants: Sequence[Any] = ()):
         super().__init__()
         if not callable(fn):
             raise ProtocolError(f"the function to check is a {type(fn).__name__}, not a callable")
@@ -742,8 +921,13 @@ class FunctionTarget(Target):
         names = None if self.by_keyword else _signature_names(names_from or fn, count)
         arrays = as_input_arrays(inputs, names, allow_opaque=True)
         self.order = list(arrays)
+        held = _constant_names(constants, self.order)
+        #: the structure of several outputs (None: one array)
+        self.structure: OutputStructure | None = None
         for name, arr in arrays.items():
             if isinstance(arr, Opaque):
+                self.constants[name] = arr
+            elif name in held and isinstance(arr, np.ndarray):
                 self.constants[name] = arr
             elif _is_differentiable(arr):
                 self.point[name] = arr.astype(np.float64)
@@ -779,7 +963,19 @@ class FunctionTarget(Target):
 
     def evaluate(self) -> np.ndarray:
         self.random.restore()
-        return _numpy_output(self._call(self.fn, self._args(self.point)), self.fn_name)
+        return self.flat_output(self._call(self.fn, self._args(self.point)))
+
+    def flat_output(self, out: Any) -> np.ndarray:
+        """The output as one array: several outputs (a tuple/dict) joined by :class:`OutputStructure`."""
+        if self.structure is None and OutputStructure.is_structured(out) and not isinstance(out, np.ndarray):
+            self.structure = OutputStructure(out, self.fn_name)
+        if self.structure is not None:
+            return self.structure.join(out)
+        return _numpy_output(out, self.fn_name)
+
+    def cotangent_for(self, cotangent: np.ndarray) -> Any:
+        """The cotangent as the code expects it: split into the output's structure where it has several."""
+        return cotangent if self.structure is None else self.structure.split(cotangent)
 
     def exact_references(self) -> tuple[str, ...]:
         return ("reference",)
@@ -794,7 +990,7 @@ class FunctionTarget(Target):
         self.random.restore()
         args = self._args(self.point if at_point else self.originals)
         dy = cotangent.copy()
-        result = self._call(self.vjp, args, dy)
+        result = self._call(self.vjp, args, self.cotangent_for(dy))
         if not np.array_equal(dy, cotangent):
             self._warn(f"{self.what} modifies the dout it was given in place; in a network this corrupts the "
                        "gradient other layers receive (the check handed over a copy)")
@@ -828,4 +1024,4 @@ class FunctionTarget(Target):
         if any(isinstance(a, np.ndarray) and not np.array_equal(a, b) for a, b in zip(args, self._args(self.originals))):
             self._warn("the function modifies its inputs in place; in a network this corrupts other layers' "
                        "values (the check handed over copies)")
-        return out
+        return self.flat_output(out)

@@ -147,7 +147,7 @@ def framework_of(fn: Callable, inputs: Any, *, probe: bool = True) -> str | None
     return kind
 
 
-def callable_target(fn: Callable, inputs: Any, vjp: Callable | None):
+def callable_target(fn: Callable, inputs: Any, vjp: Callable | None, constants: Any = ()):
     """A Target for a torch or JAX callable, or None for numpy code.
 
     The analytic gradient comes from the framework's autodiff in the
@@ -163,11 +163,11 @@ def callable_target(fn: Callable, inputs: Any, vjp: Callable | None):
     if kind == "torch":
         from ._torch import TorchFunctionTarget
 
-        return TorchFunctionTarget(fn, inputs, vjp)
+        return TorchFunctionTarget(fn, inputs, vjp, constants)
     if kind == "jax":
         from ._jax import JaxFunctionTarget
 
-        return JaxFunctionTarget(fn, inputs, vjp)
+        return JaxFunctionTarget(fn, inputs, vjp, constants)
     return None
 
 

@@ -315,7 +315,8 @@ class FrameworkFunctionTarget(FunctionTarget):
 
     framework = "framework"
 
-    def __init__(self, fn: Callable, inputs: Any, vjp: Callable | None, *, names_from: Callable | None = None):
+    def __init__(self, fn: Callable, inputs: Any, vjp: Callable | None, *, names_from: Callable | None = None,
+                 constants: Any = ()):
         if not callable(fn):
             raise ProtocolError(f"the function to check is a {type(fn).__name__}, not a callable")
         if vjp is not None and not callable(vjp):
@@ -357,7 +358,7 @@ class FrameworkFunctionTarget(FunctionTarget):
                 "passed through as constants); pass at least one floating-point tensor to differentiate"
             )
         what = "vjp" if vjp is not None else f"{self.framework} autodiff of {_name(fn)}"
-        super().__init__(self._np_fn, self._np_vjp, flat, kind="function", what=what)
+        super().__init__(self._np_fn, self._np_vjp, flat, kind="function", what=what, constants=constants)
 
     def faithful_float64(self) -> None:
         """Fall back to the caller's dtype where the float64 evaluation computes a different function.

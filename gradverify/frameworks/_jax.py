@@ -104,10 +104,10 @@ class JaxFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
 
     framework = "jax"
 
-    def __init__(self, fn: Callable, inputs: Any, vjp: Callable | None):
+    def __init__(self, fn: Callable, inputs: Any, vjp: Callable | None, constants: Any = ()):
         #: compiled callables by role (see :meth:`_jitted`); a str: why the code cannot be jitted
         self._jit: dict[str, Any] = {}
-        super().__init__(fn, inputs, vjp)
+        super().__init__(fn, inputs, vjp, constants=constants)
         self._x64 = x64_context()
         if self._x64 is None and not _x64_enabled():
             low = {v.dtype.name for v in self.originals.values() if v.dtype != np.float64}

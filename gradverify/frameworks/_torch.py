@@ -375,9 +375,9 @@ class TorchFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
 
     framework = "torch"
 
-    def __init__(self, fn: Callable, inputs: Any, vjp: Callable | None):
+    def __init__(self, fn: Callable, inputs: Any, vjp: Callable | None, constants: Any = ()):
         self.devices: dict[str, Any] = {}
-        super().__init__(fn, inputs, vjp, names_from=names_source(fn))
+        super().__init__(fn, inputs, vjp, names_from=names_source(fn), constants=constants)
         self.default_device = next(iter(self.devices.values()), torch.device("cpu"))
         self.rng = RngPin(list(self.devices.values()))
         self.faithful_float64()

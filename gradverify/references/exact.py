@@ -61,13 +61,23 @@ def _engine(target: Any, cotangent: np.ndarray) -> tuple[dict[str, np.ndarray], 
         raise Declined(exc.reason, exc.where) from exc
     except Exception as exc:  # noqa: BLE001 - the code did something the engine's arrays cannot do
         raise Declined(f"the forward raised {type(exc).__name__} on the engine's traced arrays: {exc}") from exc
-    if isinstance(out, (tuple, list, dict)):
-        raise Declined("the forward returns several outputs; the engine reference takes one array")
-    out = np.asarray(out)
-    if out.shape != np.shape(cotangent):
-        raise Declined(f"the traced forward returned shape {out.shape}, the plain one {np.shape(cotangent)}")
+    structure = getattr(target, "structure", None)
+    ct = np.asarray(cotangent, dtype=np.float64)
+    if structure is not None:
+        try:
+            flat = structure.join(out)
+        except Exception as exc:  # noqa: BLE001 - the traced outputs differ in structure from the plain ones
+            raise Declined(f"the traced forward returned other outputs than the plain one ({exc})") from exc
+        ct_tree = structure.split(ct)
+    else:
+        if isinstance(out, (tuple, list, dict)):
+            raise Declined("the traced forward returned several outputs where the plain one returned one array")
+        flat, ct_tree = np.asarray(out), ct
+    if flat.shape != ct.shape:
+        raise Declined(f"the traced forward returned shape {flat.shape}, the plain one {ct.shape}")
+    out = flat
     try:
-        grads = vjp_fn(np.asarray(cotangent, dtype=np.float64))
+        grads = vjp_fn(ct_tree)
     except TraceLost as exc:
         raise Declined(exc.reason, exc.where) from exc
     return {k: np.asarray(grads[k], dtype=np.float64) for k in target.point}, out
