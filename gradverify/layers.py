@@ -809,15 +809,23 @@ class LayerTarget(Target):
     def analytic(self, cotangent: np.ndarray, at_point: bool = False) -> dict[str, np.ndarray]:
         """Forward then backward; ``at_point`` feeds the float64 input copy instead of the caller's.
 
-        The layer's state is put back afterwards (gradients accumulated with
-        ``+=`` start from the same zeros on every call), and what the
-        backward returned is copied before that.
+        A pass that changes state a later pass reads -- gradients
+        accumulated with ``+=`` into arrays the layer keeps, a list that
+        grows -- is undone afterwards (with a warning naming the state), so
+        every pass starts from the same zeros; what the backward returned is
+        copied first. Other state (a counter the backward bumps) is left
+        alone, so a backward that depends on it is still caught as
+        nondeterministic.
         """
         state = _LayerState(self.layer, {}, skip=self._param_ids())
-        try:
-            return self._analytic(cotangent, at_point)
-        finally:
+        grads = self._analytic(cotangent, at_point)
+        changed = state.changed()
+        if changed:
+            self._warn(f"{type(self.layer).__name__}'s forward and backward change state that the next pass reads "
+                       f"({', '.join(changed)}: gradients accumulated with +=?); the check puts it back after every "
+                       "pass, so each starts from the state it was given")
             state.restore()
+        return grads
 
     def _analytic(self, cotangent: np.ndarray, at_point: bool) -> dict[str, np.ndarray]:
         self.random.restore()
