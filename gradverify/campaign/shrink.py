@@ -65,41 +65,42 @@ def _smaller_ints(v: int) -> list[int]:
     return [c for c in dict.fromkeys([1, v - 1, v // 2]) if 0 < c < v]
 
 
-def _layer_variants(layer: Any) -> Iterator[Any]:
+def _layer_variants(layer: Any) -> Iterator[Callable[[], Any]]:
     for f in dataclasses.fields(layer):
         v = getattr(layer, f.name)
         if isinstance(v, bool):
             if v:
-                yield dataclasses.replace(layer, **{f.name: False})
+                yield lambda f=f: dataclasses.replace(layer, **{f.name: False})
         elif isinstance(v, int):
             for c in _smaller_ints(v):
-                yield dataclasses.replace(layer, **{f.name: c})
+                yield lambda f=f, c=c: dataclasses.replace(layer, **{f.name: c})
         elif isinstance(v, tuple) and v and all(dataclasses.is_dataclass(x) for x in v):
             for j in range(len(v)):
                 if len(v) > 1:
-                    yield dataclasses.replace(layer, **{f.name: v[:j] + v[j + 1:]})
+                    yield lambda f=f, v=v, j=j: dataclasses.replace(layer, **{f.name: v[:j] + v[j + 1:]})
             for j, inner in enumerate(v):
                 for w in _layer_variants(inner):
-                    yield dataclasses.replace(layer, **{f.name: v[:j] + (w,) + v[j + 1:]})
+                    yield lambda f=f, v=v, j=j, w=w: dataclasses.replace(layer, **{f.name: v[:j] + (w(),) + v[j + 1:]})
 
 
-def _network_candidates(net: Any) -> Iterator[Any]:
+def _network_candidates(net: Any) -> Iterator[Callable[[], Any]]:
     layers = tuple(net.layers)
     for j in range(len(layers)):
         if len(layers) > 1:
-            yield dataclasses.replace(net, layers=layers[:j] + layers[j + 1:])
+            yield lambda j=j: dataclasses.replace(net, layers=layers[:j] + layers[j + 1:])
     for j, layer in enumerate(layers):
         inner = getattr(layer, "layers", None)
         if inner:
-            yield dataclasses.replace(net, layers=layers[:j] + tuple(inner) + layers[j + 1:])
+            yield lambda j=j, inner=inner: dataclasses.replace(net, layers=layers[:j] + tuple(inner) + layers[j + 1:])
     if net.loss is not None:
-        yield dataclasses.replace(net, loss=None)
-    for d, n in enumerate(net.input_shape):
+        yield lambda: dataclasses.replace(net, loss=None)
+    shape = tuple(net.input_shape)
+    for d, n in enumerate(shape):
         for c in _smaller_ints(n):
-            yield dataclasses.replace(net, input_shape=net.input_shape[:d] + (c,) + net.input_shape[d + 1:])
+            yield lambda d=d, c=c: dataclasses.replace(net, input_shape=shape[:d] + (c,) + shape[d + 1:])
     for j, layer in enumerate(layers):
         for w in _layer_variants(layer):
-            yield dataclasses.replace(net, layers=layers[:j] + (w,) + layers[j + 1:])
+            yield lambda j=j, w=w: dataclasses.replace(net, layers=layers[:j] + (w(),) + layers[j + 1:])
 
 
 def _paths(node: Any, path: tuple[int, ...] = ()) -> Iterator[tuple[tuple[int, ...], Any]]:
@@ -118,37 +119,38 @@ def _replace(node: Any, path: tuple[int, ...], new: Any) -> Any:
     return Op(node.prim, *args, **node.kwargs)
 
 
-def _expression_candidates(expr: Any) -> Iterator[Any]:
+def _expression_candidates(expr: Any) -> Iterator[Callable[[], Any]]:
     from ..spec import Const, Expression, Input, Op, Var
 
     for path, node in _paths(expr.root):
         if isinstance(node, Op):
             for child in node.args:
                 if isinstance(child, (Op, Var, Const)):
-                    yield dataclasses.replace(expr, root=_replace(expr.root, path, child))
+                    yield lambda path=path, child=child: dataclasses.replace(expr, root=_replace(expr.root, path, child))
     used = set(expr.variables())
-    unused = [i for i in expr.inputs if i.name not in used]
-    if unused and len(expr.inputs) > 1:
-        yield dataclasses.replace(expr, inputs=tuple(i for i in expr.inputs if i.name in used) or expr.inputs[:1])
+    if any(i.name not in used for i in expr.inputs) and len(expr.inputs) > 1:
+        yield lambda: dataclasses.replace(expr, inputs=tuple(i for i in expr.inputs if i.name in used)
+                                          or expr.inputs[:1])
     arrays = expr.arrays(np.float64)
     for k, inp in enumerate(expr.inputs):
         for d, n in enumerate(inp.shape):
             for c in _smaller_ints(n):
-                vals = np.take(arrays[inp.name], np.arange(c), axis=d)
-                new = Input(inp.name, vals.shape, tuple(vals.ravel().tolist()))
-                yield Expression(expr.root, expr.inputs[:k] + (new,) + expr.inputs[k + 1:], expr.seed)
+                def sliced(k=k, inp=inp, d=d, c=c):
+                    vals = np.take(arrays[inp.name], np.arange(c), axis=d)
+                    new = Input(inp.name, vals.shape, tuple(vals.ravel().tolist()))
+                    return Expression(expr.root, expr.inputs[:k] + (new,) + expr.inputs[k + 1:], expr.seed)
+
+                yield sliced
 
 
 def candidates(spec: Any) -> Iterator[Any]:
     """Simpler variants of ``spec`` in the fixed order the shrinker tries them (may be invalid)."""
     from ..spec import Expression
 
-    gen = _expression_candidates(spec) if isinstance(spec, Expression) else _network_candidates(spec)
-    while True:
+    makers = _expression_candidates(spec) if isinstance(spec, Expression) else _network_candidates(spec)
+    for make in makers:
         try:
-            yield next(gen)
-        except StopIteration:
-            return
+            yield make()
         except Exception:  # noqa: BLE001 - an invalid variant (SpecError, bad shape): skip it
             continue
 
