@@ -39,7 +39,7 @@ def client():
         pytest.skip('dask[distributed] is not installed (pip install ".[campaign]")')
     from distributed import Client, LocalCluster
 
-    cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None)
+    cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0")
     c = Client(cluster)
     yield c
     c.close()
@@ -324,3 +324,33 @@ def test_real_scheduler_worker_killed_mid_run_and_campaign_killed_then_resumed(t
             except subprocess.TimeoutExpired:
                 pass
         logs.close()
+
+
+_KILLER = '''
+import os
+import numpy as np
+
+class Killer:
+    params = {}
+
+    def forward(self, x):
+        os._exit(3)          # the worker process dies mid-case, every time
+
+    def backward(self, dy):
+        return dy
+'''
+
+
+@needs_dask
+def test_a_case_that_keeps_killing_workers_is_recorded_as_a_crash(tmp_path):
+    from gradverify.campaign.run import run_campaign
+
+    (tmp_path / "killer.py").write_text(_KILLER)
+    cfg = _cfg(tmp_path / "out", cases=1, workers=1, allowed_failures=0,
+               target=str(tmp_path / "killer.py") + ":Killer", input_shape=(2,))
+    start = time.time()
+    s = run_campaign(cfg, show_progress=False)          # a LocalCluster of one worker process
+    assert time.time() - start < 90
+    (rec,) = _cases(tmp_path / "out")
+    assert s["crashes"] == 1 and rec["status"] == "crash" and "KilledWorker" in rec["error"]
+    assert rec["snippet"].startswith("gradverify check ") and "killer.py:Killer" in rec["snippet"]

@@ -123,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
     except CampaignError as exc:
         return _error(str(exc))
     print(f"{s['cases']} case(s): {s['passed']} passed, {s['disagreements']} disagreement(s), {s['errors']} "
-          f"error(s), {s['crashes']} crash(es); {s['wall_seconds']} s, {s['cases_per_second']} cases/s; "
+          f"error(s), {s['crashes']} crash(es); {s['wall_seconds']} s, {s['cases_per_second']} cases/s "
+          f"({s['steady_cases_per_second']} once started); "
           f"report in {args.out}/campaign.html")
     for p, v in s["per_pair"].items():
         print(f"  {p:<22} {v['cases']:>6} cases  worst error/tolerance {float(v['worst_ratio']):.3g}")

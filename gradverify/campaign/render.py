@@ -109,6 +109,9 @@ def summarize(metas: list[dict], cases: Iterable[dict]) -> dict[str, Any]:
     throughput = [{"from_s": round(i * step, 1), "to_s": round((i + 1) * step, 1), "cases": n,
                    "cases_per_s": round(n / step, 3)} for i, n in enumerate(buckets)]
     case_seconds = sum(float(c.get("seconds", 0.0)) for c in cases)
+    # Steady state: between the first and the last finished case (start-up and worker imports left out).
+    done = sorted(c.get("finished", t0) for c in cases)
+    steady = (len(done) - 1) / (done[-1] - done[0]) if len(done) > 1 and done[-1] > done[0] else 0.0
     return {
         "config": {k: v for k, v in meta.items() if k not in ("type", "started")},
         "runs": len(metas),
@@ -121,6 +124,7 @@ def summarize(metas: list[dict], cases: Iterable[dict]) -> dict[str, Any]:
         "wall_seconds": round(span, 1),
         "case_seconds": round(case_seconds, 1),
         "cases_per_second": round(len(cases) / span, 3) if cases else 0.0,
+        "steady_cases_per_second": round(steady, 3),
         "workers": sorted({c.get("worker", "?") for c in cases}),
         "by_kind": kinds,
         "per_pair": {p: per_pair[p] for p in order},
@@ -153,7 +157,8 @@ def _headline(s: dict) -> str:
     verdict = "no disagreement" if bad == 0 else (f"{s['disagreements']} disagreement(s), {s['errors']} error(s), "
                                                   f"{s['crashes']} crash(es)")
     return (f"{s['cases']} case(s) of {s['requested']} requested: {verdict}; {s['wall_seconds']} s wall, "
-            f"{s['cases_per_second']} cases/s, {len(s['workers'])} worker process(es), {s['runs']} run(s)")
+            f"{s['cases_per_second']} cases/s ({s.get('steady_cases_per_second', 0)} once started), "
+            f"{len(s['workers'])} worker process(es), {s['runs']} run(s)")
 
 
 def _bad_text(c: dict) -> list[str]:

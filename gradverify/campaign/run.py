@@ -79,7 +79,7 @@ def client_for(cfg: CampaignConfig) -> tuple[Any, Any]:
         return Client(cfg.scheduler, timeout="30s"), None
     workers = cfg.workers or max(1, os.cpu_count() or 1)
     with dask.config.set({"distributed.scheduler.allowed-failures": cfg.allowed_failures}):
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                                silence_logs=logging.ERROR,
                                env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
     return Client(cluster), cluster
