@@ -122,6 +122,10 @@ def run(args: argparse.Namespace) -> int:
         s = run_campaign(cfg, show_progress=not args.quiet)
     except CampaignError as exc:
         return _error(str(exc))
+    except KeyboardInterrupt:
+        print(f"gradverify campaign: interrupted; the finished cases are in {args.out}/results.jsonl -- "
+              "rerun with the same options and --resume to finish", file=sys.stderr)
+        return 130
     print(f"{s['cases']} case(s): {s['passed']} passed, {s['disagreements']} disagreement(s), {s['errors']} "
           f"error(s), {s['crashes']} crash(es); {s['wall_seconds']} s, {s['cases_per_second']} cases/s "
           f"({s['steady_cases_per_second']} once started); "
