@@ -37,7 +37,7 @@ EXIT_OK, EXIT_MISMATCH, EXIT_BAD_INPUT = 0, 1, 2
 
 #: Subcommands implemented in other modules: name -> module path. Registered
 #: only when the module exists; it must define ``HELP``, ``add_arguments`` and ``run``.
-PLUGGABLE: dict[str, str] = {"report": "gradverify.report.cli"}
+PLUGGABLE: dict[str, str] = {"report": "gradverify.report.cli", "campaign": "gradverify.campaign.cli"}
 
 
 class _BadInput(Exception):

@@ -78,6 +78,8 @@ class PairResult:
         ratio: the worst element's error over its tolerance (above 1 fails).
         worst: where the worst element is (``"0.W[1, 2]"``), empty if none.
         detail: ``str()`` of the failing CheckResult, empty when it passed.
+        worst_a, worst_b: ``a``'s and ``b``'s values at the worst element
+            (NaN when nothing was compared).
     """
 
     a: str
@@ -90,6 +92,8 @@ class PairResult:
     scaled_err: float = 0.0
     worst: str = ""
     detail: str = ""
+    worst_a: float = math.nan
+    worst_b: float = math.nan
 
     @property
     def passed(self) -> bool:
@@ -102,7 +106,7 @@ class PairResult:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        for k in ("max_abs_err", "max_rel_err", "ratio", "scaled_err"):
+        for k in ("max_abs_err", "max_rel_err", "ratio", "scaled_err", "worst_a", "worst_b"):
             d[k] = d[k] if math.isfinite(d[k]) else str(d[k])
         return d
 
@@ -201,7 +205,8 @@ def _pair_result(a: str, b: str, quantity: str, res: Any, scale: dict[str, np.nd
     where = "" if w is None else f"{w.input}[{', '.join(str(i) for i in w.index)}]"
     ratio = 0.0 if w is None else w.ratio
     return PairResult(a, b, quantity, res.status, float(max_abs), float(max_rel), float(ratio),
-                      _scaled(res, scale, terms), where, "" if res.passed else str(res))
+                      _scaled(res, scale, terms), where, "" if res.passed else str(res),
+                      math.nan if w is None else float(w.analytic), math.nan if w is None else float(w.numeric))
 
 
 def term_sizes(spec: Any, cotangent: Any, tangents: dict[str, Any] | None = None) -> dict[str, float]:
