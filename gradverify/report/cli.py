@@ -8,9 +8,8 @@ Exit status: ``0`` the report was written and every reference agreed;
 in the report with their reproduction snippets); ``2`` bad arguments or an
 unwritable output directory.
 
-Cost: :func:`gradverify.report.model.build` (minutes on the defaults, well
-under one with ``--quick``; the measured times are in docs/report.md, "A
-default run"), plus a few seconds of drawing the figures.
+Cost: :func:`gradverify.report.model.build` (the measured times are in
+docs/report.md, "A default run"), plus a few seconds of drawing the figures.
 """
 
 from __future__ import annotations
@@ -32,8 +31,8 @@ exit status: 0 report written, all references agree; 1 report written, disagreem
 found (listed with reproduction snippets); 2 bad arguments or output directory.
 
 examples:
-  gradverify report                      # defaults, minutes: gradverify-report/index.html
-  gradverify report --quick --out /tmp/r # a small report, well under a minute
+  gradverify report                      # defaults: gradverify-report/index.html
+  gradverify report --quick --out /tmp/r # a small report (measured times: docs/report.md, A default run)
   gradverify report --cases 1000 --seed 3 --backends reference torch
   gradverify report --from-json gradverify-report/report.json --out again   # re-render only
 """
@@ -48,7 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="gradverify-report", metavar="DIR",
                    help="directory to write index.html, report.md, report.json and plots/*.png (default: gradverify-report)")
     p.add_argument("--quick", action="store_true",
-                   help=f"a small report in well under a minute (sizes up to {max(q['sizes']):,}, "
+                   help=f"a small report (sizes up to {max(q['sizes']):,}, "
                         f"{q['cases']} agreement cases)")
     p.add_argument("--cases", type=int, default=None, metavar="N",
                    help=f"random cases in the agreement section (default: {d['cases']}; --quick: {q['cases']})")
