@@ -24,6 +24,7 @@ __all__ = [
     "NoDifferentiableInputs",
     "NoDerivativeRule",
     "NondeterministicError",
+    "TraceLost",
     "GradientMismatch",
 ]
 
@@ -71,6 +72,27 @@ class NoDerivativeRule(GradVerifyError, NotImplementedError):
 
 class NondeterministicError(GradVerifyError, RuntimeError):
     """Repeated evaluations at the same point gave different values."""
+
+
+class TraceLost(GradVerifyError, TypeError):
+    """Plain numpy code left the engine's trace, so its gradient would be wrong.
+
+    Raised while :func:`gradverify.engine.numpy_vjp` traces a numpy forward:
+    a traced value was turned into a plain array or Python number
+    (``np.asarray``, ``float``, ``.item()``, a write into a plain ndarray),
+    an ``out=`` argument named a plain ndarray, a numpy function has no
+    derivative rule, or an output does not depend on the inputs.
+
+    Attributes:
+        reason: what happened, naming the function or conversion.
+        where: ``file:line`` of the innermost user frame (outside gradverify,
+            numpy and scipy), or ``None`` when no such frame was found.
+    """
+
+    def __init__(self, reason: str, where: str | None = None):
+        self.reason = reason
+        self.where = where
+        super().__init__(reason if where is None else f"{reason} (at {where})")
 
 
 class GradientMismatch(AssertionError):
