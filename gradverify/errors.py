@@ -74,7 +74,7 @@ class NondeterministicError(GradVerifyError, RuntimeError):
     """Repeated evaluations at the same point gave different values."""
 
 
-class TraceLost(GradVerifyError, TypeError):
+class TraceLost(GradVerifyError, RuntimeError):
     """Plain numpy code left the engine's trace, so its gradient would be wrong.
 
     Raised while :func:`gradverify.engine.numpy_vjp` traces a numpy forward:

@@ -363,3 +363,153 @@ def test_entry_matches_torch(name):
     out.backward(torch.tensor(u))
     for g, t in zip(grads, ts):
         np.testing.assert_allclose(g, t.grad.numpy(), rtol=1e-9, atol=1e-10)
+
+
+# ---------------------------------------------------------------------------
+# Unmodified numpy layer code
+# ---------------------------------------------------------------------------
+
+def _check_layer(f, leaves, seed=0):
+    """numpy_vjp gradients of <u, f> against central differences of the same plain-numpy f."""
+    rng = np.random.default_rng(seed)
+    names = list(leaves)
+    out, vjp_fn = numpy_vjp(f, leaves)
+    u = rng.normal(size=np.shape(out))
+    grads = vjp_fn(u)
+    g = lambda *xs: f(dict(zip(names, xs)))  # noqa: E731
+    fd = _fd_grads(lambda m, *xs: g(*xs), [leaves[n] for n in names], u)
+    for n, d in zip(names, fd):
+        np.testing.assert_allclose(grads[n], d, rtol=1e-6, atol=1e-6, err_msg=n)
+
+
+def _softmax(z):
+    e = np.exp(z - np.max(z, axis=-1, keepdims=True))
+    return e / np.sum(e, axis=-1, keepdims=True)
+
+
+def test_mlp_softmax_layernorm():
+    rng = np.random.default_rng(1)
+    leaves = dict(x=rng.normal(size=(4, 5)), W=rng.normal(size=(5, 3)), b=rng.normal(size=3),
+                  gamma=rng.normal(size=3))
+
+    def f(t):
+        h = np.tanh(t["x"] @ t["W"] + t["b"])
+        mu = h.mean(axis=-1, keepdims=True)
+        ln = (h - mu) / np.sqrt(h.var(axis=-1, keepdims=True) + 1e-5) * t["gamma"]
+        return _softmax(ln)
+    _check_layer(f, leaves)
+
+
+def test_im2col_convolution_with_fancy_indexing_and_pad():
+    rng = np.random.default_rng(2)
+    leaves = dict(x=rng.normal(size=(2, 1, 5, 5)), w=rng.normal(size=(3, 1, 3, 3)))
+
+    def f(t):
+        x = np.pad(t["x"], ((0, 0), (0, 0), (1, 1), (1, 1)))
+        i = np.arange(5)[:, None, None, None] + np.arange(3)[None, None, :, None]
+        j = np.arange(5)[None, :, None, None] + np.arange(3)[None, None, None, :]
+        cols = x[:, 0][:, i, j]                        # (N, 5, 5, 3, 3)
+        out = np.einsum("nhwij,oij->nohw", cols, t["w"][:, 0])
+        return np.maximum(out, 0.1 * out)
+    _check_layer(f, leaves)
+
+
+def test_attention_masks_where_add_at_cumsum_and_friends():
+    rng = np.random.default_rng(3)
+    leaves = dict(q=rng.normal(size=(2, 3, 4)), k=rng.normal(size=(2, 3, 4)), v=rng.normal(size=(2, 3, 4)))
+
+    def f(t):
+        s = np.einsum("bqd,bkd->bqk", t["q"], t["k"]) / math.sqrt(4)
+        s = np.where(np.tril(np.ones((3, 3), dtype=bool)), s, -1e9)
+        a = _softmax(s) @ t["v"]
+        acc = np.zeros_like(a)
+        np.add.at(acc, (0, np.array([0, 0, 2])), a[1, :3])
+        mask = a > 0
+        parts = np.split(np.concatenate([a, acc], axis=-1), 2, axis=-1)
+        r = np.stack(parts, 0).sum(0) + np.cumsum(np.clip(a, -0.5, 0.5), axis=1)
+        return r + np.where(mask, a * 2, 0.0)
+    _check_layer(f, leaves)
+
+
+def test_scipy_erf_gelu():
+    sp = pytest.importorskip("scipy.special")
+    rng = np.random.default_rng(4)
+    _check_layer(lambda t: 0.5 * t["x"] * (1 + sp.erf(t["x"] / np.sqrt(2))), dict(x=rng.normal(size=(3, 4))))
+
+
+def test_item_assignment_and_loop_accumulation():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=5)
+
+    def f(t):
+        x = t["x"]
+        y = np.zeros_like(x)
+        y[0] = x[0] * 2
+        y[1:] = np.sin(x[1:])
+        return y
+    out, vjp_fn = numpy_vjp(f, {"x": x})
+    np.testing.assert_allclose(vjp_fn(np.ones(5))["x"], np.r_[2.0, np.cos(x[1:])])
+
+    def g(t):
+        W = t["W"]
+        out = np.zeros((3, 2))
+        out = np.zeros_like(W[:, :2])                   # a constant Tensor accepting traced writes
+        for i in range(3):
+            out[i] += W[i, 1:] * W[i, 0]
+            out[i] += out[i] ** 2                       # reads the value the previous line wrote
+        return out
+    _check_layer(g, dict(W=rng.normal(size=(3, 3))))
+
+
+def test_several_outputs_and_skipped_cotangents():
+    x = np.array([0.3, -1.2, 2.0])
+    out, vjp_fn = numpy_vjp(lambda t: {"a": np.exp(t["x"]), "n": 3, "b": (t["x"] ** 2, None)}, {"x": x, "y": x})
+    assert out["n"] == 3 and out["b"][1] is None
+    g = vjp_fn({"a": np.ones(3), "b": (None, None)})
+    np.testing.assert_allclose(g["x"], np.exp(x))
+    np.testing.assert_array_equal(g["y"], np.zeros(3))
+    g = vjp_fn({"a": np.ones(3), "b": (np.ones(3), None)})
+    np.testing.assert_allclose(g["x"], np.exp(x) + 2 * x)
+
+
+# ---------------------------------------------------------------------------
+# Leaving the trace is detected, with the reason and the user's line
+# ---------------------------------------------------------------------------
+
+def _lost(f, match):
+    with pytest.raises(TraceLost, match=match) as info:
+        numpy_vjp(f, {"x": np.arange(1.0, 4.0)})
+    assert info.value.where is not None and info.value.where.startswith(__file__), info.value.where
+    return info.value
+
+
+def _plain_write(t):
+    out = np.zeros(3)
+    out[0] = t["x"][0]
+    return t["x"]
+
+
+def test_trace_loss_patterns():
+    import inspect
+    err = _lost(lambda t: np.asarray(t["x"]) * 2, "__array__")
+    assert err.where.endswith(f":{inspect.currentframe().f_lineno - 1}")
+    _lost(lambda t: t["x"] * float(t["x"][0]), "float")
+    _lost(lambda t: t["x"] * t["x"][0].item(), r"\.item")
+    _lost(lambda t: np.array(t["x"].tolist()), r"\.tolist")
+    _lost(_plain_write, "plain ndarray")
+    _lost(lambda t: np.add(t["x"], 1.0, out=np.zeros(3)), "out=")
+    _lost(lambda t: np.fft.fft(t["x"]).real, r"np\.fft\.fft has no VJP rule")
+    _lost(lambda t: np.add.at(np.zeros(3), [0, 1], t["x"][:2]), r"add\.at")
+    _lost(lambda t: np.sin(np.ones(3)), "not traced")
+    _lost(lambda t: np.zeros_like(t["x"]) + 1.0, "no output depends")
+    _lost(lambda t: t["x"].__setitem__(0, 1.0), "input leaf")
+    _lost(lambda t: (t["x"] * 1)[1:].__setitem__(0, 1.0), "view")
+    with pytest.raises(ValueError):
+        numpy_vjp(lambda t: t["x"] * bool(t["x"] > 0), {"x": np.arange(1.0, 4.0)})
+
+
+def test_outside_the_strict_context_behaviour_is_unchanged():
+    x = E.Tensor(np.arange(3.0), requires_grad=True)
+    assert isinstance(np.asarray(x), np.ndarray) and float(x[1]) == 1.0
+    assert isinstance(np.exp(x), E.Tensor)
+    assert isinstance(x > 1, np.ndarray) and (x > 1).dtype == bool

@@ -1502,18 +1502,28 @@ def numpy_vjp(call: Callable[[dict], Any], leaves: dict[str, np.ndarray]) -> tup
     outer, RECORDING.tape = RECORDING.tape, []
     tape = RECORDING.tape
     RECORDING.depth += 1
+    from ..errors import TraceLost
+    outer_lost, RECORDING.lost = RECORDING.lost, None
     try:
         with strict():
-            out = call(tensors)
+            try:
+                out = call(tensors)
+            except Exception as e:
+                # numpy turns some exceptions into its own (a[i] = t: ValueError); say what happened.
+                if RECORDING.lost is not None and not isinstance(e, TraceLost):
+                    raise RECORDING.lost from e
+                raise
+            if RECORDING.lost is not None:        # raised, then caught inside the user's code
+                raise RECORDING.lost
             slots: list = []
             struct = _flatten(out, "output", slots)
     finally:
+        RECORDING.lost = outer_lost
         RECORDING.depth -= 1
         RECORDING.tape = outer
         if outer is not None:
             outer.extend(tape)
     if not builtins.any(t.requires_grad for _, t in slots):
-        from ..errors import TraceLost
         what = ", ".join(p for p, _ in slots) or "the output"
         raise TraceLost(f"no output depends on any leaf ({what} is constant): nothing to differentiate",
                         T.user_frame())

@@ -76,6 +76,7 @@ class _Recording(threading.local):
     depth = 0
     tape: list | None = None
     strict = 0      # > 0 inside numpy_vjp: leaving the trace raises TraceLost
+    lost: Any = None    # the last TraceLost raised while strict (numpy may swallow it)
 
 
 RECORDING = _Recording()
@@ -165,7 +166,8 @@ class Tensor:
 
     def __float__(self) -> float:
         if RECORDING.strict and self.requires_grad:
-            trace_lost("float() of a traced Tensor drops its gradient")
+            trace_lost("float() of a traced Tensor drops its gradient (numpy calls it when a traced "
+                       "value is written into a plain ndarray: out[i] = t)")
         return float(self.value)
 
     def __bool__(self) -> bool:
@@ -209,7 +211,9 @@ def trace_lost(reason: str) -> None:
     The location is the innermost stack frame whose file is outside
     gradverify, numpy and scipy; cost O(stack depth).
     """
-    raise TraceLost(reason, user_frame())
+    err = TraceLost(reason, user_frame())
+    RECORDING.lost = err        # numpy swallows exceptions from __float__ in ``a[i] = t``
+    raise err
 
 
 def _package_dirs() -> tuple[str, ...]:
