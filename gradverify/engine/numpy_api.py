@@ -37,7 +37,21 @@ Outside it, callables without a rule run on the raw values (the graph is
 dropped, as ``__array__`` always did).
 
 Cost: a dispatched call is one dictionary lookup and the primitive's own
-cost; compositions cost their primitives.
+cost; compositions cost their primitives. A 3-layer tanh MLP (batch 8, about
+30,000 parameters, float64) costs about 6 plain numpy forwards for
+``numpy_vjp`` plus one ``vjp_fn`` call.
+
+Known limits (documented rather than guessed around):
+
+* in-place operators rebind the *name* (``y += 1`` is ``y = y + 1``): another
+  name bound to the same Tensor keeps the old value, where numpy would share it;
+* assigning into an array after taking a basic-slice view of it does not
+  update that view (assigning *into* a view raises TraceLost);
+* ``y[idx] = v`` with repeated integer indices: numpy keeps the last write, the
+  gradient flows to every duplicate;
+* forward mode (``jvp``) has rules for the elementwise, scan, reduction and
+  ``inv``/``det`` primitives here; ``solve``, ``cholesky``, ``einsum``,
+  ``scipy`` ones raise NoDerivativeRule in forward mode.
 """
 
 from __future__ import annotations
