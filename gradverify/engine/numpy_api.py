@@ -50,8 +50,8 @@ Known limits (documented rather than guessed around):
 * ``y[idx] = v`` with repeated integer indices: numpy keeps the last write, the
   gradient flows to every duplicate;
 * forward mode (``jvp``) has rules for the elementwise, scan, reduction and
-  ``inv``/``det`` primitives here; ``solve``, ``cholesky``, ``einsum``,
-  ``scipy`` ones raise NoDerivativeRule in forward mode.
+  ``inv``/``det`` primitives here; ``solve``, ``cholesky``, ``einsum``
+  and ``xlogy`` raise NoDerivativeRule in forward mode.
 """
 
 from __future__ import annotations
