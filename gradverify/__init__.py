@@ -41,6 +41,7 @@ _EXPORTS = {
     "NoDerivativeRule": "errors",
     "NondeterministicError": "errors",
     "CodeUnderTestError": "errors",
+    "TraceLost": "errors",
     "GradientMismatch": "errors",
 }
 

@@ -28,6 +28,7 @@ __all__ = [
     "NoDerivativeRule",
     "NondeterministicError",
     "CodeUnderTestError",
+    "TraceLost",
     "GradientMismatch",
     "install_hint",
     "raised_at_call",
@@ -153,6 +154,25 @@ class CodeUnderTestError(GradVerifyError, RuntimeError):
 def _rebuild_code_error(call, stage, shapes, kind, text):
     original = type(kind, (Exception,), {})(text)
     return CodeUnderTestError(call, stage, shapes, original)
+class TraceLost(GradVerifyError, RuntimeError):
+    """Plain numpy code left the engine's trace, so its gradient would be wrong.
+
+    Raised while :func:`gradverify.engine.numpy_vjp` traces a numpy forward:
+    a traced value was turned into a plain array or Python number
+    (``np.asarray``, ``float``, ``.item()``, a write into a plain ndarray),
+    an ``out=`` argument named a plain ndarray, a numpy function has no
+    derivative rule, or an output does not depend on the inputs.
+
+    Attributes:
+        reason: what happened, naming the function or conversion.
+        where: ``file:line`` of the innermost user frame (outside gradverify,
+            numpy and scipy), or ``None`` when no such frame was found.
+    """
+
+    def __init__(self, reason: str, where: str | None = None):
+        self.reason = reason
+        self.where = where
+        super().__init__(reason if where is None else f"{reason} (at {where})")
 
 
 class GradientMismatch(AssertionError):

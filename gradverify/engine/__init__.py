@@ -17,6 +17,8 @@ Functional API (``import gradverify.engine as E``)::
     val, (dx, dW) = E.value_and_grad(f, argnums=(0, 1))(x, W)
     out, t = E.jvp(f, (x,), (v,))         # forward mode: J v
     fn, vjp = E.numpy_pair(f)             # for gradverify.check(fn, inputs, vjp=vjp)
+    out, vjp_fn = E.numpy_vjp(lambda t: np.tanh(t["x"] @ t["W"]), {"x": x, "W": W})
+                                          # unmodified numpy code; vjp_fn(dout) -> {"x": dx, "W": dW}
 
 ``f`` takes and returns Tensors; arrays passed in are wrapped, and plain
 arrays or Python scalars mixed into ``f`` are constants. float32 stays float32.
@@ -33,10 +35,14 @@ from .tracer import (
     sum, tanh, transpose, where,
 )
 from .vjps import unbroadcast
+from .numpy_api import numpy_coverage, numpy_vjp
+from ..errors import TraceLost
 
 __all__ = [
     # transformations
     "vjp", "grad", "value_and_grad", "jvp", "numpy_pair", "backward", "toposort",
+    # plain-numpy forwards (numpy_api.py: Tensor implements NumPy's dispatch protocols)
+    "numpy_vjp", "numpy_coverage", "TraceLost",
     # the graph node and the broadcasting helper
     "Tensor", "unbroadcast",
     # primitives (see gradverify.ops.PRIMITIVES)

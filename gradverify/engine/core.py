@@ -41,7 +41,7 @@ from .jvps import jvp_contribution
 from .tracer import RECORDING, Tensor, broadcast_to, identity, value
 from .vjps import VJPS, vjp_rule
 
-__all__ = ["toposort", "backward", "vjp", "grad", "value_and_grad", "jvp", "numpy_pair"]
+__all__ = ["toposort", "backward", "sweep", "vjp", "grad", "value_and_grad", "jvp", "numpy_pair"]
 
 def _nested() -> bool:
     """Whether a transformation's function is being traced (set by :func:`_trace`)."""
@@ -94,9 +94,18 @@ def backward(out: Tensor, cotangent: Any, *, stop: Sequence[Tensor] = (),
     Raises:
         NoDerivativeRule: a traced argument of some node has no VJP rule.
     """
-    stop_ids = {t.id for t in stop}
     adjoints: dict[int, Any] = {out.id: cotangent}
-    for node in reversed(toposort(out, stop) if order is None else order):
+    return sweep(adjoints, toposort(out, stop) if order is None else order, stop, create_graph)
+
+
+def sweep(adjoints: dict[int, Any], order: Sequence[Tensor], stop: Sequence[Tensor] = (),
+          create_graph: bool = False) -> dict[int, Any]:
+    """The backward sweep itself: push the seeded ``adjoints`` (``{node id: adjoint}``,
+    several seeds allowed) backwards through ``order`` (creation order), accumulating
+    into ``adjoints`` in place; one VJP rule call per traced argument. Returns ``adjoints``.
+    """
+    stop_ids = {t.id for t in stop}
+    for node in reversed(order):
         g = adjoints.get(node.id)
         if g is None or node.prim is None or node.id in stop_ids:
             continue

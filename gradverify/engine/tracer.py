@@ -37,11 +37,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..errors import SpecError
+from ..errors import SpecError, TraceLost
 from ..ops import PRIMITIVES
 
 __all__ = [
-    "Tensor", "apply", "value", "shape_of", "FORWARD",
+    "Tensor", "apply", "value", "shape_of", "FORWARD", "trace_lost", "user_frame",
     # elementwise
     "add", "sub", "mul", "div", "neg", "pow", "square", "exp", "log", "sqrt", "abs",
     "sin", "cos", "tanh", "sigmoid", "relu", "softplus", "maximum", "minimum", "where",
@@ -68,10 +68,15 @@ class _Recording(threading.local):
         tape: the list every new graph node is appended to while a function is
             traced (``None`` otherwise): the nodes in creation order, so a
             transformation can sweep them without a graph walk.
+        strict: how many strict numpy traces (``numpy_vjp``) are active; while
+            positive, turning a traced Tensor into a plain array or number
+            raises :class:`~gradverify.errors.TraceLost` instead of dropping the graph.
     """
 
     depth = 0
     tape: list | None = None
+    strict = 0      # > 0 inside numpy_vjp: leaving the trace raises TraceLost
+    lost: Any = None    # the last TraceLost raised while strict (numpy may swallow it)
 
 
 RECORDING = _Recording()
@@ -94,9 +99,10 @@ class Tensor:
             first-order derivative rule receives).
     """
 
-    __slots__ = ("value", "prim", "args", "params", "id", "requires_grad", "parents", "raw_args")
-    # numpy must defer to us: ``ndarray * Tensor`` calls ``Tensor.__rmul__``.
-    __array_ufunc__ = None
+    __slots__ = ("value", "prim", "args", "params", "id", "requires_grad", "parents", "raw_args",
+                 "base")
+    # numpy's dispatch protocols (__array_ufunc__, __array_function__) and the
+    # ndarray methods beyond the few below are installed by ``numpy_api.py``.
 
     def __init__(self, value: Any, requires_grad: bool = False, *, prim: str | None = None,
                  args: tuple = (), params: dict | None = None):
@@ -106,6 +112,7 @@ class Tensor:
         self.params = params if params is not None else {}
         self.requires_grad = requires_grad
         self.id = next(_ids)
+        self.base = None
         if args:
             self.parents = tuple((i, a) for i, a in enumerate(args) if isinstance(a, Tensor))
             self.raw_args = tuple(a.value if isinstance(a, Tensor) else a for a in args)
@@ -121,7 +128,7 @@ class Tensor:
         t = _new(cls)
         t.value = value if isinstance(value, np.ndarray) else np.asarray(value)
         t.prim, t.args, t.params, t.id = prim, args, params, next(_ids)
-        t.requires_grad, t.parents, t.raw_args = True, parents, raw_args
+        t.requires_grad, t.parents, t.raw_args, t.base = True, parents, raw_args, None
         tape = RECORDING.tape
         if tape is not None:
             tape.append(t)
@@ -133,7 +140,7 @@ class Tensor:
         t = _new(cls)
         t.value = value if isinstance(value, np.ndarray) else np.asarray(value)
         t.prim, t.args, t.params, t.id = None, (), {}, next(_ids)
-        t.requires_grad, t.parents, t.raw_args = requires_grad, (), ()
+        t.requires_grad, t.parents, t.raw_args, t.base = requires_grad, (), (), None
         return t
 
     # -- array-like surface -------------------------------------------------
@@ -151,10 +158,16 @@ class Tensor:
         return f"Tensor({self.value!r}, {how}, id={self.id})"
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        # A constant view for printing and np.asarray; it drops the graph.
+        # A constant view for printing and np.asarray; it drops the graph (TraceLost when strict).
+        if RECORDING.strict and self.requires_grad:
+            trace_lost("a traced Tensor was converted to a plain ndarray (its __array__ was called: "
+                       "np.asarray/np.array of it, or writing it into a plain ndarray)")
         return self.value if dtype is None else self.value.astype(dtype)
 
     def __float__(self) -> float:
+        if RECORDING.strict and self.requires_grad:
+            trace_lost("float() of a traced Tensor drops its gradient (numpy calls it when a traced "
+                       "value is written into a plain ndarray: out[i] = t)")
         return float(self.value)
 
     def __bool__(self) -> bool:
@@ -190,6 +203,41 @@ class Tensor:
     def max(self, axis=None, keepdims=False): return max(self, axis, keepdims)
     def reshape(self, *shape): return reshape(self, shape[0] if len(shape) == 1 else shape)
     def transpose(self, *axes): return transpose(self, (axes[0] if len(axes) == 1 else axes) or None)
+
+
+def trace_lost(reason: str) -> None:
+    """Raise :class:`~gradverify.errors.TraceLost` with ``reason`` and the user's ``file:line``.
+
+    The location is the innermost stack frame whose file is outside
+    gradverify, numpy and scipy; cost O(stack depth).
+    """
+    err = TraceLost(reason, user_frame())
+    RECORDING.lost = err        # numpy swallows exceptions from __float__ in ``a[i] = t``
+    raise err
+
+
+def _package_dirs() -> tuple[str, ...]:
+    import os
+    import sys
+    dirs = [os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            os.path.dirname(os.path.abspath(np.__file__))]
+    scipy = sys.modules.get("scipy")
+    if scipy is not None and getattr(scipy, "__file__", None):
+        dirs.append(os.path.dirname(os.path.abspath(scipy.__file__)))
+    return tuple(d + os.sep for d in dirs)
+
+
+def user_frame() -> str | None:
+    """``file:line`` of the innermost frame outside gradverify/, numpy/ and scipy/ (or None)."""
+    import sys
+    skip = _package_dirs()
+    f = sys._getframe(1)
+    while f is not None:
+        name = f.f_code.co_filename
+        if not name.startswith(skip) and not name.startswith("<__array_function__"):
+            return f"{name}:{f.f_lineno}"
+        f = f.f_back
+    return None
 
 
 def value(x: Any) -> Any:

@@ -48,10 +48,7 @@ def exact_gradients(target: Any, name: str, cotangent: np.ndarray) -> tuple[dict
 
 def _engine(target: Any, cotangent: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The reference engine's reverse mode through the code's own numpy forward."""
-    try:  # TEMP until the engine's numpy tracing lands
-        from ..engine import TraceLost, numpy_vjp
-    except ImportError:
-        raise Declined("TEMP: no numpy tracing yet") from None
+    from ..engine import TraceLost, numpy_vjp
 
     leaves = {k: np.array(v, dtype=np.float64) for k, v in target.point.items()}
     target.random.restore()
