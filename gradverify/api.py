@@ -496,9 +496,14 @@ def _check_reference(c: _Check, name: str, ref: dict, result: CheckResult) -> Ch
                      "trusted and finite differences gave the verdict -- please report this (a wrong derivative "
                      "rule, or a forward the reference follows only in part)")
         return None
-    return dataclasses.replace(result, warnings=c.warnings() + tuple(w for w in result.warnings
-                                                                      if w not in c.warnings()),
-                               evaluations=c.evaluations, seconds=time.perf_counter() - c.start)
+    result = dataclasses.replace(result, warnings=c.warnings() + tuple(w for w in result.warnings
+                                                                        if w not in c.warnings()),
+                                 evaluations=c.evaluations)
+    # the eps-free second opinion, as for finite differences (one more independent look at the worst element)
+    analytic = c.analytic64 if c.analytic64 is not None and result.dtype == "float64" else c.analytic
+    result = _second_opinion(result, target, Comparison(analytic, c.tol), c.u64, c.eval_dtype, c.start,
+                             0.0 if c._noise is None else c._noise.sigma)
+    return dataclasses.replace(result, seconds=time.perf_counter() - c.start)
 
 
 def _both(c: _Check, exact: CheckResult, fd: CheckResult, fd_values: dict | None) -> CheckResult:

@@ -235,7 +235,9 @@ class CheckResult:
             if self.reference == "fd" or w.reference_error:
                 lines.append(f"    numeric:   {w.numeric:.10g}  (estimated error {w.reference_error:.2g})")
             else:
-                lines.append(f"    reference: {w.numeric:.10g}  ({self.reference}, exact)")
+                source = {"reference": "the reference engine", "torch": "torch autograd of the primal",
+                          "jax": "jax.vjp of the primal"}.get(self.reference, self.reference)
+                lines.append(f"    reference: {w.numeric:.10g}  ({source}, exact)")
             lines.append(f"    abs err:   {w.abs_err:.3g}   rel err: {w.rel_err:.3g}   tolerance: {w.tolerance:.3g}")
         if self.inputs:
             lines.append("  input        shape          dtype     failed   max abs err   max rel err")
