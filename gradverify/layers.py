@@ -549,6 +549,7 @@ class _LayerState:
         self.objects: list[tuple[Any, dict]] = []
         self.containers: list[tuple[Any, Any]] = []
         self.arrays: list[tuple[np.ndarray, np.ndarray]] = []
+        self.paths: dict[int, str] = {}
         seen: set[int] = set(skip)  # arrays not to copy or restore (parameters the check perturbs itself)
         self._record(layer, 0, seen)
         for obj, _ in self.objects:
@@ -562,44 +563,51 @@ class _LayerState:
                 if id(c[k]) in swap:
                     c[k] = swap[id(c[k])]
 
-    def _record(self, obj: Any, depth: int, seen: set[int]) -> None:
+    def _record(self, obj: Any, depth: int, seen: set[int], path: str = "") -> None:
         if id(obj) in seen or depth > self._DEPTH:
             return
         seen.add(id(obj))
         if isinstance(obj, np.ndarray):
             if obj.flags.writeable and obj.size:
                 self.arrays.append((obj, obj.copy()))
+                self.paths[id(obj)] = path
             return
         if isinstance(obj, dict):
             self.containers.append((obj, dict(obj)))
-            children = list(obj.values())
+            self.paths[id(obj)] = path
+            children = [(v, f"{path}[{k!r}]") for k, v in obj.items()]
         elif isinstance(obj, list):
             self.containers.append((obj, list(obj)))
-            children = list(obj)
+            self.paths[id(obj)] = path
+            children = [(v, f"{path}[{i}]") for i, v in enumerate(obj)]
         elif isinstance(obj, tuple):
-            children = list(obj)
+            children = [(v, f"{path}[{i}]") for i, v in enumerate(obj)]
         elif hasattr(obj, "__dict__") and not isinstance(obj, _NOT_STATE):
             try:
                 d = vars(obj)
             except TypeError:
                 return
             self.objects.append((obj, dict(d)))
-            children = list(d.values())
+            children = [(v, f"{path}.{k}" if path or depth else str(k)) for k, v in d.items()]
         else:
             return
-        for child in children:
-            self._record(child, depth + 1, seen)
+        for child, where in children:
+            self._record(child, depth + 1, seen, where)
 
     def changed(self) -> list[str]:
-        """What a call changed that a later call reads: lists and dicts that grew or shrank, arrays updated in place."""
+        """What a call changed that a later call reads: lists and dicts that grew or shrank, arrays updated in place.
+
+        Each is named by its path from the layer (``X``, ``derived_variables['Z']``,
+        ``gradients['W']``).
+        """
         out = []
-        names = {id(v): k for obj, saved in self.objects for k, v in saved.items()}
         for c, saved in self.containers:
             if len(c) != len(saved):
-                out.append(f"{names.get(id(c), 'a container')} ({type(c).__name__}: {len(saved)} -> {len(c)} entries)")
+                out.append(f"{self.paths.get(id(c)) or 'a container'} ({type(c).__name__}: {len(saved)} -> {len(c)} "
+                           "entries)")
         for arr, saved in self.arrays:
             if not np.array_equal(arr, saved, equal_nan=True):
-                out.append(f"{names.get(id(arr), 'an array')} (updated in place)")
+                out.append(f"{self.paths.get(id(arr)) or 'an array'} (updated in place)")
         return out
 
     def restore(self) -> None:
@@ -861,7 +869,8 @@ class LayerTarget(Target):
                 if name not in layer_grads:
                     raise MissingGradient(
                         f"{type(self.layer).__name__}.{ga} has no entry for parameter {name!r}; "
-                        f"backward must set {ga}[{name!r}] (it has {sorted(map(str, layer_grads))})"
+                        f"backward must set {ga}[{name!r}] (it has {sorted(map(str, layer_grads))}); if "
+                        f"{name!r} is not trained (a running statistic), pass constants=[{name!r}]"
                     )
                 g = layer_grads[name]
                 grads[name] = np.array(g, copy=True) if isinstance(g, np.ndarray) else g

@@ -276,3 +276,72 @@ def test_noisy_forward_one_element_error_is_caught_by_the_exact_reference():
     q, k, v = (torch.randn(4, 3, dtype=torch.float64, generator=gen) for _ in range(3))
     r = gv.check(_attention(torch, "one element").apply, (q, k, v))
     assert r.status == "fail" and r.reference == "torch" and (r.worst.input, r.worst.index) == ("v", (1, 2)), r
+
+
+class Conv2DStyle:
+    """A conv layer in the style of public numpy layer libraries (written here, not copied).
+
+    NHWC input, ``parameters``/``gradients`` dicts, every forward's input
+    appended to a list that ``backward`` walks, gradients accumulated with
+    ``+=``, an im2col built by fancy indexing, ``np.pad`` and ``np.einsum``.
+    ``bad=(index, factor)`` scales one element of dW.
+    """
+
+    def __init__(self, in_ch=8, out_ch=8, k=3, seed=0, bad=None):
+        rng = np.random.default_rng(seed)
+        self.parameters = {"W": rng.standard_normal((k, k, in_ch, out_ch)) / (k * np.sqrt(in_ch)),
+                           "b": np.zeros((1, 1, 1, out_ch))}
+        self.gradients = {n: np.zeros_like(p) for n, p in self.parameters.items()}
+        self.X, self.k, self.bad = [], k, bad
+
+    def _cols(self, X):
+        k = self.k
+        Xp = np.pad(X, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        h, w = X.shape[1], X.shape[2]
+        i = np.arange(h)[:, None, None, None] + np.arange(k)[None, None, :, None]
+        j = np.arange(w)[None, :, None, None] + np.arange(k)[None, None, None, :]
+        return Xp[:, i, j, :]  # (n, h, w, k, k, c)
+
+    def forward(self, X):
+        self.X.append(X)
+        z = np.einsum("nhwabc,abcd->nhwd", self._cols(X), self.parameters["W"]) + self.parameters["b"]
+        return np.tanh(z)
+
+    def backward(self, dY):
+        dXs = []
+        for X in self.X:
+            cols = self._cols(X)
+            y = np.tanh(np.einsum("nhwabc,abcd->nhwd", cols, self.parameters["W"]) + self.parameters["b"])
+            dz = dY * (1 - y ** 2)
+            dW = np.einsum("nhwabc,nhwd->abcd", cols, dz)
+            if self.bad is not None:
+                dW[self.bad[0]] *= self.bad[1]
+            self.gradients["W"] += dW
+            self.gradients["b"] += dz.sum(axis=(0, 1, 2), keepdims=True)
+            dcols = np.einsum("nhwd,abcd->nhwabc", dz, self.parameters["W"])
+            dXp = np.zeros((X.shape[0], X.shape[1] + 2, X.shape[2] + 2, X.shape[3]))
+            for a in range(self.k):
+                for b_ in range(self.k):
+                    dXp[:, a:a + X.shape[1], b_:b_ + X.shape[2], :] += dcols[:, :, :, a, b_, :]
+            dXs.append(dXp[:, 1:-1, 1:-1, :])
+        return dXs[0] if len(dXs) == 1 else dXs
+
+
+def test_a_library_style_conv_layer_runs_unchanged_against_the_engine():
+    layer = Conv2DStyle()
+    r = gv.check_layer(layer, (2, 5, 5, 8), params_attr="parameters", grads_attr="gradients")
+    assert r.passed and r.reference == "reference", r
+    assert any("X (list" in w for w in r.warnings), r.warnings  # its growing input list was reset, and named
+    assert layer.X == [] and not layer.gradients["W"].any()
+
+
+def test_a_0p1_percent_error_in_one_of_576_conv_weights_is_caught_in_20_of_20_seeds():
+    """The issue's case: a 3x3x8x8 kernel (576 weights), one element off by 0.1%, default check."""
+    named = 0
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        idx = tuple(int(rng.integers(n)) for n in (3, 3, 8, 8))
+        r = gv.check_layer(Conv2DStyle(seed=seed, bad=(idx, 1.001)), (2, 5, 5, 8), seed=seed,
+                           params_attr="parameters", grads_attr="gradients")
+        named += r.status == "fail" and r.worst.input == "W" and r.worst.index == idx
+    assert named == 20
