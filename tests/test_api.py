@@ -89,9 +89,12 @@ def test_assert_wrappers_raise_gradient_mismatch_with_the_result():
 
 
 def test_result_is_json_ready_and_reports_its_cost():
-    r = gv.check_layer(Tanh(), (2, 3))
+    r = gv.check_layer(Tanh(), (2, 3), against="fd")
     d = json.loads(json.dumps(r.to_dict()))
-    assert d["mode"] == "full" and d["evaluations"] == r.evaluations > 4 * 6
+    assert d["mode"] == "full" and d["evaluations"] == r.evaluations > 4 * 6 and d["reference"] == "fd"
+    # against the exact reference: one traced forward and backward, and its own check by projections
+    e = json.loads(json.dumps(gv.check_layer(Tanh(), (2, 3)).to_dict()))
+    assert e["reference"] == "reference" and 0 < e["evaluations"] < d["evaluations"]
     assert set(d["worst"]) >= {"input", "index", "analytic", "numeric", "abs_err", "rel_err"}
 
 

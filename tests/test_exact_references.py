@@ -345,3 +345,45 @@ def test_a_0p1_percent_error_in_one_of_576_conv_weights_is_caught_in_20_of_20_se
                            params_attr="parameters", grads_attr="gradients")
         named += r.status == "fail" and r.worst.input == "W" and r.worst.index == idx
     assert named == 20
+
+
+@pytest.mark.parametrize("subgradient", [0.0, 0.5, 1.0])
+def test_every_valid_subgradient_at_a_kink_passes_against_the_engine(subgradient):
+    """relu'(0) in [0, 1]: the engine's own choice (0.5 at a tie of maximum) is one; the others are named kinks."""
+    def forward(x):
+        return np.maximum(x, 0.0), x
+
+    def backward(dout, x, bad=None):
+        return (dout * (x > 0) + dout * (x == 0) * subgradient,)
+
+    x = np.array([[-1.5, 0.0, 2.0], [0.0, 0.7, -0.3]])
+    r = gv.check_pair(forward, backward, (x,))
+    assert r.passed and r.reference == "reference", r
+    if subgradient != 0.5:
+        assert r.status == "nondiff" and sorted(loc.index for loc in r.nondifferentiable) == [(0, 1), (1, 0)]
+    bad = gv.check_pair(forward, lambda d, x: (d * (x > 0) + d * (x == 0) * 2.0,), (x,))
+    assert bad.status == "fail" and bad.worst.index in {(0, 1), (1, 0)}
+
+
+def test_rounding_residue_of_a_flat_function_is_not_a_failure_against_the_engine():
+    """(x + e^x) - (e^x + x): the gradient is 0, computed as a difference of equal terms (~1e-16 residue)."""
+    def fn(x):
+        return (x + np.exp(x)) - (np.exp(x) + x)
+
+    x = np.array([0.3, 0.7, 1.1])
+    r = gv.check(fn, [x], vjp=lambda d, x: ((d + d * np.exp(x)) - d - d * np.exp(x),))
+    assert r.passed and r.reference == "reference", r
+    assert gv.check(fn, [x], vjp=lambda d, x: (d * 1e-6,)).status == "fail"
+
+
+def test_saturated_sigmoid_by_another_correct_formula_passes_against_the_engine():
+    """s (1 - s) and e^-x / (1 + e^-x)^2 differ by rounding of up to 1e-7 relative at |x| ~ 20."""
+    def fn(x):
+        return 1.0 / (1.0 + np.exp(-x))
+
+    def vjp(d, x):
+        e = np.exp(-x)
+        return (d * e / (1.0 + e) ** 2,)
+
+    x = np.array([[-22.0, -18.5, 19.0], [20.5, 24.0, -16.0]])
+    assert gv.check(fn, [x], vjp=vjp).passed

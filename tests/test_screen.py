@@ -1,5 +1,9 @@
 """The one-difference screen of full mode (``numeric.projected_gradients(tolerance=...)``).
 
+Every check here runs with ``against="fd"``: the screen is part of the finite
+differences, and the default would compare numpy and custom-Function code with
+an exact reference instead.
+
 Tensors of at least ``SCREEN_MIN_SIZE`` elements get one central
 difference per element at a small step, once a random sample has shown
 that the screen settles most elements and agrees with Richardson on those
@@ -57,9 +61,9 @@ def inputs(seed=0):
 def test_screen_needs_about_two_evaluations_per_element(no_screen, monkeypatch):
     x, W = inputs()
     fn, vjp = dense_tanh(x)
-    plain = gv.check(fn, W, vjp=vjp, mode="full")
+    plain = gv.check(fn, W, vjp=vjp, mode="full", against="fd")
     monkeypatch.undo()
-    screened = gv.check(fn, W, vjp=vjp, mode="full")
+    screened = gv.check(fn, W, vjp=vjp, mode="full", against="fd")
     assert plain.passed and screened.passed, (plain, screened)
     # Richardson: 4 per element; screen: 2 per element + 4 per sampled or unsettled one.
     assert plain.evaluations >= 4 * W.size
@@ -74,7 +78,7 @@ def test_one_wrong_element_of_a_screened_tensor_is_caught_and_located(factor, se
     # a typical element: neither tiny nor the largest (a 1e-4 error on a near-zero one is below any tolerance)
     index = tuple(int(i) for i in np.unravel_index(np.argsort(np.abs(g), axis=None)[g.size // 2], g.shape))
     fn, vjp = dense_tanh(x, corrupt=(index, factor))
-    r = gv.check(fn, W, vjp=vjp, mode="full", seed=seed)
+    r = gv.check(fn, W, vjp=vjp, mode="full", seed=seed, against="fd")
     assert not r.passed, r
     assert r.worst.index == index, r
 
@@ -85,9 +89,9 @@ def test_an_approximate_derivative_gets_the_same_verdict_as_under_richardson(ste
     # the kind of error a one-difference screen could mistake for its own truncation.
     x, W = inputs()
     fn, vjp = dense_tanh(x, approx_step=step)
-    screened = gv.check(fn, W, vjp=vjp, mode="full")
+    screened = gv.check(fn, W, vjp=vjp, mode="full", against="fd")
     monkeypatch.setattr(screens, "SCREEN_MIN_SIZE", 2**62)
-    plain = gv.check(fn, W, vjp=vjp, mode="full")
+    plain = gv.check(fn, W, vjp=vjp, mode="full", against="fd")
     assert screened.status == plain.status == "fail", (screened, plain)
     assert screened.worst.index == plain.worst.index
 
@@ -95,9 +99,9 @@ def test_an_approximate_derivative_gets_the_same_verdict_as_under_richardson(ste
 def test_same_verdict_and_worst_element_as_richardson(no_screen, monkeypatch):
     x, W = inputs(3)
     fn, vjp = dense_tanh(x, corrupt=((4, 7), 1.001))
-    plain = gv.check(fn, W, vjp=vjp, mode="full")
+    plain = gv.check(fn, W, vjp=vjp, mode="full", against="fd")
     monkeypatch.undo()
-    screened = gv.check(fn, W, vjp=vjp, mode="full")
+    screened = gv.check(fn, W, vjp=vjp, mode="full", against="fd")
     assert plain.status == screened.status == "fail"
     assert plain.worst.index == screened.worst.index == (4, 7)
     # the worst element is never left with a screen value: failing elements always run Richardson
@@ -113,7 +117,7 @@ def test_kinks_with_the_central_subgradient_are_still_named():
     for z in zeros:
         W[z] = 0.0
 
-    r = gv.check(lambda W: np.abs(W), W, vjp=lambda dy, W: (dy * np.sign(W),), mode="full")
+    r = gv.check(lambda W: np.abs(W), W, vjp=lambda dy, W: (dy * np.sign(W),), mode="full", against="fd")
     assert r.status == "nondiff", r
     named = {tuple(loc.index) for loc in r.nondifferentiable}
     assert named == set(zeros), named
@@ -124,7 +128,7 @@ def test_a_screen_that_errs_is_caught_by_its_sample(monkeypatch):
     x, W = inputs(5)
     fn, vjp = dense_tanh(x)
     monkeypatch.setattr(screens, "SCREEN_MIN_SIZE", 2**62)
-    plain = gv.check(fn, W, vjp=vjp, mode="full")
+    plain = gv.check(fn, W, vjp=vjp, mode="full", against="fd")
     monkeypatch.undo()
     real = screens.screen
 
@@ -134,7 +138,7 @@ def test_a_screen_that_errs_is_caught_by_its_sample(monkeypatch):
         return out
 
     monkeypatch.setattr(screens, "screen", biased)
-    redone = gv.check(fn, W, vjp=vjp, mode="full")
+    redone = gv.check(fn, W, vjp=vjp, mode="full", against="fd")
     assert redone.passed
     # every element ran Richardson (the sample after its screen: 2 more evaluations each)
     assert redone.evaluations >= 4 * W.size + 2 * screens.SCREEN_SAMPLES
@@ -158,7 +162,7 @@ def test_layer_parameters_are_screened_in_their_own_storage():
 
     x, W = inputs(2)
     layer = Dense(W.copy())
-    r = gv.check_layer(layer, inputs=x, mode="full")
+    r = gv.check_layer(layer, inputs=x, mode="full", against="fd")
     assert r.passed, r
     assert np.array_equal(layer.params["W"], W)  # restored bit for bit
 
@@ -188,7 +192,7 @@ def test_torch_batched_screen_catches_one_element():
             return gW
 
     Wt = torch.tensor(W, requires_grad=True)
-    r = gv.check(Dense.apply, Wt, mode="full")
+    r = gv.check(Dense.apply, Wt, mode="full", against="fd")
     assert not r.passed and r.worst.index == (2, 9), r
 
 
@@ -210,10 +214,10 @@ def test_real_torch_layers_with_screened_tensors_pass_with_fewer_evaluations(nam
     torch.set_num_threads(1)
     try:
         torch.manual_seed(0)
-        screened = gv.check_layer(make(torch.nn).double(), shape, mode="full", seed=1)
+        screened = gv.check_layer(make(torch.nn).double(), shape, mode="full", seed=1, against="fd")
         monkeypatch.setattr(screens, "SCREEN_MIN_SIZE", 2**62)
         torch.manual_seed(0)
-        plain = gv.check_layer(make(torch.nn).double(), shape, mode="full", seed=1)
+        plain = gv.check_layer(make(torch.nn).double(), shape, mode="full", seed=1, against="fd")
     finally:
         torch.set_num_threads(threads)
     assert screened.status == plain.status == "pass", (screened, plain)

@@ -419,7 +419,8 @@ class FrameworkFunctionTarget(FunctionTarget):
     def exact_references(self) -> tuple[str, ...]:
         return (self.framework,) if self.primal()[0] is not None else ()
 
-    def primal_gradients(self, cotangent: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    def primal_gradients(self, cotangent: np.ndarray, dtype: Any = np.float64
+                         ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """The framework's gradient of ``<cotangent, primal(point)>`` in float64, and the primal's output.
 
         Runs the primal on the float64 point through :meth:`autodiff` of a
@@ -443,7 +444,9 @@ class FrameworkFunctionTarget(FunctionTarget):
         ref.user_fn, ref.user_vjp, ref.warnings, ref.what = primal, None, [], what
         ref.forget_compiled()
         pieces = split_cotangent(cotangent, self._out_shapes, self._out_single)
-        flat = dict(zip(self.order, self._args(self.point)))
+        flat = {k: (v.astype(dtype) if k in self.point else v)
+                for k, v in zip(self.order, self._args(self.point))}
+        cotangent = np.asarray(cotangent, dtype=dtype)
         self.random.restore()
         scope = getattr(primal, "scope", contextlib.nullcontext)
         with ref.context(flat), scope():

@@ -693,7 +693,8 @@ class TorchModuleTarget(BatchedEvaluation, Target):
     def exact_references(self) -> tuple[str, ...]:
         return ("torch",)
 
-    def primal_gradients(self, cotangent: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    def primal_gradients(self, cotangent: np.ndarray, dtype: Any = np.float64
+                         ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Torch autograd of the module's float64 copy with every custom Function replaced by its forward.
 
         Raises:
@@ -703,6 +704,8 @@ class TorchModuleTarget(BatchedEvaluation, Target):
         """
         from ..references import Declined
 
+        if np.dtype(dtype) != np.float64:
+            raise Declined("the module's reference runs in float64 only")
         use64 = self._use64 and all(v.dtype == np.float64 for v in self.point.values())
         c = self._copy(use64)
         c.load(self.point)

@@ -198,7 +198,7 @@ def noise_calibration(levels) -> float:
     factor = 1.0
     for a, b, c in zip(levels, levels[1:], levels[2:]):
         d1, d2 = abs(a[4] - b[4]), abs(b[4] - c[4])
-        if d2 > 1.5 * d1 and 0 < d2 <= _ROUNDING_SCATTER * abs(b[4]):
+        if d2 > 1.5 * d1 and 0 < d2 <= _ROUNDING_SCATTER * abs(b[4]) and b[5] + c[5] > 0:
             factor = max(factor, d2 / (4.0 * (b[5] + c[5])))
     return factor
 
