@@ -383,14 +383,21 @@ def _predict_full(c: _Check) -> tuple[int, float]:
     About 2.25 evaluations per element of tensors the screen takes (64
     elements and more), 4 of smaller ones. Where the code evaluates
     perturbations in batches, one batched call of up to 64 rows of the
-    largest tensor is timed (and counted) for the cost of a row.
+    largest tensor is timed (and counted) for the cost of a row -- only
+    where the one-by-one estimate (an upper bound) exceeds the budget or
+    the progress bar's threshold, so a small check spends nothing on it.
     """
     from .references import screen as _screen
 
     evals = sum(int((2.25 if a.size >= _screen.SCREEN_MIN_SIZE else 4.0) * a.size) for a in c.target.point.values())
     per = c.seconds_per_evaluation
     batch = getattr(c.target, "evaluate_batch", None)
-    if batch is not None and evals > 64:
+    # A batched call is timed only where the answer can change something:
+    # one-by-one, the check would exceed its budget (auto mode: full or
+    # fast; full mode: the warning) or show a progress bar. Below that the
+    # unbatched estimate, an upper bound, already decides.
+    matters = evals * per > min(c.budget, PROGRESS_AFTER if c.progress is not False else c.budget)
+    if batch is not None and evals > 64 and matters:
         name, arr = max(c.target.point.items(), key=lambda kv: kv[1].size)
         k = min(arr.size, 64)
         idx = np.arange(k, dtype=np.int64)

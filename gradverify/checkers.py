@@ -68,15 +68,29 @@ APPROX_ERROR = 1e-3
 BUGS = ("element", "approx")
 
 
-def param_count(h: int) -> int:
-    """Parameters of the MLP of width ``h``: ``2 h**2 + 3 h + 1``."""
+#: Input width of the narrow-input MLP ``NARROW_INPUTS -> H -> H -> 2`` (most parameters in the H x H
+#: weight); None: the square MLP ``H -> H -> H -> 1`` of the module docstring. ``make_mlp(..., narrow=True)``
+#: builds the narrow one whatever this says; ``benchmarks/checkers.py --narrow`` sets it for a whole run.
+NARROW_INPUTS: int | None = None
+#: Output width of the narrow-input MLP.
+NARROW_OUTPUTS = 2
+
+
+def param_count(h: int, narrow: bool = False) -> int:
+    """Parameters of the MLP of width ``h``: ``2 h**2 + 3 h + 1`` (narrow: ``h**2 + (i + o + 2) h + o``)."""
+    if narrow:
+        i, o = NARROW_INPUTS or 4, NARROW_OUTPUTS
+        return h * h + (i + o + 2) * h + o
     return 2 * h * h + 3 * h + 1
 
 
-def width_for(p: int) -> int:
+def width_for(p: int, narrow: bool = False) -> int:
     """The width whose parameter count is closest to ``p``."""
     h = max(1, round((-3 + math.sqrt(max(9 + 8 * (p - 1), 0))) / 4))
-    return min((w for w in (h - 1, h, h + 1) if w > 0), key=lambda w: abs(param_count(w) - p))
+    if narrow:
+        h = max(1, round(math.sqrt(p)))
+    cands = [w for w in range(max(1, h - 8), h + 9)]
+    return min(cands, key=lambda w: abs(param_count(w, narrow) - p))
 
 
 @dataclasses.dataclass
@@ -106,14 +120,20 @@ class MLP:
 PARAM_NAMES = ("W1", "b1", "W2", "b2", "W3", "b3")
 
 
-def make_mlp(params: int, seed: int = 0) -> MLP:
-    """The MLP with about ``params`` parameters (see the module docstring), from ``default_rng(seed)``."""
-    h = width_for(params)
+def make_mlp(params: int, seed: int = 0, narrow: bool | None = None) -> MLP:
+    """The MLP with about ``params`` parameters (see the module docstring), from ``default_rng(seed)``.
+
+    ``narrow`` (default: whether :data:`NARROW_INPUTS` is set) builds the
+    narrow-input MLP ``4 -> H -> H -> 2`` instead.
+    """
+    narrow = NARROW_INPUTS is not None if narrow is None else narrow
+    h = width_for(params, narrow)
+    i, o = ((NARROW_INPUTS or 4), NARROW_OUTPUTS) if narrow else (h, 1)
     rng = np.random.default_rng(seed)
     s = 1.0 / math.sqrt(h)
-    x, target = rng.standard_normal((BATCH, h)), rng.standard_normal((BATCH, 1))
-    ps = [rng.standard_normal((h, h)) * s, rng.standard_normal(h) * 0.1, rng.standard_normal((h, h)) * s,
-          rng.standard_normal(h) * 0.1, rng.standard_normal((h, 1)) * s, rng.standard_normal(1) * 0.1]
+    x, target = rng.standard_normal((BATCH, i)), rng.standard_normal((BATCH, o))
+    ps = [rng.standard_normal((i, h)) / math.sqrt(i), rng.standard_normal(h) * 0.1, rng.standard_normal((h, h)) * s,
+          rng.standard_normal(h) * 0.1, rng.standard_normal((h, o)) * s, rng.standard_normal(o) * 0.1]
     g = np.abs(_numpy_grads(x, target, ps)[2])
     flat = np.argsort(g, axis=None)[g.size // 2]
     return MLP(h, x, target, ps, tuple(int(i) for i in np.unravel_index(flat, g.shape)))
@@ -796,8 +816,7 @@ def _as_function(fn, arity):
         @staticmethod
         def forward(ctx, *xs):
             ctx.save_for_backward(*xs)
-            with torch.no_grad():
-                return fn(*xs)
+            return fn(*xs)
 
         @staticmethod
         def backward(ctx, g):
@@ -944,3 +963,81 @@ def stage_breakdown(fn, inputs, *, repeats: int = 20, **options) -> dict:
     return {"total": statistics.median(totals), "min": min(totals), "max": max(totals),
             "stages": {k: statistics.median(v) for k, v in per.items()}, "evaluations": result.evaluations,
             "reference": result.reference, "mode": result.mode, "passed": result.passed}
+
+
+# ---------------------------------------------------------------------------
+# scale: time and peak memory as P grows
+# ---------------------------------------------------------------------------
+
+#: Parameter counts of :func:`scale_sweep`.
+SCALE_PARAMS = (20_000, 100_000, 500_000, 2_000_000, 8_000_000)
+
+
+def _peak_rss_reset() -> bool:
+    """Reset the process's peak resident size (Linux ``/proc/self/clear_refs``); whether that worked."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _rss_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def scale_sweep(params: Sequence[int] = SCALE_PARAMS, *, budget_s: float = DEFAULT_BUDGET_S, seed: int = 0,
+                methods: Sequence[str] = ("gradverify fast (torch)", "torch gradcheck fast"),
+                progress: Callable[[str], None] | None = None) -> list[dict]:
+    """Seconds and peak memory of one check per method as ``P`` grows (the square MLP, float64).
+
+    Peak memory is the growth of the process's peak resident size during
+    the check (``VmHWM`` after resetting it through ``/proc/self/clear_refs``;
+    None where the system does not offer that), beside the size of the
+    parameters checked (``inputs_mib``). A method is skipped at the sizes
+    after one whose run exceeded ``budget_s``. Returns one row per (method,
+    size). Cost: one check per method and size (plus the MLP's setup).
+    """
+    chosen = _methods(methods)
+    say = progress or (lambda s: None)
+    rows, stopped = [], {}
+    for p in params:
+        mlp = make_mlp(p, seed, narrow=False)
+        inputs_mib = mlp.size * 8 / 2**20
+        for m in chosen:
+            row = {"method": m.name, "params": mlp.size, "seconds": None, "peak_mib": None,
+                   "inputs_mib": inputs_mib, "peak_ratio": None, "passed": None, "note": ""}
+            rows.append(row)
+            if not _available(m.framework):
+                row["note"] = f"{m.framework} is not installed"
+                continue
+            if m.name in stopped:
+                row["note"] = stopped[m.name]
+                continue
+            run = m.prepare(mlp, None, seed)
+            say(f"P={mlp.size} {m.name}")
+            import gc
+
+            gc.collect()
+            ok = _peak_rss_reset()
+            before = _rss_kib("VmRSS")
+            t = time.perf_counter()
+            passed, _, _ = run()
+            row["seconds"] = time.perf_counter() - t
+            peak = _rss_kib("VmHWM")
+            row["passed"] = passed
+            if ok and before is not None and peak is not None:
+                row["peak_mib"] = max(0, peak - before) / 1024
+                row["peak_ratio"] = row["peak_mib"] / inputs_mib
+            if row["seconds"] > budget_s:
+                stopped[m.name] = f"a smaller size took {row['seconds']:.3g} s > budget {budget_s:g} s"
+            del run
+    return rows
