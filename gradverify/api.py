@@ -835,7 +835,7 @@ def _fast(target: Target, comparison: Comparison, u64: np.ndarray, eval_dtype, r
 
     rows = getattr(target, "evaluate_rows", None)
     for name, arr in target.point.items():
-        vs = [rng.standard_normal(arr.shape) for _ in range(probes)]
+        vs = [_Direction(rng, arr.shape) for _ in range(probes)]
         # Scanning: all probes of a tensor in one batch where the target
         # vectorises; a clear failure is not refined here (the worst one is
         # confirmed below with the full step walk).
@@ -869,7 +869,7 @@ def _fast(target: Target, comparison: Comparison, u64: np.ndarray, eval_dtype, r
     name, v, p = chosen
     arr = target.point[name]
     g = comparison.analytic[name]
-    flat_v = v.reshape(-1)
+    flat_v = np.asarray(v, dtype=np.float64).reshape(-1)
     cur = np.arange(arr.size)
     m_cur = p.mismatch
     while cur.size > 1:
@@ -899,6 +899,36 @@ def _fast(target: Target, comparison: Comparison, u64: np.ndarray, eval_dtype, r
         "left": float(d.left[idx]), "right": float(d.right[idx]),
     }
     return results, located, total
+
+
+class _Direction:
+    """A fast-mode probe: a standard normal direction drawn from the check's stream, held only while small.
+
+    Drawing it advances ``rng`` exactly as ``rng.standard_normal(shape)``
+    (the probes of a seed are the same whatever their size); a direction
+    over :data:`KEEP_DIRECTION_BYTES` is not kept but drawn again from the
+    saved generator state whenever it is read (``np.asarray``), so the
+    probes of a large tensor never hold ``FAST_PROBES`` copies of it.
+    """
+
+    def __init__(self, rng: np.random.Generator, shape: tuple):
+        self.shape = tuple(shape)
+        self._kind = type(rng.bit_generator)
+        self._state = rng.bit_generator.state
+        v = rng.standard_normal(self.shape)
+        self._v = v if v.nbytes <= KEEP_DIRECTION_BYTES else None
+
+    def __array__(self, dtype=None, copy=None):
+        v = self._v
+        if v is None:
+            gen = np.random.Generator(self._kind())
+            gen.bit_generator.state = self._state
+            v = gen.standard_normal(self.shape)
+        return v if dtype is None else v.astype(dtype, copy=False)
+
+
+#: Fast-mode directions of more bytes than this are drawn again when read rather than kept.
+KEEP_DIRECTION_BYTES = 2**18
 
 
 @raised_at_call

@@ -354,8 +354,11 @@ class Comparison:
                 a = self.analytic[name].astype(np.float64)
                 tb = self._element_tolerances[name] = self.base_tolerance(name, np.abs(a))
             v = np.asarray(direction, dtype=np.float64).reshape(-1)
-            w = tb.reshape(-1) * v
-            spread = float(np.sqrt(np.dot(w, w)))
+            flat_tb, ss = tb.reshape(-1), 0.0
+            for i in range(0, v.size, 1 << 16):  # in chunks: no temporary the size of the tensor
+                w = flat_tb[i:i + (1 << 16)] * v[i:i + (1 << 16)]
+                ss += float(np.dot(w, w))
+            spread = float(np.sqrt(ss))
             rms_v = float(np.sqrt(np.dot(v, v) / v.size)) if v.size else 0.0
             # keyed by the direction object, kept alive with its entry (a fast check asks up to 3 times)
             self._projections[(name, id(direction))] = (direction, spread, rms_v)
