@@ -836,6 +836,8 @@ def _fast(target: Target, comparison: Comparison, u64: np.ndarray, eval_dtype, r
     rows = getattr(target, "evaluate_rows", None)
     for name, arr in target.point.items():
         vs = [_Direction(rng, arr.shape) for _ in range(probes)]
+        for v in vs:  # each probe's tolerance now, one direction drawn at a time (then cached by direction)
+            comparison.projection_tolerance(name, v)
         # Scanning: all probes of a tensor in one batch where the target
         # vectorises; a clear failure is not refined here (the worst one is
         # confirmed below with the full step walk).

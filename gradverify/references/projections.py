@@ -189,7 +189,7 @@ def directional_mismatches(
         first = first_levels.get(k) or [level(t, v, vv), level(t / 2, v, vv)]
         mismatch, error = richardson(*first)
         if judge is not None and judge(k, mismatch, error) != OK:
-            floor_t = floor / float(np.max(np.abs(v)))
+            floor_t = floor / max(float(np.max(v)), -float(np.min(v)))
             mismatch, error, _ = settle(lambda st, v=v, vv=vv: level(st, v, vv), first, t, floor_t,
                                          lambda m, e, k=k: judge(k, m, e), max_refinements)
         analytic = float(np.vdot(g, v))
