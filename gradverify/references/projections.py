@@ -106,7 +106,11 @@ def directional_mismatches(
     :func:`~gradverify.references.elementwise.projected_gradients`.
 
     Cost: 4 evaluations per direction (more where unsettled; the first
-    direction also counts ``y0`` if it is not given).
+    direction also counts ``y0`` if it is not given). Memory: the points of
+    every direction are stored together only for ``evaluate_rows`` and
+    within :data:`ROWS_BYTES`; otherwise one copy of ``arr`` (to restore
+    it) and one direction at a time -- a direction may be any object
+    ``np.asarray`` draws on demand.
     """
     proj = Projector(evaluate, cotangent, eval_dtype, noise)
     if y0 is None:
