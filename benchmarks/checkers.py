@@ -2,11 +2,16 @@
 
 Run by hand from the repository root (no timed assertions anywhere in the tests)::
 
-    /work/venv/bin/python benchmarks/checkers.py                       # P ~ 100 .. 20000, ~2-3 min
-    /work/venv/bin/python benchmarks/checkers.py --quick               # P ~ 100 .. 2000, seconds
-    /work/venv/bin/python benchmarks/checkers.py --json out.json       # also write every row
-    /work/venv/bin/python benchmarks/checkers.py --params 5000 20000 --repeats 9 --budget 20
-    /work/venv/bin/python benchmarks/checkers.py --methods "gradverify full (torch)" "torch gradcheck"
+    python benchmarks/checkers.py                       # P ~ 100 .. 20000, ~2-3 min
+    python benchmarks/checkers.py --quick               # P ~ 100 .. 2000, seconds
+    python benchmarks/checkers.py --json out.json       # also write every row
+    python benchmarks/checkers.py --params 5000 20000 --repeats 9 --budget 20
+    python benchmarks/checkers.py --methods "gradverify full (torch)" "torch gradcheck"
+    python benchmarks/checkers.py --small --repeats 5    # small-operator sweep and per-stage breakdown only
+    python benchmarks/checkers.py --narrow --params 5000 20000   # the narrow-input MLP 4 -> H -> H -> 2
+    python benchmarks/checkers.py --scale               # P 2e4 .. 8e6: time and peak memory (fast modes)
+
+(``python`` is the project's virtual environment's, e.g. after ``. /work/venv/bin/activate``.)
 
 A thin command line over :mod:`gradverify.checkers` (the library the report
 calls): the same tanh MLP (batch 8, float64) as a torch and a JAX function,
@@ -91,7 +96,7 @@ def main(argv=None) -> int:
     ap.add_argument("--params", type=int, nargs="+", default=None, help="parameter counts (default 100..20000)")
     ap.add_argument("--methods", nargs="+", default=None, choices=list(C.METHODS), metavar="METHOD",
                     help=f"methods to run (default all): {', '.join(C.METHODS)}")
-    ap.add_argument("--repeats", type=int, default=5, help="timed runs per method and size (default 5)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed runs per method and size (default 5)")
     ap.add_argument("--budget", type=float, default=C.DEFAULT_BUDGET_S,
                     help=f"seconds per method and size, warm-up included (default {C.DEFAULT_BUDGET_S:g})")
     ap.add_argument("--seeds", type=int, default=3, help="seeds for the random checkers' detection (default 3)")
@@ -100,9 +105,21 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="P up to 2000, 3 runs, 3 s budget: seconds")
     ap.add_argument("--json", metavar="PATH", help="write every row to PATH")
     ap.add_argument("--quiet", action="store_true", help="no progress lines")
+    ap.add_argument("--small", action="store_true",
+                    help="only the small-operator sweep against gradcheck and the per-stage breakdown of small checks")
+    ap.add_argument("--no-wrapped", action="store_true",
+                    help="--small without the operators wrapped in an autograd.Function")
+    ap.add_argument("--narrow", action="store_true", help="the narrow-input MLP 4 -> H -> H -> 2 instead")
+    ap.add_argument("--scale", action="store_true", help="only the scale sweep: time and peak memory, P 2e4 .. 8e6")
     a = ap.parse_args(argv)
+    if a.small:
+        return small_main(a, argv)
+    if a.scale:
+        return scale_main(a, argv)
+    if a.narrow:
+        C.NARROW_INPUTS = 4
     params = a.params or ((100, 500, 2000) if a.quick else C.DEFAULT_PARAMS)
-    repeats = 3 if a.quick and a.repeats == 5 else a.repeats
+    repeats = a.repeats if a.repeats is not None else (3 if a.quick else 5)
     budget = 3.0 if a.quick and a.budget == C.DEFAULT_BUDGET_S else a.budget
     det_p = a.detection_params or (500 if a.quick else 5000)
     loc_p = a.localisation_params or (2000 if a.quick else 20000)
@@ -135,6 +152,67 @@ def main(argv=None) -> int:
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=2, default=str))
         print(f"wrote {a.json}")
+    return 0
+
+
+def small_main(a, argv) -> int:
+    """``--small``: the sweep, its summary, and the stage breakdown of three small checks."""
+    print("pinned:", "; ".join(f"{k}: {v}" for k, v in C.pin_threads().items()))
+    import torch
+
+    say = None if a.quiet else (lambda s: print("  ..", s, file=sys.stderr, flush=True))
+    reps = 5 if a.repeats is None else a.repeats
+    rows = C.small_sweep(repeats=reps, wrapped=not a.no_wrapped, progress=say)
+    print(f"\nsmall-operator sweep: {len(rows)} samples, float64, one thread; per sample the median of {reps} "
+          "interleaved runs")
+    head = f"{'kind':<10}{'samples':>8}{'median ratio':>14}{'min':>8}{'max':>8}{'total ratio':>13}" \
+           f"{'vs fast':>9}{'gv s':>8}{'gc s':>8}  passed"
+    print(head)
+    print("-" * len(head))
+    for s in C.small_summary(rows):
+        print(f"{s['kind']:<10}{s['samples']:>8}{s['median_ratio']:>14.3f}{s['min_ratio']:>8.2f}{s['max_ratio']:>8.2f}"
+              f"{s['total_ratio']:>13.3f}{s['total_ratio_fast']:>9.2f}{s['gradverify_s']:>8.3f}{s['gradcheck_s']:>8.3f}"
+              f"  {s['all_passed']}")
+    g = torch.Generator().manual_seed(0)
+    cases = {"sin, 10 elements": (torch.sin, [torch.randn(10, dtype=torch.float64, generator=g, requires_grad=True)]),
+             "tanh, 100 elements": (torch.tanh,
+                                    [torch.randn(100, dtype=torch.float64, generator=g, requires_grad=True)]),
+             "Function(sin), 10 elements (no vmap rule)": (C._as_function(torch.sin, 1), [
+                 torch.randn(10, dtype=torch.float64, generator=g, requires_grad=True)])}
+    for label, (fn, xs) in cases.items():
+        b = C.stage_breakdown(fn, xs, repeats=max(reps, 10))
+        gc = []
+        for _ in range(max(reps, 10)):
+            t = time.perf_counter()
+            torch.autograd.gradcheck(fn, xs)
+            gc.append(time.perf_counter() - t)
+        import statistics
+
+        print(f"\nstages of check({label}): median {1e3 * b['total']:.3g} ms (min {1e3 * b['min']:.3g}, max "
+              f"{1e3 * b['max']:.3g}); gradcheck slow {1e3 * statistics.median(gc):.3g} ms; {b['evaluations']} "
+              f"evaluations, reference={b['reference']}, mode={b['mode']}")
+        for k, v in b["stages"].items():
+            if v > 0:
+                print(f"  {1e3 * v:8.3f} ms  {k}")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"small": rows, "summary": C.small_summary(rows)}, indent=2, default=str))
+    return 0
+
+
+def scale_main(a, argv) -> int:
+    """``--scale``: time and peak memory of fast checks as P grows, beside gradcheck's fast mode."""
+    print("pinned:", "; ".join(f"{k}: {v}" for k, v in C.pin_threads().items()))
+    params = a.params or C.SCALE_PARAMS
+    rows = C.scale_sweep(params, budget_s=a.budget,
+                         progress=None if a.quiet else (lambda s: print("  ..", s, file=sys.stderr, flush=True)))
+    head = f"{'method':<28}{'P':>10}{'seconds':>10}{'peak MiB':>10}{'inputs MiB':>11}{'peak/inputs':>12}  note"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r['method']:<28}{r['params']:>10}{_fmt(r['seconds'], '.3g'):>10}{_fmt(r['peak_mib'], '.4g'):>10}"
+              f"{r['inputs_mib']:>11.4g}{_fmt(r['peak_ratio'], '.3g'):>12}  {r['note']}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=2, default=str))
     return 0
 
 

@@ -139,6 +139,7 @@ class _Check:
     tol: Any = None
     widened: str = ""
     rng: np.random.Generator | None = None  # the cotangent's stream; fast mode draws its probes after it
+    probe_output: np.ndarray | None = None  # the mutation probe's output, where the determinism re-run was it
     _noise: Noise | None = None
 
     def noise(self) -> Noise:
@@ -227,10 +228,16 @@ def _first_evaluation(c: _Check) -> None:
         target._warn("the code draws random numbers; its random state was captured and replayed for every "
                      "evaluation, so each call saw the same draws (e.g. the same dropout mask)")
     y0 = _check_output(y0, "forward")
+    # The determinism re-run doubles as the mutation probe (the code run on
+    # copies of the caller's arrays) where the caller's arrays are what the
+    # oracle evaluates (float64 inputs): one evaluation serves both.
+    shared = isinstance(target, FunctionTarget) and all(
+        target.point[k].dtype == target.originals[k].dtype for k in target.point)
     t = time.perf_counter()
-    y1 = np.asarray(target.evaluate())
+    y1 = np.asarray(target.check_forward_mutation() if shared else target.evaluate())
     c.seconds_per_evaluation = time.perf_counter() - t
     c.evaluations += 1
+    c.probe_output = y1 if shared else None
     spread = float(np.max(np.abs(y1.astype(np.float64) - y0.astype(np.float64)))) if y0.size else 0.0
     if y1.shape != y0.shape or spread > 16 * np.finfo(y0.dtype if y0.dtype.kind == "f" else np.float64).eps * max(
         float(np.max(np.abs(y0))) if y0.size else 0.0, 1e-300
@@ -257,7 +264,10 @@ def _analytic_pass(c: _Check) -> None:
     low = _lowest_precision(list(target.originals.values()))
     if isinstance(target, FunctionTarget):
         # the function in the caller's dtype, on copies (which must come back unchanged)
-        y_orig = _check_output(target.check_forward_mutation(), "the function")
+        # (the mutation probe rode on the determinism re-run where the inputs are float64)
+        shared = c.probe_output is not None
+        y_orig = _check_output(c.probe_output if shared else target.check_forward_mutation(), "the function")
+        c.evaluations += not shared
         target.analytic_output = y_orig
         u_an = c.u.astype(y_orig.dtype if y_orig.dtype.kind == "f" else np.float64)
     else:
@@ -452,14 +462,21 @@ def _predict_full(c: _Check) -> tuple[int, float]:
     About 2.25 evaluations per element of tensors the screen takes (64
     elements and more), 4 of smaller ones. Where the code evaluates
     perturbations in batches, one batched call of up to 64 rows of the
-    largest tensor is timed (and counted) for the cost of a row.
+    largest tensor is timed (and counted) for the cost of a row -- only
+    where the one-by-one estimate (an upper bound) exceeds the budget or
+    the progress bar's threshold, so a small check spends nothing on it.
     """
     from .references import screen as _screen
 
     evals = sum(int((2.25 if a.size >= _screen.SCREEN_MIN_SIZE else 4.0) * a.size) for a in c.target.point.values())
     per = c.seconds_per_evaluation
     batch = getattr(c.target, "evaluate_batch", None)
-    if batch is not None and evals > 64:
+    # A batched call is timed only where the answer can change something:
+    # one-by-one, the check would exceed its budget (auto mode: full or
+    # fast; full mode: the warning) or show a progress bar. Below that the
+    # unbatched estimate, an upper bound, already decides.
+    matters = evals * per > min(c.budget, PROGRESS_AFTER if c.progress is not False else c.budget)
+    if batch is not None and evals > 64 and matters:
         name, arr = max(c.target.point.items(), key=lambda kv: kv[1].size)
         k = min(arr.size, 64)
         idx = np.arange(k, dtype=np.int64)
@@ -916,7 +933,9 @@ def _fast(target: Target, comparison: Comparison, u64: np.ndarray, eval_dtype, r
 
     rows = getattr(target, "evaluate_rows", None)
     for name, arr in target.point.items():
-        vs = [rng.standard_normal(arr.shape) for _ in range(probes)]
+        vs = [_Direction(rng, arr.shape) for _ in range(probes)]
+        for v in vs:  # each probe's tolerance now, one direction drawn at a time (then cached by direction)
+            comparison.projection_tolerance(name, v)
         # Scanning: all probes of a tensor in one batch where the target
         # vectorises; a clear failure is not refined here (the worst one is
         # confirmed below with the full step walk).
@@ -950,7 +969,7 @@ def _fast(target: Target, comparison: Comparison, u64: np.ndarray, eval_dtype, r
     name, v, p = chosen
     arr = target.point[name]
     g = comparison.analytic[name]
-    flat_v = v.reshape(-1)
+    flat_v = np.asarray(v, dtype=np.float64).reshape(-1)
     cur = np.arange(arr.size)
     m_cur = p.mismatch
     while cur.size > 1:
@@ -980,6 +999,36 @@ def _fast(target: Target, comparison: Comparison, u64: np.ndarray, eval_dtype, r
         "left": float(d.left[idx]), "right": float(d.right[idx]),
     }
     return results, located, total
+
+
+class _Direction:
+    """A fast-mode probe: a standard normal direction drawn from the check's stream, held only while small.
+
+    Drawing it advances ``rng`` exactly as ``rng.standard_normal(shape)``
+    (the probes of a seed are the same whatever their size); a direction
+    over :data:`KEEP_DIRECTION_BYTES` is not kept but drawn again from the
+    saved generator state whenever it is read (``np.asarray``), so the
+    probes of a large tensor never hold ``FAST_PROBES`` copies of it.
+    """
+
+    def __init__(self, rng: np.random.Generator, shape: tuple):
+        self.shape = tuple(shape)
+        self._kind = type(rng.bit_generator)
+        self._state = rng.bit_generator.state
+        v = rng.standard_normal(self.shape)
+        self._v = v if v.nbytes <= KEEP_DIRECTION_BYTES else None
+
+    def __array__(self, dtype=None, copy=None):
+        v = self._v
+        if v is None:
+            gen = np.random.Generator(self._kind())
+            gen.bit_generator.state = self._state
+            v = gen.standard_normal(self.shape)
+        return v if dtype is None else v.astype(dtype, copy=False)
+
+
+#: Fast-mode directions of more bytes than this are drawn again when read rather than kept.
+KEEP_DIRECTION_BYTES = 2**18
 
 
 @raised_at_call

@@ -68,15 +68,29 @@ APPROX_ERROR = 1e-3
 BUGS = ("element", "approx")
 
 
-def param_count(h: int) -> int:
-    """Parameters of the MLP of width ``h``: ``2 h**2 + 3 h + 1``."""
+#: Input width of the narrow-input MLP ``NARROW_INPUTS -> H -> H -> 2`` (most parameters in the H x H
+#: weight); None: the square MLP ``H -> H -> H -> 1`` of the module docstring. ``make_mlp(..., narrow=True)``
+#: builds the narrow one whatever this says; ``benchmarks/checkers.py --narrow`` sets it for a whole run.
+NARROW_INPUTS: int | None = None
+#: Output width of the narrow-input MLP.
+NARROW_OUTPUTS = 2
+
+
+def param_count(h: int, narrow: bool = False) -> int:
+    """Parameters of the MLP of width ``h``: ``2 h**2 + 3 h + 1`` (narrow: ``h**2 + (i + o + 2) h + o``)."""
+    if narrow:
+        i, o = NARROW_INPUTS or 4, NARROW_OUTPUTS
+        return h * h + (i + o + 2) * h + o
     return 2 * h * h + 3 * h + 1
 
 
-def width_for(p: int) -> int:
+def width_for(p: int, narrow: bool = False) -> int:
     """The width whose parameter count is closest to ``p``."""
     h = max(1, round((-3 + math.sqrt(max(9 + 8 * (p - 1), 0))) / 4))
-    return min((w for w in (h - 1, h, h + 1) if w > 0), key=lambda w: abs(param_count(w) - p))
+    if narrow:
+        h = max(1, round(math.sqrt(p)))
+    cands = [w for w in range(max(1, h - 8), h + 9)]
+    return min(cands, key=lambda w: abs(param_count(w, narrow) - p))
 
 
 @dataclasses.dataclass
@@ -106,14 +120,20 @@ class MLP:
 PARAM_NAMES = ("W1", "b1", "W2", "b2", "W3", "b3")
 
 
-def make_mlp(params: int, seed: int = 0) -> MLP:
-    """The MLP with about ``params`` parameters (see the module docstring), from ``default_rng(seed)``."""
-    h = width_for(params)
+def make_mlp(params: int, seed: int = 0, narrow: bool | None = None) -> MLP:
+    """The MLP with about ``params`` parameters (see the module docstring), from ``default_rng(seed)``.
+
+    ``narrow`` (default: whether :data:`NARROW_INPUTS` is set) builds the
+    narrow-input MLP ``4 -> H -> H -> 2`` instead.
+    """
+    narrow = NARROW_INPUTS is not None if narrow is None else narrow
+    h = width_for(params, narrow)
+    i, o = ((NARROW_INPUTS or 4), NARROW_OUTPUTS) if narrow else (h, 1)
     rng = np.random.default_rng(seed)
     s = 1.0 / math.sqrt(h)
-    x, target = rng.standard_normal((BATCH, h)), rng.standard_normal((BATCH, 1))
-    ps = [rng.standard_normal((h, h)) * s, rng.standard_normal(h) * 0.1, rng.standard_normal((h, h)) * s,
-          rng.standard_normal(h) * 0.1, rng.standard_normal((h, 1)) * s, rng.standard_normal(1) * 0.1]
+    x, target = rng.standard_normal((BATCH, i)), rng.standard_normal((BATCH, o))
+    ps = [rng.standard_normal((i, h)) / math.sqrt(i), rng.standard_normal(h) * 0.1, rng.standard_normal((h, h)) * s,
+          rng.standard_normal(h) * 0.1, rng.standard_normal((h, o)) * s, rng.standard_normal(o) * 0.1]
     g = np.abs(_numpy_grads(x, target, ps)[2])
     flat = np.argsort(g, axis=None)[g.size // 2]
     return MLP(h, x, target, ps, tuple(int(i) for i in np.unravel_index(flat, g.shape)))
@@ -751,3 +771,273 @@ def run_all(*, params: Sequence[int] = DEFAULT_PARAMS, methods: Sequence[str] | 
     return {"pinned": pinned, "environment": environment(), "timing": timing, "detection": detection,
             "localisation": located, "targets": targets(timing, detection, located),
             "seconds": time.perf_counter() - start}
+
+
+# ---------------------------------------------------------------------------
+# small checks: a sweep of small operators, and where a check's time goes
+# ---------------------------------------------------------------------------
+
+def _small_ops():
+    """``(name, fn, shapes)`` of small torch operators (inputs drawn where each is smooth)."""
+    import torch
+
+    un = [("sin", torch.sin), ("cos", torch.cos), ("tanh", torch.tanh), ("exp", torch.exp),
+          ("sigmoid", torch.sigmoid), ("softplus", torch.nn.functional.softplus), ("atan", torch.atan),
+          ("log1p_sq", lambda x: torch.log1p(x * x)), ("sqrt_sq", lambda x: torch.sqrt(1 + x * x)),
+          ("erf", torch.erf), ("sinh", torch.sinh), ("square", torch.square), ("cumsum", lambda x: x.cumsum(-1)),
+          ("cumprod", lambda x: x.cumprod(-1)), ("softmax", lambda x: torch.softmax(x, -1)),
+          ("log_softmax", lambda x: torch.log_softmax(x, -1)), ("logsumexp", lambda x: x.logsumexp(-1)),
+          ("norm", lambda x: x.norm()), ("mean_sq", lambda x: (x * x).mean(-1)), ("prod", lambda x: x.prod(-1)),
+          ("flip", lambda x: x.flip(-1)), ("roll", lambda x: x.roll(1, -1)), ("pow3", lambda x: x ** 3),
+          ("reciprocal_sq", lambda x: 1 / (1 + x * x)), ("gelu", torch.nn.functional.gelu),
+          ("silu", torch.nn.functional.silu), ("layer_norm", lambda x: torch.nn.functional.layer_norm(x, x.shape[-1:]))]
+    bi = [("add", torch.add), ("mul", torch.mul), ("div_sq", lambda a, b: a / (1 + b * b)),
+          ("atan2_sq", lambda a, b: torch.atan2(a, 1 + b * b)), ("hypot_sq", lambda a, b: torch.hypot(a, 1 + b * b)),
+          ("max_smooth", lambda a, b: torch.logaddexp(a, b))]
+    mm = [("mm", torch.mm), ("linear", lambda a, b: torch.nn.functional.linear(a, b))]
+    out = []
+    for shape in ((10,), (3, 4), (2, 3, 5), (100,)):
+        out += [(f"{n}{list(shape)}", f, [shape]) for n, f in un]
+        out += [(f"{n}{list(shape)}", f, [shape, shape]) for n, f in bi]
+    out += [("mm[3x4 @ 4x5]", mm[0][1], [(3, 4), (4, 5)]), ("linear[6x4, 3x4]", mm[1][1], [(6, 4), (3, 4)]),
+            ("mm[8x8 @ 8x8]", mm[0][1], [(8, 8), (8, 8)])]
+    return out
+
+
+def _as_function(fn, arity):
+    """``fn`` wrapped in an old-style ``torch.autograd.Function`` (``forward(ctx, ...)``, no vmap rule).
+
+    Its backward differentiates ``fn`` with torch autograd, so the gradient is
+    right; vmap refuses the Function, so a check runs without vectorisation.
+    """
+    import torch
+
+    class Wrapped(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *xs):
+            ctx.save_for_backward(*xs)
+            return fn(*xs)
+
+        @staticmethod
+        def backward(ctx, g):
+            xs = [x.detach().requires_grad_(True) for x in ctx.saved_tensors]
+            with torch.enable_grad():
+                y = fn(*xs)
+            return torch.autograd.grad(y, xs, g, allow_unused=True)
+
+    return Wrapped.apply
+
+
+def small_sweep(*, repeats: int = 5, wrapped: bool = True, seed: int = 0,
+                progress: Callable[[str], None] | None = None) -> list[dict]:
+    """The default check against ``gradcheck`` (slow and fast) on each small operator sample, side by side.
+
+    For every sample of :func:`_small_ops` (and, with ``wrapped``, the same
+    operators wrapped in an old-style ``autograd.Function`` without a vmap
+    rule: a check's loop path), one warm-up of each checker, then
+    ``repeats`` rounds taking the three checkers in turn. Returns one row
+    per sample: ``name``, ``kind`` (``"op"``/``"Function"``), ``size``
+    (elements checked), median seconds of ``gradverify`` (the default
+    ``check``), ``gradcheck`` and ``gradcheck_fast``, gradverify's
+    ``evaluations``, ``passed`` and ``reference``. Cost: a few seconds.
+    """
+    import torch
+
+    import gradverify as gv
+
+    rng = np.random.default_rng(seed)
+    say = progress or (lambda s: None)
+    rows = []
+    samples = [(n, f, s, "op") for n, f, s in _small_ops()]
+    if wrapped:
+        samples += [(n, _as_function(f, len(s)), s, "Function") for n, f, s in _small_ops() if "100" not in n]
+    for name, fn, shapes, kind in samples:
+        xs = [torch.tensor(rng.standard_normal(s) * 0.8, requires_grad=True) for s in shapes]
+        runs = {"gradverify": lambda: gv.check(fn, xs),
+                "gradcheck": lambda: torch.autograd.gradcheck(fn, xs, raise_exception=False),
+                "gradcheck_fast": lambda: torch.autograd.gradcheck(fn, xs, fast_mode=True, raise_exception=False)}
+        times = {k: [] for k in runs}
+        result = runs["gradverify"]()
+        for k in ("gradcheck", "gradcheck_fast"):
+            runs[k]()
+        for _ in range(max(1, repeats)):
+            for k, run in runs.items():
+                t = time.perf_counter()
+                run()
+                times[k].append(time.perf_counter() - t)
+        row = {"name": name, "kind": kind, "size": sum(int(np.prod(s)) for s in shapes),
+               **{k: statistics.median(v) for k, v in times.items()}, "evaluations": result.evaluations,
+               "passed": result.passed, "reference": result.reference, "mode": result.mode}
+        rows.append(row)
+        say(f"{kind:<8} {name:<24} gv {row['gradverify'] * 1e3:.3g} ms, gradcheck {row['gradcheck'] * 1e3:.3g} ms")
+    return rows
+
+
+def small_summary(rows: list[dict]) -> list[dict]:
+    """Per kind (and all together): median of per-sample ratios gradverify / gradcheck, and the ratio of totals."""
+    out = []
+    for kind in sorted({r["kind"] for r in rows}) + ["all"]:
+        sel = [r for r in rows if kind in ("all", r["kind"])]
+        ratios = [r["gradverify"] / r["gradcheck"] for r in sel]
+        out.append({"kind": kind, "samples": len(sel), "median_ratio": statistics.median(ratios),
+                    "min_ratio": min(ratios), "max_ratio": max(ratios),
+                    "total_ratio": sum(r["gradverify"] for r in sel) / sum(r["gradcheck"] for r in sel),
+                    "total_ratio_fast": sum(r["gradverify"] for r in sel) / sum(r["gradcheck_fast"] for r in sel),
+                    "gradverify_s": sum(r["gradverify"] for r in sel), "gradcheck_s": sum(r["gradcheck"] for r in sel),
+                    "all_passed": all(r["passed"] for r in sel)})
+    return out
+
+
+#: The stages :func:`stage_breakdown` times: ``(module attribute, label)``; nested stages are subtracted from
+#: the stage that calls them (exclusive times).
+STAGES = (
+    ("callable_target", "adapt the code (target, inputs copied)"),
+    ("_first_evaluation", "first evaluation, determinism re-run (+ mutation probe)"),
+    ("_draw_cotangent", "cotangent"),
+    ("_analytic_pass", "analytic pass (backward twice: reproducibility)"),
+    ("_exact_verdict", "exact reference"),
+    ("_check_reference", "exact reference checked by finite differences"),
+    ("_predict_full", "prediction of a full check (one batched call timed)"),
+    ("function_noise", "noise measurement"),
+    ("projected_gradients", "finite differences (screens, Richardson, step walks)"),
+    ("_fast", "fast mode (projections, localisation)"),
+    ("_second_opinion", "second opinion (Taylor test)"),
+    ("_fd_run", "verdict (comparison, result)"),
+)
+
+
+def stage_breakdown(fn, inputs, *, repeats: int = 20, **options) -> dict:
+    """Where the time of ``gradverify.check(fn, inputs, **options)`` goes, stage by stage.
+
+    Each stage of the pipeline (:data:`STAGES`) is wrapped, for the
+    duration, in a timer that keeps exclusive time (a nested stage's time
+    is not also counted in its caller's); ``other`` is the rest of the
+    check. Returns ``{"total": median seconds, "stages": {label: median
+    seconds}, "evaluations": ...}`` over ``repeats`` runs after a warm-up.
+    """
+    import gradverify as gv
+    from gradverify import api, frameworks
+
+    spent: dict[str, float] = {}
+    stack: list[list] = []
+
+    def timed(label, f):
+        def wrapper(*a, **k):
+            frame = [label, 0.0]
+            stack.append(frame)
+            t = time.perf_counter()
+            try:
+                return f(*a, **k)
+            finally:
+                d = time.perf_counter() - t
+                stack.pop()
+                spent[label] = spent.get(label, 0.0) + d - frame[1]
+                if stack:
+                    stack[-1][1] += d
+        return wrapper
+
+    owners = {"callable_target": frameworks}
+    saved = []
+    for attr, label in STAGES:
+        mod = owners.get(attr, api)
+        if hasattr(mod, attr):
+            saved.append((mod, attr, getattr(mod, attr)))
+            setattr(mod, attr, timed(label, getattr(mod, attr)))
+    per: dict[str, list] = {label: [] for _, label in STAGES}
+    per["other"] = []
+    totals = []
+    try:
+        result = gv.check(fn, inputs, **options)
+        for _ in range(max(1, repeats)):
+            spent.clear()
+            t = time.perf_counter()
+            result = gv.check(fn, inputs, **options)
+            total = time.perf_counter() - t
+            totals.append(total)
+            for _, label in STAGES:
+                per[label].append(spent.get(label, 0.0))
+            per["other"].append(total - sum(spent.values()))
+    finally:
+        for mod, attr, f in reversed(saved):
+            setattr(mod, attr, f)
+    return {"total": statistics.median(totals), "min": min(totals), "max": max(totals),
+            "stages": {k: statistics.median(v) for k, v in per.items()}, "evaluations": result.evaluations,
+            "reference": result.reference, "mode": result.mode, "passed": result.passed}
+
+
+# ---------------------------------------------------------------------------
+# scale: time and peak memory as P grows
+# ---------------------------------------------------------------------------
+
+#: Parameter counts of :func:`scale_sweep`.
+SCALE_PARAMS = (20_000, 100_000, 500_000, 2_000_000, 8_000_000)
+
+
+def _peak_rss_reset() -> bool:
+    """Reset the process's peak resident size (Linux ``/proc/self/clear_refs``); whether that worked."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _rss_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def scale_sweep(params: Sequence[int] = SCALE_PARAMS, *, budget_s: float = DEFAULT_BUDGET_S, seed: int = 0,
+                methods: Sequence[str] = ("gradverify fast (torch)", "torch gradcheck fast"),
+                progress: Callable[[str], None] | None = None) -> list[dict]:
+    """Seconds and peak memory of one check per method as ``P`` grows (the square MLP, float64).
+
+    Peak memory is the growth of the process's peak resident size during
+    the check (``VmHWM`` after resetting it through ``/proc/self/clear_refs``;
+    None where the system does not offer that), beside the size of the
+    parameters checked (``inputs_mib``). A method is skipped at the sizes
+    after one whose run exceeded ``budget_s``. Returns one row per (method,
+    size). Cost: one check per method and size (plus the MLP's setup).
+    """
+    chosen = _methods(methods)
+    say = progress or (lambda s: None)
+    rows, stopped = [], {}
+    for p in params:
+        mlp = make_mlp(p, seed, narrow=False)
+        inputs_mib = mlp.size * 8 / 2**20
+        for m in chosen:
+            row = {"method": m.name, "params": mlp.size, "seconds": None, "peak_mib": None,
+                   "inputs_mib": inputs_mib, "peak_ratio": None, "passed": None, "note": ""}
+            rows.append(row)
+            if not _available(m.framework):
+                row["note"] = f"{m.framework} is not installed"
+                continue
+            if m.name in stopped:
+                row["note"] = stopped[m.name]
+                continue
+            run = m.prepare(mlp, None, seed)
+            say(f"P={mlp.size} {m.name}")
+            import gc
+
+            gc.collect()
+            ok = _peak_rss_reset()
+            before = _rss_kib("VmRSS")
+            t = time.perf_counter()
+            passed, _, _ = run()
+            row["seconds"] = time.perf_counter() - t
+            peak = _rss_kib("VmHWM")
+            row["passed"] = passed
+            if ok and before is not None and peak is not None:
+                row["peak_mib"] = max(0, peak - before) / 1024
+                row["peak_ratio"] = row["peak_mib"] / inputs_mib
+            if row["seconds"] > budget_s:
+                stopped[m.name] = f"a smaller size took {row['seconds']:.3g} s > budget {budget_s:g} s"
+            del run
+    return rows

@@ -374,13 +374,16 @@ class Comparison:
         if cached is not None and cached[0] is direction:
             _, spread, rms_v = cached
         else:
-            tb = self._element_tolerances.get(name)
-            if tb is None:
-                a = self.analytic[name].astype(np.float64)
-                tb = self._element_tolerances[name] = self.base_tolerance(name, np.abs(a))
+            # The element tolerances in chunks, never held whole: no array the size of the tensor
+            # beyond the direction itself (fast mode's memory stays bounded on large tensors).
+            a = self.analytic[name].reshape(-1)
             v = np.asarray(direction, dtype=np.float64).reshape(-1)
-            w = tb.reshape(-1) * v
-            spread = float(np.sqrt(np.dot(w, w)))
+            ss = 0.0
+            for i in range(0, v.size, 1 << 16):
+                tb = self.base_tolerance(name, np.abs(a[i:i + (1 << 16)].astype(np.float64)))
+                w = tb * v[i:i + (1 << 16)]
+                ss += float(np.dot(w, w))
+            spread = float(np.sqrt(ss))
             rms_v = float(np.sqrt(np.dot(v, v) / v.size)) if v.size else 0.0
             # keyed by the direction object, kept alive with its entry (a fast check asks up to 3 times)
             self._projections[(name, id(direction))] = (direction, spread, rms_v)

@@ -947,7 +947,9 @@ class FunctionTarget(Target):
             elif name in held and isinstance(arr, np.ndarray):
                 self.constants[name] = arr
             elif _is_differentiable(arr):
-                self.point[name] = arr.astype(np.float64)
+                # (float64 inputs: one array serves both -- perturbations are restored bit for bit, and
+                # every call gets copies; ``arr`` is already the check's own copy of the caller's input)
+                self.point[name] = arr if arr.dtype == np.float64 else arr.astype(np.float64)
                 self.originals[name] = arr
             else:
                 self.constants[name] = arr

@@ -45,7 +45,7 @@ import torch
 from ..errors import NoDifferentiableInputs, ProtocolError, ShapeMismatch, SpecError
 from ..layers import Target, _signature_names, _to_array, call_user, draw_input, validate_gradients
 from ._common import (
-    BatchedEvaluation, FrameworkFunctionTarget, dtype_dependence, flatten_tree, join_outputs, split_cotangent,
+    BatchedEvaluation, FrameworkFunctionTarget, _name, dtype_dependence, flatten_tree, join_outputs, split_cotangent,
     split_inputs,
 )
 
@@ -345,6 +345,25 @@ def _exact_backward(primal: "_FunctionPrimal", seen: list) -> Callable:
     return backward
 
 
+def _calls_custom_function(outs) -> bool:
+    """Whether the autograd graph of ``outs`` holds a node of a user-defined ``torch.autograd.Function``.
+
+    Cost: one walk over the graph's nodes (no tensor work).
+    """
+    stack = [o.grad_fn for o in outs if isinstance(o, torch.Tensor) and o.grad_fn is not None]
+    seen: set[int] = set()
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        cls = getattr(type(node), "_forward_cls", None)
+        if cls is not None and cls.__module__.split(".")[0] != "torch":
+            return True
+        stack.extend(n for n, _ in node.next_functions)
+    return False
+
+
 class _Intercepting:
     """A torch callable whose reference runs in :meth:`scope`; ``intercepted`` lists the Functions it called."""
 
@@ -404,6 +423,21 @@ class TorchFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
         return _Intercepting(fn), f"torch autograd of {getattr(fn, '__name__', type(fn).__name__)} with each custom " \
             "autograd.Function differentiated through its forward"
 
+    def primal_gradients(self, cotangent: np.ndarray):
+        """As :meth:`FrameworkFunctionTarget.primal_gradients`, declining at once for plain torch code.
+
+        The analytic pass's autograd graph already tells whether the code
+        calls a user-defined ``autograd.Function``; where it calls none,
+        the reference run (one more forward and backward) would only
+        discover the same and decline.
+        """
+        if getattr(self, "_calls_custom", None) is False and self.user_vjp is None:
+            from ..references import Declined
+
+            raise Declined(f"{_name(self.user_fn)} calls no custom backward: its gradient comes from "
+                           f"{self.framework} autodiff itself", applies=False)
+        return super().primal_gradients(cotangent)
+
     def is_array(self, value: Any) -> bool:
         return isinstance(value, torch.Tensor)
 
@@ -459,6 +493,8 @@ class TorchFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
         outs = self._record_output(out)
         if len(outs) != len(pieces):
             raise ProtocolError("the function returned a different number of outputs on this call")
+        if self.user_vjp is None:
+            self._calls_custom = _calls_custom_function(outs)
         pairs = [(o, _cotangent(p, o))
                  for o, p in zip(outs, pieces) if o.requires_grad]
         names = list(leaves)

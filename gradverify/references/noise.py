@@ -92,7 +92,8 @@ def function_noise(evaluate: Callable[[], np.ndarray], point: Mapping[str, np.nd
     1/16 of the spacing must show at least a quarter of it, or no noise is
     reported. Cost: ``points`` evaluations (twice that for a noisy table).
     """
-    signs = {k: rng.choice((-1.0, 1.0), size=a.shape) for k, a in point.items()}
+    # (as int8: the table's memory stays about two copies of the point whatever its size)
+    signs = {k: rng.choice((-1.0, 1.0), size=a.shape).astype(np.int8) for k, a in point.items()}
     first = _table(evaluate, point, cotangent, signs, step, points)
     if first.relative <= significant or first.sigma == 0.0:
         return first
@@ -110,16 +111,23 @@ def _table(evaluate, point, cotangent, signs, step, points) -> Noise:
     saved = {k: a.copy() for k, a in point.items()}
     dirs = {}
     for k, a in point.items():
-        x = a.astype(np.float64)
-        rms = float(np.sqrt(np.mean(x * x))) if x.size else 0.0
-        scale = np.maximum(np.abs(x), 0.1 * rms if rms > 0 else 1.0)
-        dirs[k] = signs[k] * scale * step
+        x = a if a.dtype == np.float64 else a.astype(np.float64)
+        rms = float(np.sqrt(np.vdot(x, x) / x.size)) if x.size else 0.0
+        d = np.abs(x)  # the direction built in place: no temporaries the size of the tensor
+        np.maximum(d, 0.1 * rms if rms > 0 else 1.0, out=d)
+        np.multiply(d, signs[k], out=d)
+        np.multiply(d, step, out=d)
+        dirs[k] = d
     values, mags = [], []
     half = points // 2
     try:
         for t in range(-half, points - half):
             for k, a in point.items():
-                a[...] = saved[k].astype(np.float64) + t * dirs[k]
+                if a.dtype == np.float64:
+                    np.multiply(dirs[k], t, out=a)
+                    np.add(a, saved[k], out=a)
+                else:
+                    a[...] = saved[k].astype(np.float64) + t * dirs[k]
             y = np.asarray(evaluate(), dtype=np.float64)
             values.append(float(np.sum(u * y)))
             mags.append(float(np.sum(np.abs(u) * np.abs(y))))

@@ -106,7 +106,11 @@ def directional_mismatches(
     :func:`~gradverify.references.elementwise.projected_gradients`.
 
     Cost: 4 evaluations per direction (more where unsettled; the first
-    direction also counts ``y0`` if it is not given).
+    direction also counts ``y0`` if it is not given). Memory: the points of
+    every direction are stored together only for ``evaluate_rows`` and
+    within :data:`ROWS_BYTES`; otherwise one copy of ``arr`` (to restore
+    it) and one direction at a time -- a direction may be any object
+    ``np.asarray`` draws on demand.
     """
     proj = Projector(evaluate, cotangent, eval_dtype, noise)
     if y0 is None:
@@ -114,103 +118,138 @@ def directional_mismatches(
     counted = proj.evaluations  # y0's evaluation goes to the first direction's count
     g = np.asarray(grad, dtype=np.float64)
     x0 = arr.copy()
-    x064 = x0.astype(np.float64)
-    rms = float(np.sqrt(np.mean(x064 * x064))) if x064.size else 0.0
+    x064 = x0 if x0.dtype == np.float64 else x0.astype(np.float64)
+    rms = float(np.sqrt(np.vdot(x064, x064) / x064.size)) if x064.size else 0.0
     scale = rms if rms > 0 else 1.0
     floor = 64 * _eps(arr.dtype if arr.dtype.kind == "f" else np.float64) * max(
-        float(np.max(np.abs(x064))) if x064.size else 0.0, 1e-300)
-    plans = []
-    for direction in directions:
+        max(float(np.max(x064)), -float(np.min(x064))) if x064.size else 0.0, 1e-300)
+
+    def plan(direction):
         v = np.asarray(direction, dtype=np.float64)
         vv = float(np.vdot(v, v))
         if vv == 0.0:
-            plans.append(None)
-            continue
+            return None
         t = default_step(np.ones(1), eval_dtype, "richardson")[0] * scale / float(np.sqrt(vv / v.size))
         if arr.dtype.kind == "f":
             t = max(t, 16.0 * _eps(arr.dtype) * scale / float(np.sqrt(vv / v.size)))
-        plans.append((v, vv, t))
-    steps = [(k, s) for k, plan in enumerate(plans) if plan is not None
-             for s in (plan[2], -plan[2], plan[2] / 2, -plan[2] / 2)]
-    first_levels = {}  # direction -> its levels at t and t/2
-    if steps:
-        # Every displaced point x + s v at once, as stored in arr's dtype (in
-        # place: large temporaries cost more than the arithmetic).
-        stored = np.empty((len(steps),) + arr.shape, dtype=arr.dtype)
-        row = np.empty(arr.shape) if arr.dtype != np.float64 else None
-        for b, (k, st) in enumerate(steps):
-            out_row = stored[b, ...] if row is None else row  # a view, also for a 0-d arr
-            np.multiply(plans[k][0], st, out=out_row)
-            np.add(out_row, x064, out=out_row)
-            if row is not None:
-                stored[b] = row
-        if evaluate_rows is not None:
-            ys = np.asarray(evaluate_rows(stored)).astype(np.float64).reshape((len(stored),) + y0.shape)
-            proj.evaluations += len(stored)
+        return v, vv, t
+
+    def place(v, step):
+        """``arr`` moved in place to ``x + step v`` as stored in its dtype (float64 arithmetic, no temporary)."""
+        if arr.dtype == np.float64:
+            np.multiply(v, step, out=arr)
+            np.add(arr, x064, out=arr)
         else:
-            ys = []
-            for point in stored:
-                arr[...] = point
-                try:
-                    ys.append(proj.output())
-                finally:
-                    arr[...] = x0
-        # The first two levels of every direction as array arithmetic: the
-        # displacement actually stored (float32 storage rounds x + s v) of
-        # each pair of rows, its step along v and the analytic <g, d>.
-        pairs = len(steps) // 2
-        disp = (stored[0::2].astype(np.float64, copy=False) - stored[1::2].astype(np.float64, copy=False)).reshape(
-            pairs, -1)
-        vrows = np.stack([plans[k][0].reshape(-1) for k, _ in steps[0::4]])
-        vvs = np.array([plans[k][1] for k, _ in steps[0::4]])
-        along = np.einsum("kpj,kj->kp", disp.reshape(len(vrows), 2, -1), vrows).reshape(-1) / np.repeat(vvs, 2)
-        ana = (disp @ g.reshape(-1)) / along
-        flat = np.asarray(ys).reshape(len(steps), -1)
-        quot, noise, mag, moved = proj.diff_many(flat[0::2], flat[1::2], along)
-        for p_, (k, _) in enumerate(steps[0::2]):
-            s_ = float(along[p_])
-            first_levels.setdefault(k, []).append(
-                (None, s_, None, -s_, float(quot[p_] - ana[p_]), float(noise[p_]), float(mag[p_]), bool(moved[p_])))
+            for sl in _chunks(arr.size):
+                a = arr.reshape(-1)
+                a[sl] = v.reshape(-1)[sl] * step + x064.reshape(-1)[sl]
+
+    def displaced(v):
+        """``<v, d>`` and ``<g, d>`` for the displacement ``d = arr - x`` actually stored (chunked)."""
+        a, flat_v, flat_g, flat_x = arr.reshape(-1), v.reshape(-1), g.reshape(-1), x064.reshape(-1)
+        dv = dg = 0.0
+        for sl in _chunks(a.size):
+            d = a[sl].astype(np.float64) - flat_x[sl]
+            dv += float(np.dot(flat_v[sl], d))
+            dg += float(np.dot(flat_g[sl], d))
+        return dv, dg
+
+    def level(step, v, vv):
+        # x + step v and x - step v one at a time, in place: memory one copy of the tensor (x0)
+        sides = []
+        for st in (step, -step):
+            place(v, st)
+            try:
+                y = proj.output()
+                sides.append((y, *displaced(v)))
+            finally:
+                arr[...] = x0
+        (yp, vp, gp), (ym, vm, gm) = sides
+        s = (vp - vm) / vv  # the step along v actually stored (float32 storage rounds x + s v)
+        num, noise_, mag = proj.diff(yp, ym, s, 0.0)
+        ana = (gp - gm) / s
+        # the level tuple settle() reads: [1], [3] the steps, [4] the quotient, [5] its noise,
+        # [7] whether any output moved
+        return (None, s, None, -s, num - ana, noise_, mag, not np.array_equal(yp, ym))
+
+    together = evaluate_rows is not None and 4 * len(directions) * max(arr.nbytes, 8 * arr.size) <= ROWS_BYTES
+    first_levels = {}  # direction -> its levels at t and t/2
+    plans = []
+    if together:
+        plans = [plan(d) for d in directions]
+        steps = [(k, s) for k, p in enumerate(plans) if p is not None
+                 for s in (p[2], -p[2], p[2] / 2, -p[2] / 2)]
+        if steps:
+            first_levels = _first_levels_together(arr, x064, g, plans, steps, evaluate_rows, proj, y0)
     out = []
-    for k, plan in enumerate(plans):
-        if plan is None:
+    for k, direction in enumerate(directions):
+        before = proj.evaluations
+        p = plans[k] if together else plan(direction)  # one direction at a time: drawn again where lazy
+        if p is None:
             out.append(Projection(0.0, 0.0, 0.0, 0.0, 0.0, counted))
             counted = 0
             continue
-        v, vv, t = plan
-
-        def at(step, v=v):
-            arr[...] = x064 + step * v
-            point = arr.copy()
-            try:
-                y = proj.output()
-            finally:
-                arr[...] = x0
-            return y, point
-
-        def level(step, v=v, vv=vv):
-            (yp, xp), (ym, xm) = at(step), at(-step)
-            # the displacement actually stored (float32 storage rounds x + s v)
-            disp = xp.astype(np.float64) - xm.astype(np.float64)
-            s = float(np.vdot(v, disp)) / vv
-            num, noise, mag = proj.diff(yp, ym, s, 0.0)
-            ana = float(np.vdot(g, disp)) / s
-            # the level tuple settle() reads: [1], [3] the steps, [4] the quotient, [5] its noise,
-            # [7] whether any output moved
-            return (None, s, None, -s, num - ana, noise, mag, not np.array_equal(yp, ym))
-
-        before = proj.evaluations
-        first = first_levels[k]
+        v, vv, t = p
+        first = first_levels.get(k) or [level(t, v, vv), level(t / 2, v, vv)]
         mismatch, error = richardson(*first)
         if judge is not None and judge(k, mismatch, error) != OK:
-            floor_t = floor / float(np.max(np.abs(v)))
-            mismatch, error, _ = settle(level, first, t, floor_t, lambda m, e, k=k: judge(k, m, e),
-                                         max_refinements)
+            floor_t = floor / max(float(np.max(v)), -float(np.min(v)))
+            mismatch, error, _ = settle(lambda st, v=v, vv=vv: level(st, v, vv), first, t, floor_t,
+                                         lambda m, e, k=k: judge(k, m, e), max_refinements)
         analytic = float(np.vdot(g, v))
-        used = counted + 4 + proj.evaluations - before
+        used = counted + (4 if together else 0) + proj.evaluations - before
         counted = 0
         out.append(Projection(analytic, analytic + mismatch, mismatch, error, first[1][6] / scale, used))
+        if not together:
+            del v, p
     return out
+
+
+#: The displaced points of all directions are formed and evaluated in one
+#: vectorised call while they take at most this many bytes; beyond, one
+#: point at a time in place (memory: one copy of the tensor, whatever the
+#: number of directions).
+ROWS_BYTES = 32 * 2**20
+
+_CHUNK = 1 << 16
+
+
+def _chunks(n: int):
+    return (slice(i, min(i + _CHUNK, n)) for i in range(0, n, _CHUNK))
+
+
+def _first_levels_together(arr, x064, g, plans, steps, evaluate_rows, proj, y0) -> dict:
+    """The first two levels of every direction from one vectorised call (the displaced points stored together)."""
+    # Every displaced point x + s v at once, as stored in arr's dtype (in
+    # place: large temporaries cost more than the arithmetic).
+    stored = np.empty((len(steps),) + arr.shape, dtype=arr.dtype)
+    row = np.empty(arr.shape) if arr.dtype != np.float64 else None
+    for b, (k, st) in enumerate(steps):
+        out_row = stored[b] if row is None else row
+        np.multiply(plans[k][0], st, out=out_row)
+        np.add(out_row, x064, out=out_row)
+        if row is not None:
+            stored[b] = row
+    ys = np.asarray(evaluate_rows(stored)).astype(np.float64).reshape((len(stored),) + y0.shape)
+    proj.evaluations += len(stored)
+    # The first two levels of every direction as array arithmetic: the
+    # displacement actually stored (float32 storage rounds x + s v) of
+    # each pair of rows, its step along v and the analytic <g, d>.
+    pairs = len(steps) // 2
+    disp = (stored[0::2].astype(np.float64, copy=False) - stored[1::2].astype(np.float64, copy=False)).reshape(
+        pairs, -1)
+    vrows = np.stack([plans[k][0].reshape(-1) for k, _ in steps[0::4]])
+    vvs = np.array([plans[k][1] for k, _ in steps[0::4]])
+    along = np.einsum("kpj,kj->kp", disp.reshape(len(vrows), 2, -1), vrows).reshape(-1) / np.repeat(vvs, 2)
+    ana = (disp @ g.reshape(-1)) / along
+    flat = ys.reshape(len(steps), -1)
+    quot, noise, mag, moved = proj.diff_many(flat[0::2], flat[1::2], along)
+    first_levels: dict = {}
+    for p_, (k, _) in enumerate(steps[0::2]):
+        s_ = float(along[p_])
+        first_levels.setdefault(k, []).append(
+            (None, s_, None, -s_, float(quot[p_] - ana[p_]), float(noise[p_]), float(mag[p_]), bool(moved[p_])))
+    return first_levels
 
 
 @dataclasses.dataclass(frozen=True)
