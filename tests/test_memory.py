@@ -64,11 +64,11 @@ def test_a_fast_check_allocates_a_few_copies_of_its_inputs(traced, monkeypatch):
     size = sum(a.nbytes for a in xs)
     assert all(a.nbytes > api.KEEP_DIRECTION_BYTES for a in xs[1:])
     kept = [a.copy() for a in xs]
-    gv.check(_f, [xs[0][:, :4], xs[1][:4, :4]], vjp=_vjp, mode="fast")  # imports and caches outside the count
+    gv.check(_f, [xs[0][:, :4], xs[1][:4, :4]], vjp=_vjp, mode="fast", against="fd")  # imports and caches outside the count
     base = tracemalloc.get_traced_memory()[0]
     stages = _stage_peaks(monkeypatch, api, ["_fast", "function_noise"], base)
     tracemalloc.reset_peak()
-    r = gv.check(_f, xs, vjp=_vjp, mode="fast")
+    r = gv.check(_f, xs, vjp=_vjp, mode="fast", against="fd")
     peak = tracemalloc.get_traced_memory()[1] - base
     assert r.passed and r.mode == "fast"
     assert all(np.array_equal(a, b) for a, b in zip(xs, kept))  # the caller's arrays untouched

@@ -423,7 +423,7 @@ class TorchFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
         return _Intercepting(fn), f"torch autograd of {getattr(fn, '__name__', type(fn).__name__)} with each custom " \
             "autograd.Function differentiated through its forward"
 
-    def primal_gradients(self, cotangent: np.ndarray):
+    def primal_gradients(self, cotangent: np.ndarray, dtype: Any = np.float64):
         """As :meth:`FrameworkFunctionTarget.primal_gradients`, declining at once for plain torch code.
 
         The analytic pass's autograd graph already tells whether the code
@@ -436,7 +436,7 @@ class TorchFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
 
             raise Declined(f"{_name(self.user_fn)} calls no custom backward: its gradient comes from "
                            f"{self.framework} autodiff itself", applies=False)
-        return super().primal_gradients(cotangent)
+        return super().primal_gradients(cotangent, dtype=dtype)
 
     def is_array(self, value: Any) -> bool:
         return isinstance(value, torch.Tensor)
