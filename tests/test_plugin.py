@@ -116,9 +116,9 @@ def test_fixture_fails_only_the_wrong_layer_and_names_the_bias(project):
     out = result.stdout.str()
     # The GradientMismatch message: what and where, both values, tolerance, seed.
     result.stdout.fnmatch_lines([
-        "*GradientMismatch: gradient check FAIL at *: layer, float64, reference=fd*seed=0*",
+        "*GradientMismatch: gradient check FAIL at *: layer, float64, reference=reference*seed=0*",
         "*mismatch at input 'bias'[[]*",
-        "*analytic:*", "*numeric:*", "*tolerance:*",
+        "*analytic:*", "*reference:*", "*tolerance:*",
     ])
     assert "test_correct_layer" not in out.split("short test summary")[1]
     # The failing verdict is printed once (in the failure), not again in the per-test section.
@@ -247,7 +247,7 @@ def test_help_lists_the_option_group_and_ini_keys(project):
                 "gradverify_seed"):
         result.stdout.fnmatch_lines([f"*{ini} *"])
     markers = _run(project, "--markers")
-    markers.stdout.fnmatch_lines(["*@pytest.mark.gradverify(rtol=, atol=, mode=, seed=, dtype=, against=)*"])
+    markers.stdout.fnmatch_lines(["*@pytest.mark.gradverify(rtol=, atol=, mode=, seed=, dtype=, against=, examples=)*"])
 
 
 def test_seed_and_dtype_options_and_their_ini_equivalents(project):
@@ -329,7 +329,7 @@ def test_no_checks():
         "*= gradverify =*",
         "4 gradient checks in 3 tests, 1 failed",
         "FAIL test_layers.py::test_wrong_bias [[]Dense[]] (1/1 checks failed): worst 'bias'[[]*]: abs err *, "
-        "rel err *, tolerance *, reference=fd",
+        "rel err *, tolerance *, reference=reference",
         "ok   test_layers.py::test_* [[]Dense[]]*",
         "ok   test_layers.py::test_* [[]Dense[]]*",
     ])
