@@ -84,7 +84,7 @@ def torch_detection(params: int, positions: int) -> dict:
         fn, ps = C.torch_mlp(mlp, "element", custom=True)
         r = gv.check(fn, [p.detach() for p in ps])
         caught += r.status == "fail"
-        named += r.status == "fail" and r.worst.input == "2" and r.worst.index == mlp.bug_index
+        named += r.status == "fail" and r.worst.input in ("2", "W2") and r.worst.index == mlp.bug_index
     return {"params": mlp.size, "positions": positions, "caught": caught, "named": named}
 
 
