@@ -1,11 +1,12 @@
-"""Differential campaign: N random float64 cases, four references, every disagreement recorded.
+"""Differential campaign: N random float64 cases, every installed reference, every disagreement recorded.
 
 Draws random networks and expressions with :mod:`gradverify.strategies`
 (``st.one_of``: about half each, interleaved), and for every case computes the value, the VJP and the JVP with
-the reference engine, PyTorch and JAX, and checks each VJP against finite
+every installed backend (the reference engine, PyTorch, JAX, TensorFlow,
+PyTensor; ``--backends`` to choose), and checks each VJP against finite
 differences (:func:`gradverify.backends.agreement.agreement`). It records,
-per backend pair (``reference~torch``, ``reference~jax``, ``torch~jax``,
-``fd~reference``, ``fd~torch``, ``fd~jax``), the largest absolute and
+per pair (``reference~torch``, ..., ``tensorflow~pytensor``, ``fd~reference``,
+..., ``fd~pytensor``: 15 with all six references), the largest absolute and
 relative error and the largest error/tolerance ratio, and every
 disagreement with a runnable reproduction snippet. The summary is printed
 as JSON (and written to ``--out`` if given).
@@ -37,7 +38,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-PAIRS = ("reference~torch", "reference~jax", "torch~jax", "fd~reference", "fd~torch", "fd~jax")
+
+
+def pairs(backends) -> tuple[str, ...]:
+    """Every pair label among ``backends`` and finite differences, in agreement's order."""
+    names = list(backends)
+    return tuple(f"{a}~{b}" for i, a in enumerate(names) for b in names[i + 1:]) + tuple(f"fd~{n}" for n in names)
 
 
 class _Budget(Exception):
@@ -49,9 +55,16 @@ def _worker(job: dict) -> dict:
     import warnings
 
     warnings.filterwarnings("ignore")
-    import torch
+    if "torch" in job["backends"]:
+        import torch
 
-    torch.set_num_threads(1)
+        torch.set_num_threads(1)
+    if "tensorflow" in job["backends"]:
+        from gradverify.backends.tensorflow import import_tensorflow
+
+        tf = import_tensorflow()
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
     if job.get("jax_cache"):
         import jax
 
@@ -80,7 +93,7 @@ def _worker(job: dict) -> dict:
         if time.time() > deadline:
             raise _Budget
         case_seed = job["worker"] * 1_000_000 + len(records)
-        a = agreement(spec, dtype="float64", seed=case_seed)
+        a = agreement(spec, backends=job["backends"], dtype="float64", seed=case_seed)
         rec = {"kind": type(spec).__name__.lower(), "seconds": a.seconds, "passed": a.passed,
                "errors": a.max_errors()}
         if not a.passed:
@@ -121,10 +134,13 @@ def summarize(records: list[dict], seconds: float, args: argparse.Namespace) -> 
         # finite differences.
         k["autodiff_disagreements"] += int(any(f["quantity"] != "fd" for f in rec.get("failures", ())))
         k["seconds"] = round(k["seconds"] + rec["seconds"], 1)
-    import hypothesis
-    import jax
-    import numpy
-    import torch
+    import importlib.metadata as md
+
+    def version(dist):
+        try:
+            return md.version(dist)
+        except md.PackageNotFoundError:
+            return None
 
     return {
         "cases": len(records),
@@ -133,14 +149,16 @@ def summarize(records: list[dict], seconds: float, args: argparse.Namespace) -> 
         "seed": args.seed,
         "wall_seconds": round(seconds, 1),
         "dtype": "float64",
-        "per_pair": {p: per_pair[p] for p in PAIRS if p in per_pair},
+        "backends": list(args.backends),
+        "per_pair": {p: per_pair[p] for p in pairs(args.backends) if p in per_pair},
         "by_kind": kinds,
         "disagreements": [
             {k: rec[k] for k in ("kind", "repr", "seed", "failures", "snippet")}
             for rec in records if not rec["passed"]
         ],
-        "versions": {"python": platform.python_version(), "numpy": numpy.__version__, "torch": torch.__version__,
-                     "jax": jax.__version__, "hypothesis": hypothesis.__version__},
+        "versions": {"python": platform.python_version(),
+                     **{d: version(d) for d in ("numpy", "torch", "jax", "tensorflow-cpu", "tensorflow", "pytensor",
+                                                "hypothesis")}},
     }
 
 
@@ -155,11 +173,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default=None, metavar="PATH", help="also write the summary JSON here")
     parser.add_argument("--jax-cache", default=None, metavar="DIR",
                         help="persistent JAX compilation cache directory (default: none); reruns start warm")
+    parser.add_argument("--backends", default=None, metavar="A,B,...",
+                        help="backends to compare (default: every installed one)")
     args = parser.parse_args(argv)
+    from gradverify.backends import available_backends
+
+    args.backends = tuple(args.backends.split(",")) if args.backends else available_backends()
     start = time.time()
     deadline = start + args.budget if args.budget else float("inf")
     counts = _split(args.cases, args.workers)
-    jobs = [{"worker": w, "seed": args.seed + w, "deadline": deadline, "count": counts[w], "jax_cache": args.jax_cache}
+    jobs = [{"worker": w, "seed": args.seed + w, "deadline": deadline, "count": counts[w], "jax_cache": args.jax_cache,
+             "backends": args.backends}
             for w in range(args.workers)]
     if args.workers == 1:
         results = [_worker(jobs[0])]
