@@ -625,7 +625,16 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 
 def _available(framework: str) -> bool:
     try:
-        __import__(framework)
+        if framework == "tensorflow":
+            from .backends.tensorflow import import_tensorflow  # quiet start-up
+
+            import_tensorflow()
+        elif framework == "pytensor":
+            from .backends.pytensor import import_pytensor
+
+            import_pytensor()
+        else:
+            __import__(framework)
         return True
     except ImportError:
         return False

@@ -98,3 +98,47 @@ def test_tensorflow_import_is_quiet():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     assert "oneDNN" not in out.stderr and "cpu_feature_guard" not in out.stderr, out.stderr
+
+
+def test_agreement_covers_all_fifteen_pairs_and_the_report_orders_them():
+    from gradverify.backends.agreement import agreement
+    from gradverify.report import model
+
+    names = B.available_backends()
+    if len(names) < 5:
+        pytest.skip(f"needs all five backends, have {names}")
+    a = agreement(LAYER_CASES["mse"], backends=names, dtype="float64", seed=3)
+    assert a.passed, a.summary()
+    labels = set(a.max_errors())
+    assert len(labels) == 15 and labels == set(model._PAIR_ORDER)
+
+
+# Property tests: random small networks and expressions, the new backends against the reference
+# engine and finite differences (the campaign script draws thousands with every backend).
+from hypothesis import given, settings  # noqa: E402
+
+from gradverify.strategies import expressions, networks  # noqa: E402
+
+
+def _new_installed():
+    return tuple(n for n in ("tensorflow", "pytensor") if n in B.available_backends())
+
+
+@pytest.mark.skipif(not _new_installed(), reason="neither tensorflow nor pytensor is installed")
+@settings(deadline=None, max_examples=4)
+@given(networks(max_layers=3, max_batch=2, max_width=3, max_time=3, max_spatial=4))
+def test_random_networks_agree_with_the_new_backends(net):
+    from gradverify.backends.agreement import agreement
+
+    a = agreement(net, backends=("reference",) + _new_installed(), dtype="float64", require=True)
+    assert a.passed, f"{a.summary()}\n\nreproduce with:\n{a.snippet()}"
+
+
+@pytest.mark.skipif(not _new_installed(), reason="neither tensorflow nor pytensor is installed")
+@settings(deadline=None, max_examples=4)
+@given(expressions(max_leaves=5, max_depth=4, max_side=3))
+def test_random_expressions_agree_with_the_new_backends(expr):
+    from gradverify.backends.agreement import agreement
+
+    a = agreement(expr, backends=("reference",) + _new_installed(), dtype="float64", require=True)
+    assert a.passed, f"{a.summary()}\n\nreproduce with:\n{a.snippet()}"

@@ -47,7 +47,27 @@ from ..spec import Expression
 from .base import Backend, Lowering, _shape, as_dtype
 from .tensorflow import flat_positions
 
-__all__ = ["PyTensorBackend", "PyTensorLowering", "CACHE_SIZE"]
+__all__ = ["PyTensorBackend", "PyTensorLowering", "CACHE_SIZE", "import_pytensor"]
+
+
+def import_pytensor():
+    """``import pytensor``, its start-up notice about BLAS silenced unless the user configured that logger.
+
+    PyTensor logs "Using NumPy C-API based implementation for BLAS functions"
+    (a warning) when it finds no BLAS library to link; the computation is
+    right either way, so the ``pytensor.tensor.blas`` logger is raised to
+    ERROR when it has no level of its own.
+    """
+    import logging
+    import sys
+
+    if "pytensor" not in sys.modules:
+        blas = logging.getLogger("pytensor.tensor.blas")
+        if blas.level == logging.NOTSET:
+            blas.setLevel(logging.ERROR)
+    import pytensor
+
+    return pytensor
 
 #: Compiled specs kept per backend instance.
 CACHE_SIZE = 256
@@ -68,7 +88,7 @@ class PyTensorLowering(Lowering):
 
     def __init__(self, dtype: np.dtype):
         super().__init__(dtype)
-        import pytensor
+        pytensor = import_pytensor()
         import pytensor.tensor as pt
         from pytensor.tensor import special
 
@@ -210,9 +230,7 @@ class PyTensorBackend(Backend):
     mode = "FAST_COMPILE"
 
     def _import(self):
-        import pytensor
-
-        self.pytensor = pytensor
+        self.pytensor = import_pytensor()
         self._compiled: collections.OrderedDict = collections.OrderedDict()
         #: Compilations made (a spec and dtype compile once; the tests read this).
         self.compilations = 0

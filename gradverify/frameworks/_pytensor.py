@@ -27,14 +27,17 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import numpy as np
-import pytensor
-import pytensor.tensor as pt
-from pytensor import gradient as G
-from pytensor.graph.basic import Variable
-from pytensor.graph.op import Op
 
-from ..errors import ProtocolError
-from ._common import FrameworkFunctionTarget, flatten_tree
+from ..backends.pytensor import import_pytensor
+
+pytensor = import_pytensor()
+import pytensor.tensor as pt  # noqa: E402
+from pytensor import gradient as G  # noqa: E402
+from pytensor.graph.basic import Variable  # noqa: E402
+from pytensor.graph.op import Op  # noqa: E402
+
+from ..errors import ProtocolError  # noqa: E402
+from ._common import FrameworkFunctionTarget, flatten_tree  # noqa: E402
 
 __all__ = ["PyTensorFunctionTarget", "is_pytensor_variable", "MODE"]
 
