@@ -1,10 +1,16 @@
-"""Framework adapters: torch and JAX code under test as a :class:`~gradverify.layers.Target`.
+"""Framework adapters: torch, JAX, TensorFlow and PyTensor code under test as a :class:`~gradverify.layers.Target`.
 
 :func:`callable_target` and :func:`module_target` are the only entry points
 the checks use. Each returns None when the object is plain numpy, so the
-numpy path runs, and ``import gradverify`` never imports a framework: torch
-or jax is imported only when an input, the function or the layer already
-comes from it (its module is then in ``sys.modules``).
+numpy path runs, and ``import gradverify`` never imports a framework: torch,
+jax, tensorflow or pytensor is imported only when an input, the function or
+the layer already comes from it (its module is then in ``sys.modules``).
+
+TensorFlow: tensors and variables as inputs, callables from ``tensorflow``
+or ``keras`` modules (``tf.function``, ``tf.custom_gradient`` functions),
+and Keras layers (:func:`module_target`). PyTensor: an ``Op`` instance, or
+a function whose output (on the numpy inputs) is a PyTensor variable --
+a function building a graph (see :mod:`gradverify.frameworks._pytensor`).
 
 Which framework a callable belongs to is decided, in order, by:
 
