@@ -125,7 +125,7 @@ class TensorFlowLowering(Lowering):
             if vb:
                 y = tf.squeeze(y, -1)
             if va:
-                y = tf.squeeze(y, -2)
+                y = tf.squeeze(y, -1 if vb else -2)      # vector @ vector: (1,) after the first squeeze
             return y
 
         def nhwc(x):
