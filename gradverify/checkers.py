@@ -1,4 +1,5 @@
-"""Gradient checkers side by side: gradverify against ``torch.autograd.gradcheck`` and ``jax.test_util.check_grads``.
+"""Gradient checkers side by side: gradverify against ``torch.autograd.gradcheck``, ``jax.test_util.check_grads``,
+``tf.test.compute_gradient`` and ``pytensor.gradient.verify_grad``.
 
 The measuring library behind ``benchmarks/checkers.py`` and the report's
 checker comparison. Every function returns plain dicts (JSON-ready rows);
@@ -52,7 +53,7 @@ import numpy as np
 
 __all__ = [
     "BATCH", "DEFAULT_PARAMS", "DEFAULT_BUDGET_S", "METHODS", "MLP", "make_mlp", "width_for", "param_count",
-    "torch_mlp", "jax_mlp",
+    "torch_mlp", "jax_mlp", "tf_mlp", "pytensor_mlp",
     "pin_threads", "time_checkers", "detection_table", "localisation", "targets", "run_all",
 ]
 
@@ -377,7 +378,7 @@ class Method:
 
     Attributes:
         name: the row label.
-        framework: ``"torch"`` or ``"jax"`` (the import it needs).
+        framework: ``"torch"``, ``"jax"``, ``"tensorflow"`` or ``"pytensor"`` (the import it needs).
         random: whether the verdict depends on a seed (random probes).
         evaluations: what the evaluation count means.
     """
@@ -482,6 +483,147 @@ def _x64():
         yield
 
 
+def tf_mlp(mlp: MLP, bug: str | None = None, *, custom: bool | None = None, error: float | None = None):
+    """The MLP loss as a TensorFlow function of the six parameters, and those parameters (float64 tensors).
+
+    With a bug (or ``custom=True``) the second layer's weight and both tanh
+    layers go through ``tf.custom_gradient`` functions into whose gradient
+    the bug goes (``"element"``: ``dW2[bug_index]`` scaled by ``1 + error``;
+    ``"approx"``: the tanh derivative times ``1 + error * sin(3 z)``).
+    """
+    from .backends.tensorflow import import_tensorflow
+
+    tf = import_tensorflow()
+    custom, error = _bug_options(bug, custom, error)
+    x, target = tf.constant(mlp.x), tf.constant(mlp.target)
+    params = [tf.constant(p) for p in mlp.params]
+    scale = np.ones(mlp.params[2].shape)
+    if bug == "element":
+        scale[mlp.bug_index] += error
+    scale_t = tf.constant(scale)
+
+    @tf.custom_gradient
+    def weight(W):
+        return tf.identity(W), lambda g: g * scale_t
+
+    @tf.custom_gradient
+    def tanh(z):
+        y = tf.tanh(z)
+        factor = _approx_factor(z, tf.math, error) if bug == "approx" else 1.0
+        return y, lambda g: g * (1 - y * y) * factor
+
+    act = tanh if custom else tf.tanh
+    wrap = weight if custom else (lambda W: W)
+
+    def loss(W1, b1, W2, b2, W3, b3):
+        a1 = act(x @ W1 + b1)
+        a2 = act(a1 @ wrap(W2) + b2)
+        return tf.reduce_mean(tf.square(a2 @ W3 + b3 - target))
+
+    return loss, params
+
+
+def pytensor_mlp(mlp: MLP, bug: str | None = None, *, custom: bool | None = None, error: float | None = None):
+    """The MLP loss as a PyTensor graph of the six parameters: ``(inputs, cost)`` symbolic, and the numpy values.
+
+    With a bug (or ``custom=True``) the W2 gradient / the tanh derivative go
+    through ``OpFromGraph`` ops with a hand-written ``lop_overrides``, into
+    which the bug goes (as in :func:`tf_mlp`).
+    """
+    import pytensor.tensor as pt
+    from pytensor.compile.builders import OpFromGraph
+
+    custom, error = _bug_options(bug, custom, error)
+    names = PARAM_NAMES
+    ins = [pt.tensor(dtype="float64", shape=p.shape, name=n) for n, p in zip(names, mlp.params)]
+    x, target = pt.constant(mlp.x), pt.constant(mlp.target)
+    scale = np.ones(mlp.params[2].shape)
+    if bug == "element":
+        scale[mlp.bug_index] += error
+
+    def act(z):
+        if not custom:
+            return pt.tanh(z)
+        zi = z.type()
+
+        def lop(inputs, outputs, g):
+            factor = _approx_factor(inputs[0], pt, error) if bug == "approx" else 1.0
+            return [g[0] * (1 - outputs[0] ** 2) * factor]
+
+        return OpFromGraph([zi], [pt.tanh(zi)], lop_overrides=lop)(z)
+
+    def wrap(W):
+        if not custom:
+            return W
+        wi = W.type()
+        return OpFromGraph([wi], [wi * 1.0], lop_overrides=lambda i, o, g: [g[0] * pt.constant(scale)])(W)
+
+    W1, b1, W2, b2, W3, b3 = ins
+    a1 = act(pt.dot(x, W1) + b1)
+    a2 = act(pt.dot(a1, wrap(W2)) + b2)
+    cost = pt.mean((pt.dot(a2, W3) + b3 - target) ** 2)
+    return ins, cost, [p.copy() for p in mlp.params]
+
+
+def _gv_tf(mode):
+    def prepare(mlp, bug=None, seed=0, custom=None):
+        import gradverify as gv
+
+        fn, params = tf_mlp(mlp, bug, custom=custom)
+
+        def run():
+            r = gv.check(fn, params, mode=mode, seed=seed)
+            return r.passed, r.evaluations, r
+
+        return run
+
+    return prepare
+
+
+def _compute_gradient(mlp, bug=None, seed=0, custom=None):
+    """``tf.test.compute_gradient`` (central differences, one Jacobian column per parameter element) vs the tape."""
+    from .backends.tensorflow import import_tensorflow
+
+    tf = import_tensorflow()
+    fn, params = tf_mlp(mlp, bug, custom=custom)
+    counted, calls = _counted(fn)
+
+    def run():
+        calls[0] = 0
+        # compute_gradient returns both Jacobians and leaves the verdict to the caller: gradcheck's
+        # default step and tolerances (eps 1e-6, atol 1e-5, rtol 1e-3) are used here.
+        theoretical, numerical = tf.test.compute_gradient(counted, params, delta=1e-6)
+        ok = all(np.allclose(t, n, rtol=1e-3, atol=1e-5) for t, n in zip(theoretical, numerical))
+        return bool(ok), calls[0], None
+
+    return run
+
+
+def _verify_grad(mlp, bug=None, seed=0, custom=None):
+    """``pytensor.gradient.verify_grad``: one random projection of the gradient against central differences."""
+    from pytensor.gradient import GradientError, verify_grad
+    from pytensor.graph.replace import graph_replace
+
+    ins, cost, values = pytensor_mlp(mlp, bug, custom=custom)
+    compiled = [0]
+
+    def graph(*vars_):
+        compiled[0] += 1
+        return graph_replace(cost, dict(zip(ins, vars_)), strict=False)
+
+    def run():
+        compiled[0] = 0
+        try:
+            verify_grad(graph, values, rng=np.random.default_rng(seed), mode="FAST_COMPILE")
+            ok = True
+        except GradientError:
+            ok = False
+        # n_tests=2 (the default) random projections, each one analytic call and two cost calls
+        return ok, 6, None
+
+    return run
+
+
 #: Every method measured, by row label.
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("gradverify full (torch)", "torch", _gv_torch("full"), False, "function evaluations (CheckResult)"),
@@ -492,12 +634,27 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("gradverify fast (jax)", "jax", _gv_jax("fast"), True, "function evaluations (CheckResult)"),
     # check_grads draws its probe from np.random.RandomState(0): deterministic
     Method("jax check_grads", "jax", _check_grads, False, "calls of the jitted function (traced ones included)"),
+    Method("gradverify full (tensorflow)", "tensorflow", _gv_tf("full"), False, "function evaluations (CheckResult)"),
+    Method("gradverify fast (tensorflow)", "tensorflow", _gv_tf("fast"), True, "function evaluations (CheckResult)"),
+    Method("tf.test.compute_gradient", "tensorflow", _compute_gradient, False, "calls of the function"),
+    # verify_grad: one random projection u^T J v against a central difference along v (two cost
+    # evaluations per call of the compiled function; a random direction: seeded)
+    Method("pytensor verify_grad", "pytensor", _verify_grad, True, "graph evaluations (3 per random probe, 2 probes)"),
 )}
 
 
 def _available(framework: str) -> bool:
     try:
-        __import__(framework)
+        if framework == "tensorflow":
+            from .backends.tensorflow import import_tensorflow  # quiet start-up
+
+            import_tensorflow()
+        elif framework == "pytensor":
+            from .backends.pytensor import import_pytensor
+
+            import_pytensor()
+        else:
+            __import__(framework)
         return True
     except ImportError:
         return False

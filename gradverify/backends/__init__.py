@@ -1,4 +1,4 @@
-"""Backends: one spec, computed and differentiated by the reference engine, PyTorch or JAX.
+"""Backends: one spec, computed and differentiated by the reference engine, PyTorch, JAX, TensorFlow or PyTensor.
 
 A registry maps names to :class:`~gradverify.backends.base.Backend` classes::
 
@@ -8,7 +8,9 @@ A registry maps names to :class:`~gradverify.backends.base.Backend` classes::
 
 * ``"reference"`` -- :mod:`gradverify.engine` (numpy; always available);
 * ``"torch"`` -- PyTorch (``pip install torch``, or ``pip install ".[torch]"`` in a checkout);
-* ``"jax"`` -- JAX (``pip install jax``, or ``pip install ".[jax]"`` in a checkout).
+* ``"jax"`` -- JAX (``pip install jax``, or ``pip install ".[jax]"`` in a checkout);
+* ``"tensorflow"`` -- TensorFlow (``pip install tensorflow-cpu``, or ``pip install ".[tensorflow]"``);
+* ``"pytensor"`` -- PyTensor, Theano's heir (``pip install pytensor``, or ``pip install ".[pytensor]"``).
 
 Importing this package imports neither framework: availability is checked
 with ``importlib.util.find_spec`` and the framework is imported when a
@@ -23,13 +25,15 @@ from __future__ import annotations
 from ..errors import SpecError
 from .base import DTYPES, Backend, Lowering, canonical_params
 from .jax import JaxBackend
+from .pytensor import PyTensorBackend
 from .reference import Margins, ReferenceBackend
+from .tensorflow import TensorFlowBackend
 from .torch import TorchBackend
 
 __all__ = [
     "BACKENDS", "Backend", "Lowering", "Margins", "DTYPES", "canonical_params",
     "register_backend", "get_backend", "available_backends", "backend_names",
-    "ReferenceBackend", "TorchBackend", "JaxBackend",
+    "ReferenceBackend", "TorchBackend", "JaxBackend", "TensorFlowBackend", "PyTensorBackend",
 ]
 
 #: name -> Backend class, in registration order.
@@ -44,7 +48,7 @@ def register_backend(cls: type[Backend]) -> type[Backend]:
     return cls
 
 
-for _cls in (ReferenceBackend, TorchBackend, JaxBackend):
+for _cls in (ReferenceBackend, TorchBackend, JaxBackend, TensorFlowBackend, PyTensorBackend):
     register_backend(_cls)
 
 _INSTANCES: dict[tuple[str, str], Backend] = {}

@@ -138,6 +138,9 @@ def canonical_params(prim: str, shapes: Sequence[tuple[int, ...]], params: Mappi
 
 
 def _shape(a: Any) -> tuple[int, ...]:
+    static = getattr(getattr(a, "type", None), "shape", None)     # a symbolic variable (PyTensor): its static shape
+    if isinstance(static, tuple) and all(s is not None for s in static):
+        return tuple(int(s) for s in static)
     return tuple(int(s) for s in np.shape(a)) if not hasattr(a, "shape") else tuple(int(s) for s in a.shape)
 
 

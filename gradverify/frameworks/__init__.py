@@ -1,10 +1,16 @@
-"""Framework adapters: torch and JAX code under test as a :class:`~gradverify.layers.Target`.
+"""Framework adapters: torch, JAX, TensorFlow and PyTensor code under test as a :class:`~gradverify.layers.Target`.
 
 :func:`callable_target` and :func:`module_target` are the only entry points
 the checks use. Each returns None when the object is plain numpy, so the
-numpy path runs, and ``import gradverify`` never imports a framework: torch
-or jax is imported only when an input, the function or the layer already
-comes from it (its module is then in ``sys.modules``).
+numpy path runs, and ``import gradverify`` never imports a framework: torch,
+jax, tensorflow or pytensor is imported only when an input, the function or
+the layer already comes from it (its module is then in ``sys.modules``).
+
+TensorFlow: tensors and variables as inputs, callables from ``tensorflow``
+or ``keras`` modules (``tf.function``, ``tf.custom_gradient`` functions),
+and Keras layers (:func:`module_target`). PyTensor: an ``Op`` instance, or
+a function whose output (on the numpy inputs) is a PyTensor variable --
+a function building a graph (see :mod:`gradverify.frameworks._pytensor`).
 
 Which framework a callable belongs to is decided, in order, by:
 
@@ -45,6 +51,9 @@ from ..errors import SpecError
 __all__ = ["callable_target", "module_target", "framework_of", "framework_inputs"]
 
 _JAX_ROOTS = ("jax", "jaxlib")
+_TF_ROOTS = ("tensorflow", "keras", "tf_keras")
+#: The frameworks whose import makes the probe call worth its cost.
+_PROBED = ("torch", "jax", "tensorflow", "pytensor")
 
 
 def _root(module: Any) -> str:
@@ -61,6 +70,14 @@ def _value_framework(value: Any) -> str | None:
         jax = sys.modules.get("jax")
         if jax is not None and isinstance(value, getattr(jax, "Array", ())):
             return "jax"
+    elif root in _TF_ROOTS:
+        tf = sys.modules.get("tensorflow")
+        if tf is not None and isinstance(value, (tf.Tensor, tf.Variable)):
+            return "tensorflow"
+    elif root == "pytensor":
+        graph = sys.modules.get("pytensor.graph.basic")
+        if graph is not None and isinstance(value, graph.Variable):
+            return "pytensor"
     return None
 
 
@@ -74,12 +91,19 @@ def _callable_framework(fn: Any) -> str | None:
             return "torch"
         if isinstance(owner, torch.nn.Module):
             return "torch"
+    op = sys.modules.get("pytensor.graph.op")
+    if op is not None and isinstance(fn, op.Op):
+        return "pytensor"
     for module in (getattr(fn, "__module__", None), type(fn).__module__):
         root = _root(module)
         if root == "torch":
             return "torch"
         if root in _JAX_ROOTS:
             return "jax"
+        if root in _TF_ROOTS:
+            return "tensorflow"
+        if root == "pytensor":
+            return "pytensor"
     if isinstance(fn, functools.partial):
         return _callable_framework(fn.func)
     return None
@@ -106,7 +130,7 @@ def _first_framework_leaf(out: Any, depth: int = 0) -> str | None:
 
 
 def _probe(fn: Callable, inputs: Any) -> str | None:
-    if "torch" not in sys.modules and "jax" not in sys.modules:
+    if not any(m in sys.modules for m in _PROBED):
         return None
 
     def copy(v):
@@ -138,7 +162,7 @@ def framework_of(fn: Callable, inputs: Any, *, probe: bool = True) -> str | None
     """
     kinds = {_value_framework(v) for v in _top_values(inputs)} - {None}
     if len(kinds) > 1:
-        raise SpecError("the inputs mix torch tensors and JAX arrays; pass the inputs of one framework")
+        raise SpecError(f"the inputs mix arrays of {' and '.join(sorted(kinds))}; pass the inputs of one framework")
     if kinds:
         return kinds.pop()
     kind = _callable_framework(fn)
@@ -168,6 +192,14 @@ def callable_target(fn: Callable, inputs: Any, vjp: Callable | None, constants: 
         from ._jax import JaxFunctionTarget
 
         return JaxFunctionTarget(fn, inputs, vjp, constants)
+    if kind == "tensorflow":
+        from ._tensorflow import TensorFlowFunctionTarget
+
+        return TensorFlowFunctionTarget(fn, inputs, vjp, constants)
+    if kind == "pytensor":
+        from ._pytensor import PyTensorFunctionTarget
+
+        return PyTensorFunctionTarget(fn, inputs, vjp, constants)
     return None
 
 
@@ -181,6 +213,12 @@ def module_target(layer: Any, input_shape: Any, *, inputs: Any, dtype: Any, rng:
     where needed), one forward to detect random draws when the module is not
     float64.
     """
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and not (sys.modules.get("torch") and isinstance(layer, sys.modules["torch"].nn.Module)):
+        from ._tensorflow import is_keras_layer, keras_layer_target
+
+        if is_keras_layer(layer):
+            return keras_layer_target(layer, input_shape, inputs=inputs, dtype=dtype, rng=rng)
     torch = sys.modules.get("torch")
     if torch is None or not isinstance(layer, torch.nn.Module):
         return None

@@ -38,10 +38,10 @@ from ..errors import SpecError
 __all__ = ["AGAINST", "EXACT", "Declined", "parse_against"]
 
 #: Accepted values of ``against=`` (alone or several in a tuple).
-AGAINST = ("auto", "fd", "reference", "torch", "jax")
+AGAINST = ("auto", "fd", "reference", "torch", "jax", "tensorflow", "pytensor")
 
 #: The exact references, in the order ``"auto"`` tries them.
-EXACT = ("reference", "torch", "jax")
+EXACT = ("reference", "torch", "jax", "tensorflow", "pytensor")
 
 
 class Declined(Exception):

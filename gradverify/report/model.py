@@ -78,8 +78,11 @@ _TIMING = {
             "sub-millisecond calls looped so each sample lasts a few milliseconds.",
 }
 
-#: Pair labels in the order they are shown.
-_PAIR_ORDER = ("reference~torch", "reference~jax", "torch~jax", "fd~reference", "fd~torch", "fd~jax")
+#: Pair labels in the order they are shown: the backends in registry order, then finite
+#: differences against each (15 pairs with all six references).
+_BACKEND_ORDER = ("reference", "torch", "jax", "tensorflow", "pytensor")
+_PAIR_ORDER = (tuple(f"{a}~{b}" for i, a in enumerate(_BACKEND_ORDER) for b in _BACKEND_ORDER[i + 1:])
+               + tuple(f"fd~{n}" for n in _BACKEND_ORDER))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,151 @@
+"""PyTensor adapter: a PyTensor ``Op`` (with a custom ``grad``/``L_op``) or a graph-building function as a check target.
+
+Imported only when the callable or its output already comes from PyTensor
+(see :mod:`gradverify.frameworks`), so ``import gradverify`` never imports
+pytensor.
+
+The code under test is symbolic: called on symbolic inputs it returns the
+output graph. :class:`PyTensorFunctionTarget` builds that graph once per
+input dtype signature (the inputs as ``pt.tensor`` variables of the given
+shapes) and compiles two functions from it, reused for every evaluation:
+
+* the value, ``inputs -> outputs`` (float64 for the finite differences);
+* the VJP, ``(inputs, cotangents) -> (outputs, gradients)`` with
+  ``pytensor.gradient.pullback`` (``Lop``) in the caller's dtype -- for an
+  ``Op`` that is its own ``grad``/``L_op``, the gradient under test.
+
+Inputs are numpy arrays (PyTensor has no eager arrays); shared variables
+and constants given as inputs are read once. Compilation uses
+``mode="FAST_COMPILE"`` (see :class:`~gradverify.backends.pytensor.PyTensorBackend`).
+The exact reference ``against="pytensor"`` applies with ``vjp=`` (PyTensor's
+autodiff of the function itself); an ``Op``'s ``perform`` is numpy that
+PyTensor cannot differentiate, so it has no independent exact reference.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from ..backends.pytensor import import_pytensor
+
+pytensor = import_pytensor()
+import pytensor.tensor as pt  # noqa: E402
+from pytensor import gradient as G  # noqa: E402
+from pytensor.graph.basic import Variable  # noqa: E402
+from pytensor.graph.op import Op  # noqa: E402
+
+from ..errors import ProtocolError  # noqa: E402
+from ._common import FrameworkFunctionTarget, flatten_tree  # noqa: E402
+
+__all__ = ["PyTensorFunctionTarget", "is_pytensor_variable", "MODE"]
+
+#: Compilation mode of the code under test's functions.
+MODE = "FAST_COMPILE"
+_pullback = getattr(G, "pullback", None) or G.Lop
+
+
+def is_pytensor_variable(value: Any) -> bool:
+    return isinstance(value, Variable)
+
+
+def _is_np(value: Any) -> bool:
+    return isinstance(value, np.ndarray)
+
+
+class PyTensorFunctionTarget(FrameworkFunctionTarget):
+    """A PyTensor ``Op`` or graph-building function (see the module docstring).
+
+    Cost: one graph construction and two compilations per dtype signature
+    (float64, and the caller's dtype when it differs); then one call of a
+    compiled function per evaluation.
+    """
+
+    framework = "pytensor"
+
+    def __init__(self, fn: Callable, inputs: Any, vjp: Callable | None, constants: Any = ()):
+        self._graphs: dict = {}
+        names_from = fn.make_node if isinstance(fn, Op) else None
+        super().__init__(fn, inputs, vjp, names_from=names_from, constants=constants)
+        self.faithful_float64()
+
+    # -- framework specifics ----------------------------------------------------
+    def is_array(self, value: Any) -> bool:
+        return isinstance(value, Variable) and (hasattr(value, "get_value") or hasattr(value, "data"))
+
+    def to_numpy(self, value: Any, name: str) -> np.ndarray:
+        return np.array(value.get_value() if hasattr(value, "get_value") else value.data, copy=True)
+
+    def to_framework(self, value: np.ndarray, name: str | None, dtype=None) -> Any:
+        return np.asarray(value, dtype=dtype)
+
+    def float_leaf(self, value: Any) -> bool:
+        return isinstance(value, np.ndarray) and value.dtype.kind == "f"
+
+    def leaf_to_numpy(self, value: Any) -> np.ndarray:
+        return np.array(value, copy=True)
+
+    def leaves_of(self, out: Any) -> list:
+        return flatten_tree(out, _is_np)
+
+    # -- the graph ----------------------------------------------------------------
+    def _graph(self, flat):
+        """Symbolic inputs, the output leaves and the output tree for ``flat``'s dtypes (cached)."""
+        key = tuple((n, v.dtype.str, v.shape) for n, v in flat.items())
+        g = self._graphs.get(key)
+        if g is None:
+            sym = {n: pt.tensor(dtype=v.dtype.name, shape=v.shape, name=n) for n, v in flat.items()}
+            out = self.call_user(sym)
+            if isinstance(out, Variable):
+                leaves, tree = [out], None
+            else:
+                leaves = flatten_tree(out, lambda v: isinstance(v, Variable))
+                tree = out
+            leaves = [v for v in leaves if v.dtype.startswith("float")]
+            if not leaves:
+                raise ProtocolError(f"{self.what}: the function returned no floating-point PyTensor variable; "
+                                    "return the output of the graph (a TensorVariable)")
+            g = self._graphs[key] = {"sym": sym, "leaves": leaves, "tree": tree}
+        return g
+
+    def _structure(self, g, values: list) -> Any:
+        if g["tree"] is None:
+            return values[0]
+        it = iter(values)
+        return _rebuild(g["tree"], it)
+
+    def run(self, flat):
+        g = self._graph(flat)
+        if "value" not in g:
+            g["value"] = pytensor.function(list(g["sym"].values()), g["leaves"], mode=MODE, on_unused_input="ignore")
+        outs = g["value"](*[flat[n] for n in g["sym"]])
+        return self._structure(g, [np.asarray(o) for o in outs])
+
+    def autodiff(self, pieces, flat):
+        g = self._graph(flat)
+        names = list(self.point)
+        if "vjp" not in g:
+            cts = [v.type() for v in g["leaves"]]
+            wrt = [g["sym"][n] for n in names]
+            grads = _pullback(g["leaves"], wrt, cts, disconnected_inputs="ignore")
+            g["vjp"] = pytensor.function(list(g["sym"].values()) + cts, g["leaves"] + list(grads), mode=MODE,
+                                         on_unused_input="ignore")
+        leaves = g["leaves"]
+        if len(pieces) != len(leaves):
+            raise ProtocolError("the function returned a different number of outputs on this call")
+        res = g["vjp"](*[flat[n] for n in g["sym"]], *[np.asarray(p, dtype=l.dtype) for p, l in zip(pieces, leaves)])
+        outs = [np.asarray(o) for o in res[:len(leaves)]]
+        self._record_output(self._structure(g, outs))
+        return {n: np.array(r, copy=True) for n, r in zip(names, res[len(leaves):])}
+
+
+def _rebuild(node, it):
+    if isinstance(node, Variable):
+        return next(it) if node.dtype.startswith("float") else None
+    if isinstance(node, dict):
+        return {k: _rebuild(v, it) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        items = [_rebuild(v, it) for v in node]
+        return items if isinstance(node, list) else tuple(items)
+    return None
