@@ -455,7 +455,7 @@ def test_cli_json_prints_json_and_no_progress(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--cases", "0"], "--cases"),
-    (["--backends", "tensorflow"], "unknown backend"),
+    (["--backends", "theano"], "unknown backend"),
     (["--budget", "-1"], "--budget"),
     (["--sizes", "0"], "--sizes"),
 ])
