@@ -139,7 +139,8 @@ def directional_mismatches(
         stored = np.empty((len(steps),) + arr.shape, dtype=arr.dtype)
         row = np.empty(arr.shape) if arr.dtype != np.float64 else None
         for b, (k, st) in enumerate(steps):
-            out_row = stored[b] if row is None else row
+            # stored[b, ...] is a view also for a 0-d arr (stored[b] would be a numpy scalar, no out=)
+            out_row = stored[b, ...] if row is None else row
             np.multiply(plans[k][0], st, out=out_row)
             np.add(out_row, x064, out=out_row)
             if row is not None:

@@ -1,0 +1,47 @@
+"""The classes of operators the sweep over PyTorch's OpInfo database met (issue 12, point 9).
+
+Each test is one class at its cause, with the operator or a minimal
+stand-in (``benchmarks/operator_sweep.py`` runs the whole database). Where
+a numerical tolerance is stated it is gradverify's default for the dtype
+unless the test says otherwise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gradverify
+
+torch = pytest.importorskip("torch")
+
+
+def f64(*shape, seed=0, low=-1.0, high=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return (low + (high - low) * torch.rand(*shape, generator=g, dtype=torch.float64))
+
+
+# -- a 0-d (scalar) tensor among the inputs, in fast mode ---------------------
+
+@pytest.mark.parametrize("op", [torch.atan2, torch.mul, torch.pow])
+def test_zero_dim_input_in_fast_mode(op):
+    x = f64(3, 4, low=0.5, high=1.5)
+    r = gradverify.check(op, [x, torch.tensor(2.0, dtype=torch.float64)], mode="fast")
+    assert r.status == "pass", r
+    assert r.mode == "fast"
+
+
+def test_zero_dim_input_wrong_gradient_fails_in_fast_mode():
+    class Bad(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, y):
+            ctx.save_for_backward(x, y)
+            return x * y
+
+        @staticmethod
+        def backward(ctx, g):
+            x, y = ctx.saved_tensors
+            return g * y, 1.5 * (g * x).sum()  # the scalar's gradient is 1.5x too large
+
+    r = gradverify.check(Bad.apply, [f64(5), torch.tensor(2.0, dtype=torch.float64)], mode="fast", against="fd")
+    assert r.status == "fail" and r.worst.input == "y"
