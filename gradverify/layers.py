@@ -132,7 +132,7 @@ def _is_differentiable(a: np.ndarray) -> bool:
     return a.dtype.kind == "f"
 
 
-def _to_array(value: Any, name: str) -> np.ndarray:
+def _to_array(value: Any, name: str, *, allow_empty: bool = False) -> np.ndarray:
     if value is None:
         raise SpecError(f"input {name!r} is None; pass an array")
     try:
@@ -147,7 +147,7 @@ def _to_array(value: Any, name: str) -> np.ndarray:
         raise SpecError(f"input {name!r} is complex; gradverify checks real-valued inputs")
     if arr.dtype.kind in "USV":
         raise SpecError(f"input {name!r} has non-numeric dtype {arr.dtype}")
-    if arr.size == 0:
+    if arr.size == 0 and not allow_empty:
         raise SpecError(f"input {name!r} is empty (shape {arr.shape}); give it at least one element")
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
         raise NonFiniteError(f"input {name!r} contains NaN or inf; check the point, not only the gradient")
@@ -209,17 +209,19 @@ def _is_opaque(value: Any) -> bool:
     return not hasattr(value, "__array__") and not hasattr(value, "__array_interface__")
 
 
-def as_input_arrays(inputs: Any, names: Sequence[str] | None = None, *, allow_opaque: bool = False) -> dict[str, Any]:
+def as_input_arrays(inputs: Any, names: Sequence[str] | None = None, *, allow_opaque: bool = False,
+                    allow_empty: bool = False) -> dict[str, Any]:
     """Normalise ``inputs`` (one array, a sequence, or a dict) to name -> array copies.
 
     With ``allow_opaque``, non-numeric values become :class:`Opaque`
-    constants instead of errors.
+    constants instead of errors; with ``allow_empty``, empty arrays are
+    kept (framework callables: an empty tensor is checked trivially).
     """
 
     def convert(v, name):
         if allow_opaque and _is_opaque(v):
             return Opaque(v)
-        return _to_array(v, name)
+        return _to_array(v, name, allow_empty=allow_empty)
 
     if isinstance(inputs, Mapping):
         if not inputs:
@@ -723,6 +725,8 @@ class FunctionTarget(Target):
     """
 
     kind = "function"
+    #: Whether empty inputs are kept (framework callables) or refused (numpy code).
+    allow_empty = False
 
     def __init__(self, fn: Callable, vjp: Callable, inputs: Any, *, kind: str = "function",
                  names_from: Callable | None = None, what: str = "vjp"):
@@ -740,7 +744,7 @@ class FunctionTarget(Target):
         self.by_keyword = isinstance(inputs, Mapping)
         count = len(inputs) if isinstance(inputs, (list, tuple, Mapping)) else 1
         names = None if self.by_keyword else _signature_names(names_from or fn, count)
-        arrays = as_input_arrays(inputs, names, allow_opaque=True)
+        arrays = as_input_arrays(inputs, names, allow_opaque=True, allow_empty=self.allow_empty)
         self.order = list(arrays)
         for name, arr in arrays.items():
             if isinstance(arr, Opaque):

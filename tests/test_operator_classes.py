@@ -45,3 +45,25 @@ def test_zero_dim_input_wrong_gradient_fails_in_fast_mode():
 
     r = gradverify.check(Bad.apply, [f64(5), torch.tensor(2.0, dtype=torch.float64)], mode="fast", against="fd")
     assert r.status == "fail" and r.worst.input == "y"
+
+
+# -- empty inputs and outputs: nothing to compare passes trivially, and says so ---
+
+@pytest.mark.parametrize("mode", ["auto", "fast"])
+def test_empty_input_passes_trivially_with_a_warning(mode):
+    r = gradverify.check(torch.round, [torch.zeros(1, 0, 3, dtype=torch.float64)], mode=mode)
+    assert r.status == "pass"
+    assert any("nothing to compare" in w for w in r.warnings), r.warnings
+
+
+def test_empty_output_passes_trivially_and_an_empty_input_beside_others_is_checked():
+    r = gradverify.check(lambda a: a[:0] * 2, [f64(3)])
+    assert r.status == "pass" and any("nothing to compare" in w for w in r.warnings)
+    r = gradverify.check(lambda a, b: a.sum() + torch.sin(b), [torch.zeros(0, dtype=torch.float64), f64(4)],
+                         mode="fast")
+    assert r.status == "pass"
+
+
+def test_empty_numpy_input_is_still_refused():
+    with pytest.raises(gradverify.GradVerifyError):
+        gradverify.check(lambda x: 2 * x, [np.zeros(0)], vjp=lambda d, x: (2 * d,))

@@ -314,6 +314,8 @@ class FrameworkFunctionTarget(FunctionTarget):
     """
 
     framework = "framework"
+    #: Empty tensors are checked (trivially, with a warning), as the frameworks' own checkers do.
+    allow_empty = True
 
     def __init__(self, fn: Callable, inputs: Any, vjp: Callable | None, *, names_from: Callable | None = None):
         if not callable(fn):
