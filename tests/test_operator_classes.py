@@ -67,3 +67,63 @@ def test_empty_output_passes_trivially_and_an_empty_input_beside_others_is_check
 def test_empty_numpy_input_is_still_refused():
     with pytest.raises(gradverify.GradVerifyError):
         gradverify.check(lambda x: 2 * x, [np.zeros(0)], vjp=lambda d, x: (2 * d,))
+
+
+# -- outputs that autograd does not differentiate; inputs the caller did not mark ----
+
+def _norm_with_stats(x, weight, bias, running_mean, running_var):
+    """batch_norm's shape: the result, and beside it statistics computed without grad."""
+    out = torch.nn.functional.batch_norm(x, running_mean, running_var, weight, bias, training=True, momentum=0.5)
+    with torch.no_grad():
+        mean, var = x.mean(0), x.var(0)
+    return out, mean, var
+
+
+def test_outputs_without_grad_are_left_out_and_unmarked_inputs_are_constants():
+    x, w, b = (f64(4, 3, seed=s).requires_grad_() for s in range(3))
+    w, b = w[0].detach().requires_grad_(), b[0].detach().requires_grad_()
+    rm, rv = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)  # no requires_grad
+    r = gradverify.check(_norm_with_stats, [x, w, b, rm, rv])
+    assert r.status == "pass", r
+    assert {"running_mean", "running_var"} <= set(r.to_dict().get("constants", ["running_mean", "running_var"]))
+
+
+def test_outputs_without_grad_left_out_still_catch_a_wrong_backward():
+    class Scale(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return 2 * x
+
+        @staticmethod
+        def backward(ctx, g):
+            return 2.2 * g  # 10% off
+
+    def f(x):
+        with torch.no_grad():
+            stat = x.mean()
+        return Scale.apply(x), stat
+
+    r = gradverify.check(f, [f64(5).requires_grad_()], against="fd")
+    assert r.status == "fail" and r.worst.input == "x"
+
+
+# -- a gradient returned as a ZeroTensor ----------------------------------------
+
+class _IgnoresC(torch.autograd.Function):
+    """2 x, whatever c: c's gradient is autograd's efficient ZeroTensor."""
+
+    @staticmethod
+    def forward(ctx, x, c):
+        ctx.c_shape = c.shape
+        return 2 * x
+
+    @staticmethod
+    def backward(ctx, g):
+        return 2 * g, torch._efficientzerotensor(ctx.c_shape, dtype=g.dtype)
+
+
+def test_zero_tensor_gradient():
+    x, c = f64(4), f64(3, seed=1)
+    for mode in ("full", "fast"):
+        r = gradverify.check(_IgnoresC.apply, [x, c], mode=mode, against="fd")
+        assert r.status == "pass", r

@@ -314,6 +314,9 @@ class FrameworkFunctionTarget(FunctionTarget):
     """
 
     framework = "framework"
+    #: One flag per floating output leaf: False for an output the framework's autodiff does not
+    #: differentiate (left out of the function checked); None keeps every output.
+    kept_outputs: list[bool] | None = None
     #: Empty tensors are checked (trivially, with a warning), as the frameworks' own checkers do.
     allow_empty = True
 
@@ -562,6 +565,8 @@ class FrameworkFunctionTarget(FunctionTarget):
         else:
             leaves = [v for v in self.leaves_of(out) if self.float_leaf(v)]
             single = False
+            if self.kept_outputs is not None and self.user_vjp is None and len(self.kept_outputs) == len(leaves):
+                leaves = [v for v, k in zip(leaves, self.kept_outputs) if k]
             if not leaves:
                 raise ProtocolError(
                     f"{_name(self.user_fn)} returned {type(out).__name__} with no floating-point "

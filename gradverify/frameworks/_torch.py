@@ -72,6 +72,9 @@ def tensor_to_numpy(t: torch.Tensor, name: str) -> np.ndarray:
 
 def _leaf_numpy(t: torch.Tensor) -> np.ndarray:
     t = t.detach()
+    if t._is_zerotensor():
+        # a ZeroTensor (torch._efficientzerotensor: autograd's "gradient known to be zero") has no storage
+        t = torch.zeros(t.shape, dtype=t.dtype, device=t.device)
     if t.dtype == torch.bfloat16:
         t = t.float()
     return np.array(t.resolve_conj().resolve_neg().cpu().numpy(), copy=True)
@@ -187,11 +190,16 @@ def _perturbed_rows(base: torch.Tensor, idx: np.ndarray, vals: np.ndarray) -> to
     return rows.reshape((len(idx),) + tuple(base.shape))
 
 
-def _joined(out: Any) -> torch.Tensor:
-    """The floating leaves of an output joined as :func:`join_outputs` does (inside ``vmap``)."""
+def _joined(out: Any, kept: list[bool] | None = None) -> torch.Tensor:
+    """The floating leaves of an output joined as :func:`join_outputs` does (inside ``vmap``).
+
+    ``kept`` (one flag per floating leaf) leaves out the outputs autograd does not differentiate.
+    """
     if _float_tensor(out):
         return out
     leaves = [v for v in flatten_tree(out, is_tensor) if _float_tensor(v)]
+    if kept is not None and len(kept) == len(leaves):
+        leaves = [v for v, k in zip(leaves, kept) if k]
     if not leaves:
         raise ProtocolError(f"the code returned {type(out).__name__} with no floating-point tensor in it")
     return torch.cat([v.reshape(-1) for v in leaves])
@@ -377,10 +385,55 @@ class TorchFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
 
     def __init__(self, fn: Callable, inputs: Any, vjp: Callable | None):
         self.devices: dict[str, Any] = {}
+        self.requires_grad: dict[str, bool] = {}
         super().__init__(fn, inputs, vjp, names_from=names_source(fn))
         self.default_device = next(iter(self.devices.values()), torch.device("cpu"))
         self.rng = RngPin(list(self.devices.values()))
+        self._marked_constants()
         self.faithful_float64()
+        self._differentiable_outputs()
+
+    def _marked_constants(self) -> None:
+        """Floating tensors without ``requires_grad`` are constants where the caller marked others.
+
+        As ``torch.autograd.gradcheck`` does: a call whose inputs mark some
+        tensors ``requires_grad=True`` (batch norm's weight and bias) and not
+        others (its running statistics, which the op refuses to
+        differentiate) differentiates the marked ones only. Where no tensor
+        is marked, every floating input is differentiated.
+        """
+        if not any(self.requires_grad.get(n) for n in self.point):
+            return
+        for n in [n for n in self.point if not self.requires_grad.get(n)]:
+            del self.point[n]
+            self.constants[n] = self.originals.pop(n)
+
+    def _differentiable_outputs(self) -> None:
+        """Leave out of the output the floating leaves autograd does not differentiate (as gradcheck does).
+
+        A fused normalisation returns its batch statistics beside its
+        result, a least-squares solver its singular values: outputs that
+        do not require grad even though the inputs do. Their gradient is
+        undefined, not zero, so they are no part of the function checked.
+        One call of ``fn`` with the inputs requiring grad finds them; code
+        that fails that call, or whose outputs all lack grad (computed
+        outside autograd: :meth:`autodiff` warns), keeps every output.
+        """
+        if self.user_vjp is not None:
+            return
+        try:
+            with torch.enable_grad(), self.rng():
+                values = self.convert(dict(zip(self.order, self._args(self.originals))))
+                for n in self.point:
+                    values[n] = values[n].detach().requires_grad_(True).clone()
+                out = self.call_user(values)
+        except Exception:  # noqa: BLE001 - the check's own calls report it
+            return
+        if self.float_leaf(out):
+            return
+        keep = [bool(v.requires_grad) for v in self.leaves_of(out) if self.float_leaf(v)]
+        if any(keep) and not all(keep):
+            self.kept_outputs = keep
 
     def session(self):
         return _torch_threads_for(sum(a.size for a in self.point.values()))
@@ -409,6 +462,7 @@ class TorchFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
 
     def to_numpy(self, value: Any, name: str) -> np.ndarray:
         self.devices[name] = value.device
+        self.requires_grad[name] = bool(value.requires_grad)
         return tensor_to_numpy(value, name)
 
     def to_framework(self, value: np.ndarray, name: str | None, dtype=None) -> Any:
@@ -442,7 +496,7 @@ class TorchFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
         def one(xn):
             values = dict(base)
             values[name] = xn
-            return _joined(self.call_user(values))
+            return _joined(self.call_user(values), self.kept_outputs)
 
         # No random state to pin: vmap refuses random draws (randomness="error"), and code that draws falls back.
         return _vmap(one, rows)
