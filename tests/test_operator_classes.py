@@ -127,3 +127,55 @@ def test_zero_tensor_gradient():
     for mode in ("full", "fast"):
         r = gradverify.check(_IgnoresC.apply, [x, c], mode=mode, against="fd")
         assert r.status == "pass", r
+
+
+# -- step functions: a jump beside the point, and locally constant functions -------
+
+@pytest.mark.parametrize("mode", ["full", "fast"])
+def test_round_next_to_a_jump_is_nondiff_not_a_failure(mode):
+    # 2.04739 rounds to 2.047; the jump at 2.0475 is 1.1e-4 away, inside the first finite-difference step
+    x = torch.tensor([2.047386382824099, 0.3123, -1.2], dtype=torch.float64)
+    r = gradverify.check(lambda x: torch.round(x, decimals=3), [x], mode=mode)
+    assert r.status == "nondiff", r
+    assert r.passed
+
+
+def test_a_wrong_gradient_beside_a_jump_still_fails_where_the_function_is_smooth():
+    class RoundPlusSin(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return torch.round(x, decimals=3) + torch.sin(x)
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            return g * torch.cos(x) * 1.01  # 1% off, everywhere
+
+    x = torch.tensor([2.047386382824099, 0.3123, -1.2], dtype=torch.float64)
+    r = gradverify.check(RoundPlusSin.apply, [x], mode="full", against="fd")
+    assert r.status == "fail", r
+
+
+def test_floor_is_settled_at_once_as_locally_constant():
+    x = f64(20, 20, low=-5, high=5)
+    r = gradverify.check(torch.floor, [x], mode="full")
+    assert r.status == "pass", r
+    # 400 elements: about 4 evaluations each (the screen's sample, then the first Richardson pass), where
+    # the step walk used to spend ~50 each (19,882 in all)
+    assert r.evaluations <= 6 * x.numel(), r.evaluations
+
+
+def test_a_wrong_nonzero_gradient_of_a_step_function_fails():
+    class BadFloor(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return torch.floor(x)
+
+        @staticmethod
+        def backward(ctx, g):
+            return g  # straight-through: not floor's derivative
+
+    x = f64(6, low=-5, high=5)
+    r = gradverify.check(BadFloor.apply, [x], mode="full", against="fd")
+    assert r.status == "fail", r

@@ -203,6 +203,31 @@ def projected_gradients(
                     d, n, mag = diff(yp, ym, tp, tm)
                     return (yp, tp, ym, tm, d, n, mag, not np.array_equal(yp, ym))
 
+                def first_levels_settle(levels):
+                    """A jump beside the point (a kink, settled) or a locally constant function (zero, settled).
+
+                    The same rules as the batched first pass (:func:`~gradverify.references.screen.first_pass_batched`).
+                    """
+                    (yp1, tp1, ym1, tm1), (yp2, tp2, ym2, tm2) = levels[0][:4], levels[1][:4]
+                    r1, n1, _ = diff(yp1, y0, tp1, 0.0)
+                    r2, n2, _ = diff(yp2, y0, tp2, 0.0)
+                    l1, m1, _ = diff(y0, ym1, 0.0, tm1)
+                    l2, m2, _ = diff(y0, ym2, 0.0, tm2)
+                    jr = bool(_screens.jump_side(r1 * tp1, r2 * tp2, not np.array_equal(yp2, y0), n1 * abs(tp1),
+                                                 n2 * abs(tp2)))
+                    jl = bool(_screens.jump_side(l1 * -tm1, l2 * -tm2, not np.array_equal(ym2, y0),
+                                                 m1 * abs(tm1), m2 * abs(tm2)))
+                    if jr or jl:
+                        lft, rgt = _screens.jump_interval(l2, r2, jl, jr)
+                        left[i], right[i], kink[i] = float(lft), float(rgt), True
+                        return True
+                    flat = all(np.array_equal(y, y0) for y in (yp1, ym1, yp2, ym2))
+                    if flat and judge is not None and judge(name, i, 0.0, 0.0) == OK:
+                        value[i] = 0.0
+                        left[i] = right[i] = 0.0
+                        return True
+                    return False
+
                 def diagnose(levels):
                     # Kink diagnosis from the two smallest steps tried (no new
                     # evaluations): at a kink each one-sided derivative is stable
@@ -226,6 +251,8 @@ def projected_gradients(
                     levels = [level(h), level(h / 2)]
                     value[i], error[i] = richardson(levels[0], levels[1])
                     sensitivity[i] = levels[1][6] / scale[i]
+                    if first_levels_settle(levels):
+                        continue
                 if judge is None:
                     continue
                 verdict = judge(name, i, value[i], error[i])

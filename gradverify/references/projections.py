@@ -14,7 +14,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .stencils import OK, Projector, _eps, default_step
+from .screen import jump_side
+from .stencils import _ULPS_PER_OUTPUT, OK, Projector, _eps, default_step
 from .stepwalk import richardson, settle
 
 __all__ = ["Projection", "directional_mismatch", "directional_mismatches", "TaylorTest", "taylor_test"]
@@ -33,6 +34,9 @@ class Projection:
         magnitude: ``sum |u_k| |y_k| / t`` over the outputs the probe moved,
             ``t`` the step: the size of the terms the projection sums.
         evaluations: function evaluations used.
+        jump: True where the probe's first steps straddle a jump of the
+            function (a step function near a threshold): its differences
+            are no derivative, and ``error`` is infinite.
     """
 
     analytic: float
@@ -41,6 +45,7 @@ class Projection:
     error: float
     magnitude: float
     evaluations: int
+    jump: bool = False
 
 
 def directional_mismatch(
@@ -133,6 +138,7 @@ def directional_mismatches(
     steps = [(k, s) for k, plan in enumerate(plans) if plan is not None
              for s in (plan[2], -plan[2], plan[2] / 2, -plan[2] / 2)]
     first_levels = {}  # direction -> its levels at t and t/2
+    jumps = {}  # direction -> whether its first steps straddle a jump
     if steps:
         # Every displaced point x + s v at once, as stored in arr's dtype (in
         # place: large temporaries cost more than the arithmetic).
@@ -172,6 +178,19 @@ def directional_mismatches(
             s_ = float(along[p_])
             first_levels.setdefault(k, []).append(
                 (None, s_, None, -s_, float(quot[p_] - ana[p_]), float(noise[p_]), float(mag[p_]), bool(moved[p_])))
+        # One-sided differences of each direction at t and t/2 (rows +t, -t, +t/2, -t/2): a jump beside the
+        # point (see screen.jump_side) makes the directional quotients no derivative.
+        base = np.asarray(y0, dtype=np.float64).reshape(-1)
+        u = proj.u.reshape(-1)
+        rows4 = flat.reshape(-1, 4, flat.shape[1])
+        side_noise = proj.eps * _ULPS_PER_OUTPUT * ((np.abs(rows4) + np.abs(base)) @ proj.absu.reshape(-1)) \
+            + 2 * proj.noise
+        right = (rows4[:, (0, 2)] - base) @ u
+        left = (base - rows4[:, (1, 3)]) @ u
+        moved_half = np.any(rows4[:, 2:] != base, axis=2)
+        jr = jump_side(right[:, 0], right[:, 1], moved_half[:, 0], side_noise[:, 0], side_noise[:, 2])
+        jl = jump_side(left[:, 0], left[:, 1], moved_half[:, 1], side_noise[:, 1], side_noise[:, 3])
+        jumps = {k: bool(jr[j] or jl[j]) for j, (k, _) in enumerate(steps[0::4])}
     out = []
     for k, plan in enumerate(plans):
         if plan is None:
@@ -203,6 +222,12 @@ def directional_mismatches(
         before = proj.evaluations
         first = first_levels[k]
         mismatch, error = richardson(*first)
+        if jumps.get(k):
+            analytic = float(np.vdot(g, v))
+            out.append(Projection(analytic, analytic + mismatch, mismatch, math.inf, first[1][6] / scale,
+                                  counted + 4, jump=True))
+            counted = 0
+            continue
         if judge is not None and judge(k, mismatch, error) != OK:
             floor_t = floor / float(np.max(np.abs(v)))
             mismatch, error, _ = settle(level, first, t, floor_t, lambda m, e, k=k: judge(k, m, e),

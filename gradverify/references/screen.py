@@ -14,7 +14,8 @@ import numpy as np
 
 from .stencils import OK, _ULPS_PER_OUTPUT
 
-__all__ = ["SCREEN_MIN_SIZE", "SCREEN_SAMPLES", "SCREEN_STEP_DIVISOR", "screen", "first_pass_batched"]
+__all__ = ["SCREEN_MIN_SIZE", "SCREEN_SAMPLES", "SCREEN_STEP_DIVISOR", "screen", "first_pass_batched", "jump_side",
+           "jump_interval"]
 
 #: Tensors of at least this many elements are screened (see
 #: :func:`projected_gradients`); smaller ones go straight to Richardson.
@@ -24,6 +25,45 @@ SCREEN_MIN_SIZE = 64
 SCREEN_SAMPLES = 16
 #: The screening step is the Richardson step divided by this.
 SCREEN_STEP_DIVISOR = 16.0
+
+
+#: One-sided differences at ``h`` and ``h/2`` within this fraction of each other are a jump, not a slope
+#: (a slope halves the difference with the step, a curvature quarters it).
+JUMP_AGREEMENT = 0.25
+
+
+def jump_side(d1, d2, moved2, noise1, noise2):
+    """Whether a jump sits on one side of each element, from its one-sided differences (not quotients).
+
+    ``d1``, ``d2`` are ``<u, y(x + t) - y(x)>`` (or ``<u, y(x) - y(x - t)>``)
+    at the steps ``h`` and ``h/2`` with their rounding noise; ``moved2``
+    whether any output moved at ``h/2``. A difference that does not shrink
+    with the step (beyond its noise), or that vanishes bitwise at ``h/2``
+    while it is well above its noise at ``h``, comes from a jump between
+    the point and ``x +- h``: the quotients there measure the jump over the
+    step, not a derivative. Cost: array arithmetic, no evaluations.
+    """
+    d1, d2 = np.asarray(d1, dtype=np.float64), np.asarray(d2, dtype=np.float64)
+    constant = (np.abs(d2) > 4 * noise2) & (np.abs(d1 - d2) <= JUMP_AGREEMENT * np.abs(d2))
+    vanished = ~np.asarray(moved2, dtype=bool) & (np.abs(d1) > 16 * noise1)
+    return constant | vanished
+
+
+def jump_interval(left, right, jump_left, jump_right):
+    """One-sided values at an element beside a jump: the jump's side opens the interval towards the jump.
+
+    A side with a jump carries no derivative: its quotient (the jump over
+    the step) is replaced so that the interval ``[min, max]`` the
+    comparison core accepts as subgradients runs from the other side's
+    slope past the jump's quotient (both sides jumping: the widest finite
+    interval the quotients span, either sign). Returns new ``(left, right)``.
+    """
+    left, right = np.asarray(left, dtype=np.float64).copy(), np.asarray(right, dtype=np.float64).copy()
+    span = np.abs(left) + np.abs(right)
+    both = jump_left & jump_right
+    left = np.where(both, -span, left)
+    right = np.where(both, span, right)
+    return left, right
 
 
 def screen(evaluate_batch, name, arr, order, first_steps, proj, y0, batch_bytes, scale) -> dict[str, np.ndarray]:
@@ -123,11 +163,26 @@ def first_pass_batched(evaluate_batch, name, arr, order, first_steps, out_shape,
             n_lr = proj.eps * _ULPS_PER_OUTPUT * ((np.abs(ys[:, a]) + np.abs(ys[:, b]) + 2 * np.abs(base)) @ absu) \
                 / np.abs(actual[:, a])
             sides.append((right, left, n_lr))
-        (r1, l1, _), (r2, l2, n2) = sides
+        (r1, l1, n1), (r2, l2, n2) = sides
         g1, g2 = np.abs(r1 - l1), np.abs(r2 - l2)
         stable = (np.abs(r1 - r2) <= 0.1 * g2 + 4 * n2) & (np.abs(l1 - l2) <= 0.1 * g2 + 4 * n2)
         kinks = (g2 > 4 * n2) & (g2 > 0.75 * g1) & stable
+        # A jump beside the point (a step function near its threshold): the quotients straddling it
+        # are no derivative. The element is a non-differentiable point, settled without a walk.
+        t1, t2 = np.abs(actual[:, 0]), np.abs(actual[:, 2])
+        m1, m2 = n1 * t1 + 2 * proj.noise, n2 * t2 + 2 * proj.noise
+        jr = jump_side(r1 * t1, r2 * t2, np.any(ys[:, 2] != base, axis=1), m1, m2)
+        jl = jump_side(l1 * t1, l2 * t2, np.any(ys[:, 3] != base, axis=1), m1, m2)
+        jumps = jr | jl
+        l2, r2 = jump_interval(l2, r2, jl, jr)
+        kinks = kinks | jumps
+        # Locally constant (a step function away from its thresholds): no output moved at any of the four
+        # steps; where the gradient under test is zero too, the element is settled at once.
+        flat = ~np.any(ys != base[None, None, :], axis=(1, 2))
         verdicts = judge(part, val, err) if judge is not None else np.full(n, OK)
+        if judge is not None and flat.any():
+            verdicts = np.where(flat & (np.asarray(judge(part, np.zeros(n), np.zeros(n))) == OK), OK, verdicts)
+        verdicts = np.where(jumps, OK, verdicts)
         for k, i in enumerate(part.tolist()):
             levels = None
             if verdicts[k] != OK:
