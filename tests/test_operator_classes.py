@@ -179,3 +179,58 @@ def test_a_wrong_nonzero_gradient_of_a_step_function_fails():
     x = f64(6, low=-5, high=5)
     r = gradverify.check(BadFloor.apply, [x], mode="full", against="fd")
     assert r.status == "fail", r
+
+
+# -- complex inputs and outputs: torch's conjugate Wirtinger convention -----------
+
+def _complex_sin(conjugate: bool):
+    class Sin(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, z):
+            ctx.save_for_backward(z)
+            return torch.sin(z)
+
+        @staticmethod
+        def backward(ctx, g):
+            (z,) = ctx.saved_tensors
+            # torch's convention: grad_input = grad_output * conj(df/dz) for a holomorphic f
+            return g * (torch.cos(z).conj() if conjugate else torch.cos(z))
+
+    return Sin.apply
+
+
+Z = [0.4 + 1.2j, -0.7 + 0.3j, 1.1 - 0.5j]
+
+
+@pytest.mark.parametrize("mode", ["full", "fast"])
+def test_complex_in_complex_out_right_backward_passes_wrong_one_fails(mode):
+    z = torch.tensor(Z, dtype=torch.complex128)
+    assert gradverify.check(torch.sin, [z], mode=mode).status == "pass"
+    assert gradverify.check(_complex_sin(True), [z], mode=mode, against="fd").status == "pass"
+    wrong = gradverify.check(_complex_sin(False), [z], mode=mode, against="fd")
+    assert wrong.status == "fail", wrong
+
+
+def test_complex_in_real_out_and_real_in_complex_out():
+    z = torch.tensor(Z, dtype=torch.complex128)
+    r = gradverify.check(lambda z: (z * z.conj()).real, [z])
+    assert r.status == "pass", r
+    # the real view: 'z'[k, 0] is Re z_k, 'z'[k, 1] is Im z_k
+    assert {s.shape for s in r.inputs if s.name == "z"} == {(3, 2)}
+    assert gradverify.check(torch.fft.rfft, [f64(6)]).status == "pass"
+
+
+def test_complex_wrong_gradient_of_a_real_loss_fails():
+    class AbsSquared(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, z):
+            ctx.save_for_backward(z)
+            return (z * z.conj()).real
+
+        @staticmethod
+        def backward(ctx, g):
+            (z,) = ctx.saved_tensors
+            return g * z  # right: 2 g z (dL/dRe + i dL/dIm)
+
+    r = gradverify.check(AbsSquared.apply, [torch.tensor(Z, dtype=torch.complex128)], against="fd")
+    assert r.status == "fail", r

@@ -513,6 +513,10 @@ class FrameworkFunctionTarget(FunctionTarget):
         """A context manager every call of the code under test runs in (JAX: 64-bit mode for float64)."""
         return contextlib.nullcontext()
 
+    def leaf_shape(self, value: Any) -> tuple:
+        """The shape of an output leaf as :meth:`leaf_to_numpy` returns it."""
+        return tuple(value.shape)
+
     def leaves_of(self, out: Any) -> list:
         """The array leaves of an output tree, in a fixed order."""
         return flatten_tree(out, self.is_array)
@@ -573,7 +577,7 @@ class FrameworkFunctionTarget(FunctionTarget):
                     f"{self.framework} array in it; return a tensor (or a tuple of tensors)"
                 )
         self._out_single = single
-        self._out_shapes = [tuple(v.shape) for v in leaves]
+        self._out_shapes = [self.leaf_shape(v) for v in leaves]
         self._out_tree = out
         return leaves
 

@@ -57,27 +57,49 @@ def is_tensor(value: Any) -> bool:
 
 
 def _float_tensor(value: Any) -> bool:
-    return isinstance(value, torch.Tensor) and value.is_floating_point()
+    """A floating-point or complex tensor: something to differentiate (complex as its real and imaginary parts)."""
+    return isinstance(value, torch.Tensor) and (value.is_floating_point() or value.is_complex())
 
 
-def tensor_to_numpy(t: torch.Tensor, name: str) -> np.ndarray:
-    """A numpy copy of ``t`` in its own dtype (detached, on the CPU)."""
+def _real_shape(t: torch.Tensor) -> tuple:
+    """The shape of ``t`` as gradverify holds it: a complex tensor's real view has a trailing axis of 2."""
+    return tuple(t.shape) + ((2,) if t.is_complex() else ())
+
+
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """A strided tensor with the values of ``t`` (a sparse COO/CSR/CSC/BSR/BSC tensor densified)."""
+    return t.to_dense() if t.layout != torch.strided else t
+
+
+def tensor_to_numpy(t: torch.Tensor, name: str, *, complex_ok: bool = False) -> np.ndarray:
+    """A numpy copy of ``t`` in its own dtype (detached, densified, on the CPU).
+
+    A complex tensor (where ``complex_ok``) becomes its real view: the real
+    dtype, shape ``t.shape + (2,)``, real part at ``[..., 0]`` and
+    imaginary part at ``[..., 1]`` -- each differentiated on its own.
+    """
     if t.dtype == torch.bfloat16:
         raise SpecError(f"input {name!r} is a bfloat16 tensor, which numpy cannot hold; check it in float32 "
                         "(x.float()) -- the comparison is then against float32 tolerances")
-    if t.is_complex():
-        raise SpecError(f"input {name!r} is complex; gradverify checks real-valued inputs")
-    return t.detach().resolve_conj().resolve_neg().cpu().numpy().copy()
+    if t.is_complex() and not complex_ok:
+        raise SpecError(f"input {name!r} is complex; a module's inputs and parameters must be real (complex "
+                        "tensors are checked for torch functions: gradverify.check)")
+    return _leaf_numpy(t)
 
 
 def _leaf_numpy(t: torch.Tensor) -> np.ndarray:
+    """A numpy copy of a tensor: a ZeroTensor as zeros, a sparse tensor densified, a complex one as its real view."""
     t = t.detach()
     if t._is_zerotensor():
         # a ZeroTensor (torch._efficientzerotensor: autograd's "gradient known to be zero") has no storage
         t = torch.zeros(t.shape, dtype=t.dtype, device=t.device)
+    t = _dense(t)
     if t.dtype == torch.bfloat16:
         t = t.float()
-    return np.array(t.resolve_conj().resolve_neg().cpu().numpy(), copy=True)
+    t = t.resolve_conj().resolve_neg()
+    if t.is_complex():
+        t = torch.view_as_real(t)
+    return np.array(t.cpu().numpy(), copy=True)
 
 
 def names_source(fn: Callable) -> Callable:
@@ -96,6 +118,25 @@ def names_source(fn: Callable) -> Callable:
     if isinstance(fn, torch.nn.Module):
         return fn.forward
     return fn
+
+
+def _like_layout(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The dense ``t`` in the sparse layout of ``like`` (the code under test gets the layout it was given).
+
+    The sparsity pattern is ``like``'s: values at its specified elements
+    are taken from ``t`` (a perturbation of an unspecified element, zero
+    in the caller's tensor, is not representable and stays zero -- so
+    finite differences there see no dependence, and autograd's gradient
+    is read densified).
+    """
+    if like.layout == torch.sparse_coo:
+        idx = like.detach().coalesce().indices()
+        return torch.sparse_coo_tensor(idx, t[tuple(idx)], like.shape, dtype=t.dtype, device=t.device).coalesce()
+    if like.layout in (torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc):
+        mask = like.detach().to_dense() != 0
+        return t.sparse_mask(mask.to_sparse(layout=like.layout)) if hasattr(t, "sparse_mask") else t.to_sparse(
+            layout=like.layout)
+    return t
 
 
 class RngPin:
@@ -159,8 +200,18 @@ _RANDOM = "draws random numbers (dropout?) whose values depend on the dtype"
 
 
 def _cotangent(piece: np.ndarray, out: torch.Tensor) -> torch.Tensor:
-    """The cotangent piece as a tensor like ``out`` (a 0-d piece stays 0-d: ascontiguousarray makes it 1-d)."""
+    """The cotangent piece as a tensor like ``out`` (a 0-d piece stays 0-d: ascontiguousarray makes it 1-d).
+
+    For a complex output the piece is the real view of a complex cotangent
+    ``u``: torch's ``grad_outputs=u`` differentiates the real loss
+    ``sum(Re(u) Re(y) + Im(u) Im(y))``, whose gradient it returns as
+    ``dL/dRe(x) + i dL/dIm(x)`` (the conjugate Wirtinger convention of
+    ``torch.autograd.gradcheck``), i.e. exactly the real view that finite
+    differences of the real and imaginary parts measure.
+    """
     t = torch.from_numpy(np.ascontiguousarray(piece).reshape(np.shape(piece)))
+    if out.is_complex():
+        t = torch.view_as_complex(t.to(torch.float64 if out.dtype == torch.complex128 else torch.float32))
     return t.to(device=out.device, dtype=out.dtype)
 
 
@@ -196,10 +247,11 @@ def _joined(out: Any, kept: list[bool] | None = None) -> torch.Tensor:
     ``kept`` (one flag per floating leaf) leaves out the outputs autograd does not differentiate.
     """
     if _float_tensor(out):
-        return out
+        return torch.view_as_real(out) if out.is_complex() else out
     leaves = [v for v in flatten_tree(out, is_tensor) if _float_tensor(v)]
     if kept is not None and len(kept) == len(leaves):
         leaves = [v for v, k in zip(leaves, kept) if k]
+    leaves = [torch.view_as_real(v) if v.is_complex() else v for v in leaves]
     if not leaves:
         raise ProtocolError(f"the code returned {type(out).__name__} with no floating-point tensor in it")
     return torch.cat([v.reshape(-1) for v in leaves])
@@ -338,7 +390,7 @@ def _exact_backward(primal: "_FunctionPrimal", seen: list) -> Callable:
         if primal.cls not in seen:
             seen.append(primal.cls)
         args, kwargs = ctx._gradverify_inputs
-        leaves = [a.detach().requires_grad_(True) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+        leaves = [a.detach().requires_grad_(True) if _float_tensor(a) else a
                   for a in args]
         with torch.enable_grad():
             out = primal(*[a.clone() if isinstance(a, torch.Tensor) and a.requires_grad else a for a in leaves],
@@ -386,6 +438,8 @@ class TorchFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
     def __init__(self, fn: Callable, inputs: Any, vjp: Callable | None):
         self.devices: dict[str, Any] = {}
         self.requires_grad: dict[str, bool] = {}
+        self.complex_inputs: set[str] = set()
+        self.layouts: dict[str, torch.Tensor] = {}  # sparse inputs: name -> the caller's tensor (its layout)
         super().__init__(fn, inputs, vjp, names_from=names_source(fn))
         self.default_device = next(iter(self.devices.values()), torch.device("cpu"))
         self.rng = RngPin(list(self.devices.values()))
@@ -463,11 +517,22 @@ class TorchFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
     def to_numpy(self, value: Any, name: str) -> np.ndarray:
         self.devices[name] = value.device
         self.requires_grad[name] = bool(value.requires_grad)
-        return tensor_to_numpy(value, name)
+        if value.is_complex():
+            self.complex_inputs.add(name)
+        if value.layout != torch.strided:
+            self.layouts[name] = value
+        return tensor_to_numpy(value, name, complex_ok=True)
 
     def to_framework(self, value: np.ndarray, name: str | None, dtype=None) -> Any:
         t = _to_tensor(value, self.devices.get(name, getattr(self, "default_device", None)))
+        if name in self.complex_inputs or (dtype is not None and dtype.is_complex and not t.is_complex()):
+            t = torch.view_as_complex(t)  # the real view back to the complex tensor (shares memory)
+        if name in self.layouts:
+            t = _like_layout(t, self.layouts[name])
         return t if dtype is None else t.to(dtype)
+
+    def leaf_shape(self, value: Any) -> tuple:
+        return _real_shape(value)
 
     def float_leaf(self, value: Any) -> bool:
         return _float_tensor(value)
@@ -483,7 +548,8 @@ class TorchFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
     def _vectorised(self, name: str, idx: np.ndarray, vals: np.ndarray) -> np.ndarray:
         """One ``vmap`` call of ``fn`` over single-element perturbations of input ``name``."""
         base = self.convert(dict(zip(self.order, self._args(self.point))))
-        return self._vmap_over(name, base, _perturbed_rows(base[name], idx, vals))
+        b = base[name]
+        return self._vmap_over(name, base, _perturbed_rows(torch.view_as_real(b) if b.is_complex() else b, idx, vals))
 
     def _vectorised_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
         """One ``vmap`` call of ``fn`` over whole values of input ``name``."""
@@ -495,7 +561,7 @@ class TorchFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
 
         def one(xn):
             values = dict(base)
-            values[name] = xn
+            values[name] = torch.view_as_complex(xn) if name in self.complex_inputs else xn
             return _joined(self.call_user(values), self.kept_outputs)
 
         # No random state to pin: vmap refuses random draws (randomness="error"), and code that draws falls back.
@@ -604,7 +670,7 @@ class TorchModuleTarget(BatchedEvaluation, Target):
         for name, v in vals.items():
             if isinstance(v, torch.Tensor):
                 self.devices[name] = v.device
-                arr = _to_array(tensor_to_numpy(v, name), name)
+                arr = _to_array(tensor_to_numpy(v, name), name)  # complex refused: a module's input is real
             elif isinstance(v, (np.ndarray, np.generic)):
                 self.devices[name] = mdev or torch.device("cpu")
                 arr = _to_array(v, name)
@@ -772,7 +838,7 @@ class TorchModuleTarget(BatchedEvaluation, Target):
                 outs = self._outputs(out, f"{type(self.module).__name__}.forward")
                 wrt = {**leaves, **params}
                 names = [n for n in self.point if n in wrt]
-                pieces = split_cotangent(cotangent, [tuple(o.shape) for o in outs], self._single)
+                pieces = split_cotangent(cotangent, [_real_shape(o) for o in outs], self._single)
                 pairs = [(o, _cotangent(p, o)) for o, p in zip(outs, pieces) if o.requires_grad]
                 grads = _autograd([o for o, _ in pairs], [wrt[n] for n in names], [g for _, g in pairs],
                                   "torch autograd of the module's forwards") if pairs else [None] * len(names)
@@ -798,7 +864,7 @@ class TorchModuleTarget(BatchedEvaluation, Target):
                 args, kwargs, leaves = self._inputs(self.originals, grad=True)
                 out = self._call_module(self.module, args, kwargs)
             outs = self._outputs(out, f"{type(self.module).__name__}.forward")
-            pieces = split_cotangent(cotangent, [tuple(o.shape) for o in outs], self._single)
+            pieces = split_cotangent(cotangent, [_real_shape(o) for o in outs], self._single)
             wrt = {**leaves, **self.orig_params}
             names = list(wrt)
             pairs = [(o, _cotangent(p, o))
