@@ -234,3 +234,52 @@ def test_complex_wrong_gradient_of_a_real_loss_fails():
 
     r = gradverify.check(AbsSquared.apply, [torch.tensor(Z, dtype=torch.complex128)], against="fd")
     assert r.status == "fail", r
+
+
+# -- sparse inputs (densified for the oracle, the layout kept for the code) -------
+
+@pytest.mark.parametrize("layout", ["coo", "csr"])
+@pytest.mark.parametrize("mode", ["full", "fast"])
+def test_sparse_input_keeps_its_layout_and_is_checked_on_its_pattern(layout, mode):
+    s = torch.sparse_coo_tensor(torch.tensor([[0, 1, 2], [2, 0, 1]]), torch.tensor([1.5, -0.5, 2.0],
+                                dtype=torch.float64), (3, 3))
+    s = (s if layout == "coo" else s.to_sparse_csr()).requires_grad_()
+    seen = set()
+
+    def f(s, d):
+        seen.add(s.layout)
+        return torch.sparse.mm(s, d) if s.layout == torch.sparse_coo else s @ d
+
+    r = gradverify.check(f, [s, f64(3, 2).requires_grad_()], mode=mode)
+    assert r.status == "pass", r
+    assert seen == {s.layout}
+
+
+def test_sparse_input_wrong_gradient_fails():
+    class Mm(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, s, d):
+            ctx.save_for_backward(s, d)
+            return torch.sparse.mm(s, d)
+
+        @staticmethod
+        def backward(ctx, g):
+            s, d = ctx.saved_tensors
+            return (g @ d.T).sparse_mask(s.coalesce()), 1.01 * (s.to_dense().T @ g)  # d's gradient 1% off
+
+    s = torch.sparse_coo_tensor(torch.tensor([[0, 1], [1, 0]]), torch.tensor([1.5, -0.5], dtype=torch.float64),
+                                (2, 2))
+    r = gradverify.check(Mm.apply, [s, f64(2, 3)], against="fd")
+    assert r.status == "fail" and r.worst.input == "d", r
+
+
+# -- an input that is a view with a storage offset --------------------------------
+
+@pytest.mark.parametrize("mode", ["full", "fast"])
+def test_view_with_storage_offset_keeps_its_storage(mode):
+    base = torch.arange(10, dtype=torch.float64) / 7
+    x = base[2:8]  # storage offset 2; as_strided below addresses the storage directly
+    r = gradverify.check(lambda x: torch.as_strided(x, (2, 2), (1, 2), 3) * torch.sin(x[:4].reshape(2, 2)), [x],
+                         mode=mode)
+    assert r.status == "pass", r
+    assert torch.equal(base, torch.arange(10, dtype=torch.float64) / 7)  # the caller's storage untouched

@@ -66,6 +66,14 @@ def _real_shape(t: torch.Tensor) -> tuple:
     return tuple(t.shape) + ((2,) if t.is_complex() else ())
 
 
+def _as_complex(t: torch.Tensor) -> torch.Tensor:
+    """``torch.view_as_complex`` of a real view (an empty one, whose strides numpy leaves arbitrary, rebuilt)."""
+    if t.numel() == 0:
+        return torch.zeros(t.shape[:-1], dtype=torch.complex128 if t.dtype == torch.float64 else torch.complex64,
+                           device=t.device)
+    return torch.view_as_complex(t)
+
+
 def _dense(t: torch.Tensor) -> torch.Tensor:
     """A strided tensor with the values of ``t`` (a sparse COO/CSR/CSC/BSR/BSC tensor densified)."""
     return t.to_dense() if t.layout != torch.strided else t
@@ -120,23 +128,66 @@ def names_source(fn: Callable) -> Callable:
     return fn
 
 
-def _like_layout(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """The dense ``t`` in the sparse layout of ``like`` (the code under test gets the layout it was given).
-
-    The sparsity pattern is ``like``'s: values at its specified elements
-    are taken from ``t`` (a perturbation of an unspecified element, zero
-    in the caller's tensor, is not representable and stays zero -- so
-    finite differences there see no dependence, and autograd's gradient
-    is read densified).
-    """
+def _ones_like_sparse(like: torch.Tensor) -> torch.Tensor:
+    """``like`` (a sparse tensor) with every specified value set to one: its sparsity pattern, in its layout."""
+    like = like.detach()
     if like.layout == torch.sparse_coo:
-        idx = like.detach().coalesce().indices()
-        return torch.sparse_coo_tensor(idx, t[tuple(idx)], like.shape, dtype=t.dtype, device=t.device).coalesce()
-    if like.layout in (torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc):
-        mask = like.detach().to_dense() != 0
-        return t.sparse_mask(mask.to_sparse(layout=like.layout)) if hasattr(t, "sparse_mask") else t.to_sparse(
-            layout=like.layout)
-    return t
+        like = like.coalesce()
+        return torch.sparse_coo_tensor(like.indices(), torch.ones_like(like.values()), like.shape).coalesce()
+    if like.layout in (torch.sparse_csr, torch.sparse_bsr):
+        c, p = like.crow_indices(), like.col_indices()
+    else:
+        c, p = like.ccol_indices(), like.row_indices()
+    return torch.sparse_compressed_tensor(c, p, torch.ones_like(like.values()), like.shape, layout=like.layout)
+
+
+def sparse_pattern(like: torch.Tensor) -> np.ndarray:
+    """The specified elements of a sparse tensor, as a dense boolean numpy array."""
+    return _ones_like_sparse(like).to_dense().cpu().numpy() != 0
+
+
+def _like_layout(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The dense ``t`` in the sparse layout and pattern of ``like`` (the code under test gets the layout it was given).
+
+    Values at ``like``'s specified elements are taken from ``t``; an
+    unspecified element (zero in the caller's tensor) is no element of the
+    input, and a perturbation there is not representable: finite
+    differences see no dependence on it, and the gradient under test is
+    read on the pattern only (see :meth:`TorchFunctionTarget.autodiff`),
+    as ``torch.autograd.gradcheck(masked=True)`` reads it.
+    """
+    mask = _ones_like_sparse(like).to(device=t.device)
+    return t.sparse_mask(mask if mask.layout != torch.sparse_coo else mask.to(t.dtype))
+
+
+class _Storage:
+    """The storage behind an input that is a view with an offset, so every call gets the same view of it.
+
+    Copying such an input into fresh storage would move it to offset 0,
+    and code that addresses the storage (``torch.as_strided(x, size,
+    stride, storage_offset)``) would read other elements or out of bounds.
+    Each call gets a fresh copy of the whole storage (elements outside the
+    view keep the caller's values: constants) with the input's values
+    written into a view of the caller's size, strides and offset.
+    """
+
+    def __init__(self, t: torch.Tensor):
+        t = t.detach()
+        self.size, self.stride, self.offset = tuple(t.shape), tuple(t.stride()), t.storage_offset()
+        numel = t.untyped_storage().nbytes() // t.element_size()
+        self.storage = torch.as_strided(t, (numel,), (1,), 0).clone()  # the whole storage, values as given
+
+    def view_of(self, t: torch.Tensor) -> torch.Tensor:
+        """``t``'s values in a view of a fresh copy of the storage (``t``'s dtype and device)."""
+        buf = self.storage.to(device=t.device, dtype=t.dtype, copy=True)
+        view = buf.as_strided(self.size, self.stride, self.offset)
+        view.copy_(t)
+        return view
+
+    def clone_of(self, leaf: torch.Tensor) -> torch.Tensor:
+        """A differentiable clone of ``leaf`` (a view of such a storage) in the same geometry."""
+        numel = leaf.untyped_storage().nbytes() // leaf.element_size()
+        return torch.as_strided(leaf, (numel,), (1,), 0).clone().as_strided(self.size, self.stride, self.offset)
 
 
 class RngPin:
@@ -211,7 +262,7 @@ def _cotangent(piece: np.ndarray, out: torch.Tensor) -> torch.Tensor:
     """
     t = torch.from_numpy(np.ascontiguousarray(piece).reshape(np.shape(piece)))
     if out.is_complex():
-        t = torch.view_as_complex(t.to(torch.float64 if out.dtype == torch.complex128 else torch.float32))
+        t = _as_complex(t.to(torch.float64 if out.dtype == torch.complex128 else torch.float32))
     return t.to(device=out.device, dtype=out.dtype)
 
 
@@ -440,6 +491,7 @@ class TorchFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
         self.requires_grad: dict[str, bool] = {}
         self.complex_inputs: set[str] = set()
         self.layouts: dict[str, torch.Tensor] = {}  # sparse inputs: name -> the caller's tensor (its layout)
+        self.storages: dict[str, _Storage] = {}  # views with a storage offset: name -> their storage
         super().__init__(fn, inputs, vjp, names_from=names_source(fn))
         self.default_device = next(iter(self.devices.values()), torch.device("cpu"))
         self.rng = RngPin(list(self.devices.values()))
@@ -521,14 +573,19 @@ class TorchFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
             self.complex_inputs.add(name)
         if value.layout != torch.strided:
             self.layouts[name] = value
+        elif value.storage_offset() != 0 and value.numel() and not value.is_complex():
+            # a view into a larger storage (code may address it: as_strided with a storage offset)
+            self.storages[name] = _Storage(value)
         return tensor_to_numpy(value, name, complex_ok=True)
 
     def to_framework(self, value: np.ndarray, name: str | None, dtype=None) -> Any:
         t = _to_tensor(value, self.devices.get(name, getattr(self, "default_device", None)))
         if name in self.complex_inputs or (dtype is not None and dtype.is_complex and not t.is_complex()):
-            t = torch.view_as_complex(t)  # the real view back to the complex tensor (shares memory)
+            t = _as_complex(t)  # the real view back to the complex tensor (shares memory)
         if name in self.layouts:
             t = _like_layout(t, self.layouts[name])
+        if name in self.storages:
+            t = self.storages[name].view_of(t)
         return t if dtype is None else t.to(dtype)
 
     def leaf_shape(self, value: Any) -> tuple:
@@ -557,11 +614,14 @@ class TorchFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
         return self._vmap_over(name, base, torch.from_numpy(rows).to(base[name].device))
 
     def _vmap_over(self, name: str, base: dict, rows: torch.Tensor) -> np.ndarray:
+        if self.layouts or name in self.storages:
+            # vmap batches plain tensors only: sparse inputs keep their layout, views their storage, in the loop
+            raise NotImplementedError("sparse inputs and views with a storage offset are evaluated one by one")
         self.random.restore()
 
         def one(xn):
             values = dict(base)
-            values[name] = torch.view_as_complex(xn) if name in self.complex_inputs else xn
+            values[name] = _as_complex(xn) if name in self.complex_inputs else xn
             return _joined(self.call_user(values), self.kept_outputs)
 
         # No random state to pin: vmap refuses random draws (randomness="error"), and code that draws falls back.
@@ -574,7 +634,7 @@ class TorchFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
             for n in self.point:
                 # The code gets a clone: it may write into its input (mark_dirty) without touching the leaf.
                 leaves[n] = values[n].detach().requires_grad_(True)
-                values[n] = leaves[n].clone()
+                values[n] = self.storages[n].clone_of(leaves[n]) if n in self.storages else leaves[n].clone()
             out = self.call_user(values)
         outs = self._record_output(out)
         if len(outs) != len(pieces):
@@ -588,7 +648,11 @@ class TorchFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
             self._warn("no output of the function requires grad: autograd sees no dependence on the inputs "
                        "(detached, or computed outside torch?); the gradient under test is zero")
             grads = [None] * len(names)
-        return {n: _leaf_numpy(g if g is not None else torch.zeros_like(leaves[n])) for n, g in zip(names, grads)}
+        out = {n: _leaf_numpy(g if g is not None else torch.zeros_like(leaves[n])) for n, g in zip(names, grads)}
+        for n in out:
+            if n in self.layouts:  # a sparse input's gradient on its specified elements (see _like_layout)
+                out[n] = np.where(sparse_pattern(self.layouts[n]), out[n], 0).astype(out[n].dtype)
+        return out
 
 
 # ---------------------------------------------------------------------------
