@@ -283,3 +283,23 @@ def test_view_with_storage_offset_keeps_its_storage(mode):
                          mode=mode)
     assert r.status == "pass", r
     assert torch.equal(base, torch.arange(10, dtype=torch.float64) / 7)  # the caller's storage untouched
+
+
+def test_jax_complex_uses_the_same_convention():
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+
+    def with_bwd(bwd):
+        @jax.custom_vjp
+        def sin(z):
+            return jnp.sin(z)
+
+        sin.defvjp(lambda z: (jnp.sin(z), z), bwd)
+        return sin
+
+    z = jnp.array(Z)
+    assert gradverify.check(jnp.sin, [z]).status == "pass"
+    assert gradverify.check(lambda z: jnp.abs(z) ** 2, [z]).status == "pass"
+    # JAX's vjp is the transpose of the R-linear map, without conjugation: g * cos(z) is right there
+    assert gradverify.check(with_bwd(lambda z, g: (g * jnp.cos(z),)), [z], against="fd").status == "pass"
+    assert gradverify.check(with_bwd(lambda z, g: (g * jnp.conj(jnp.cos(z)),)), [z], against="fd").status == "fail"
