@@ -303,3 +303,20 @@ def test_jax_complex_uses_the_same_convention():
     # JAX's vjp is the transpose of the R-linear map, without conjugation: g * cos(z) is right there
     assert gradverify.check(with_bwd(lambda z, g: (g * jnp.cos(z),)), [z], against="fd").status == "pass"
     assert gradverify.check(with_bwd(lambda z, g: (g * jnp.conj(jnp.cos(z)),)), [z], against="fd").status == "fail"
+
+
+# -- inputs with inf/NaN elements (an attention mask, nansum) ---------------------
+
+@pytest.mark.parametrize("mode", ["full", "fast"])
+def test_non_finite_input_elements_do_not_move_and_are_not_refused(mode):
+    inf = float("inf")
+    x = torch.tensor([[0.3, -inf, 1.2], [-inf, -inf, -inf]], dtype=torch.float64)
+    r = gradverify.check(lambda x: torch.ops.aten._safe_softmax(x, -1), [x], mode=mode)
+    assert r.status == "pass" and not r.warnings, r
+    r = gradverify.check(torch.nansum, [torch.tensor([0.3, float("nan"), 1.2], dtype=torch.float64)], mode=mode)
+    assert r.status == "pass" and not r.warnings, r  # NaN == NaN for the in-place-write check
+
+
+def test_non_finite_numpy_input_is_still_refused():
+    with pytest.raises(gradverify.GradVerifyError):
+        gradverify.check(lambda x: 2 * x, [np.array([1.0, np.inf])], vjp=lambda d, x: (2 * d,))

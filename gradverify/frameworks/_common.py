@@ -317,8 +317,10 @@ class FrameworkFunctionTarget(FunctionTarget):
     #: One flag per floating output leaf: False for an output the framework's autodiff does not
     #: differentiate (left out of the function checked); None keeps every output.
     kept_outputs: list[bool] | None = None
-    #: Empty tensors are checked (trivially, with a warning), as the frameworks' own checkers do.
+    #: Empty tensors are checked (trivially, with a warning), as the frameworks' own checkers do; so are
+    #: tensors with inf/NaN elements (a ``-inf`` attention mask), whose non-finite elements never move.
     allow_empty = True
+    allow_nonfinite = True
 
     def __init__(self, fn: Callable, inputs: Any, vjp: Callable | None, *, names_from: Callable | None = None):
         if not callable(fn):

@@ -23,6 +23,8 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from .stencils import coordinate_scale
+
 __all__ = ["Noise", "estimate_noise", "function_noise", "NOISE_POINTS", "NOISE_STEP"]
 
 #: Evaluations in the difference table (Moré and Wild use 7 to 9).
@@ -110,10 +112,7 @@ def _table(evaluate, point, cotangent, signs, step, points) -> Noise:
     saved = {k: a.copy() for k, a in point.items()}
     dirs = {}
     for k, a in point.items():
-        x = a.astype(np.float64)
-        rms = float(np.sqrt(np.mean(x * x))) if x.size else 0.0
-        scale = np.maximum(np.abs(x), 0.1 * rms if rms > 0 else 1.0)
-        dirs[k] = signs[k] * scale * step
+        dirs[k] = signs[k] * coordinate_scale(a) * step
     values, mags = [], []
     half = points // 2
     try:

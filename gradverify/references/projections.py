@@ -48,6 +48,13 @@ class Projection:
     jump: bool = False
 
 
+def _moved(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The displacement ``a - b`` in float64, coordinates at +-inf or NaN (which do not move) set to zero."""
+    with np.errstate(invalid="ignore"):
+        disp = a.astype(np.float64, copy=False) - b.astype(np.float64, copy=False)
+    return disp if np.all(np.isfinite(disp)) else np.where(np.isfinite(disp), disp, 0.0)
+
+
 def directional_mismatch(
     evaluate: Callable[[], np.ndarray],
     arr: np.ndarray,
@@ -120,13 +127,17 @@ def directional_mismatches(
     g = np.asarray(grad, dtype=np.float64)
     x0 = arr.copy()
     x064 = x0.astype(np.float64)
-    rms = float(np.sqrt(np.mean(x064 * x064))) if x064.size else 0.0
+    fin = x064[np.isfinite(x064)]  # non-finite entries (a -inf mask) neither move nor set the step
+    rms = float(np.sqrt(np.mean(fin * fin))) if fin.size else 0.0
     scale = rms if rms > 0 else 1.0
     floor = 64 * _eps(arr.dtype if arr.dtype.kind == "f" else np.float64) * max(
-        float(np.max(np.abs(x064))) if x064.size else 0.0, 1e-300)
+        float(np.max(np.abs(fin))) if fin.size else 0.0, 1e-300)
     plans = []
+    finite = np.isfinite(x064)
     for direction in directions:
         v = np.asarray(direction, dtype=np.float64)
+        if not finite.all():
+            v = np.where(finite, v, 0.0)  # a coordinate at +-inf or NaN does not move (see projected_gradients)
         vv = float(np.vdot(v, v))
         if vv == 0.0:
             plans.append(None)
@@ -166,8 +177,7 @@ def directional_mismatches(
         # displacement actually stored (float32 storage rounds x + s v) of
         # each pair of rows, its step along v and the analytic <g, d>.
         pairs = len(steps) // 2
-        disp = (stored[0::2].astype(np.float64, copy=False) - stored[1::2].astype(np.float64, copy=False)).reshape(
-            pairs, -1)
+        disp = _moved(stored[0::2], stored[1::2]).reshape(pairs, -1)
         vrows = np.stack([plans[k][0].reshape(-1) for k, _ in steps[0::4]])
         vvs = np.array([plans[k][1] for k, _ in steps[0::4]])
         along = np.einsum("kpj,kj->kp", disp.reshape(len(vrows), 2, -1), vrows).reshape(-1) / np.repeat(vvs, 2)
@@ -211,7 +221,7 @@ def directional_mismatches(
         def level(step, v=v, vv=vv):
             (yp, xp), (ym, xm) = at(step), at(-step)
             # the displacement actually stored (float32 storage rounds x + s v)
-            disp = xp.astype(np.float64) - xm.astype(np.float64)
+            disp = _moved(xp, xm)
             s = float(np.vdot(v, disp)) / vv
             num, noise, mag = proj.diff(yp, ym, s, 0.0)
             ana = float(np.vdot(g, disp)) / s

@@ -79,7 +79,7 @@ def screen(evaluate_batch, name, arr, order, first_steps, proj, y0, batch_bytes,
     idx_all = np.asarray(order, dtype=np.int64)
     h = np.array([first_steps[int(i)] for i in order]) / SCREEN_STEP_DIVISOR
     if arr.dtype.kind == "f":
-        h = np.maximum(h, 8.0 * np.spacing(np.abs(x[idx_all]).astype(arr.dtype)).astype(np.float64))
+        h = np.fmax(h, 8.0 * np.spacing(np.abs(x[idx_all]).astype(arr.dtype)).astype(np.float64))  # inf: no spacing
     x0 = x[idx_all]
     values = np.stack([x0 + h, x0 - h], axis=1).astype(arr.dtype)  # (n, 2) as stored
     actual = values.astype(np.float64) - x0[:, None]
