@@ -107,6 +107,23 @@ def test_outputs_without_grad_left_out_still_catch_a_wrong_backward():
     assert r.status == "fail" and r.worst.input == "x"
 
 
+def test_module_outputs_without_grad_are_left_out():
+    class WithStats(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 2).double()
+
+        def forward(self, x):
+            y = self.lin(x)
+            with torch.no_grad():
+                stats = y.var(0)
+            return y, stats
+
+    for mode in ("full", "fast"):
+        r = gradverify.check_layer(WithStats(), inputs=f64(4, 3), mode=mode)
+        assert r.status == "pass", r
+
+
 # -- a gradient returned as a ZeroTensor ----------------------------------------
 
 class _IgnoresC(torch.autograd.Function):

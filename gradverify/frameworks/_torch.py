@@ -766,6 +766,8 @@ class TorchModuleTarget(BatchedEvaluation, Target):
                 "nothing to differentiate"
             )
         self.rng = RngPin(list(self.devices.values()) + ([mdev] if mdev is not None else []))
+        self.kept_outputs: list[bool] | None = None
+        self._differentiable_outputs()
         self._copies: dict[bool, _Copy] = {}
         self._use64 = True
         c64 = self._copy(True)
@@ -789,6 +791,27 @@ class TorchModuleTarget(BatchedEvaluation, Target):
                     self.point[n] = view if view is not None else self.originals[n].copy()
                 self._warn(f"{type(module).__name__} {reason}, so the finite differences ran in the caller's dtype "
                            f"({', '.join(low)}); the verdict is coarser than a float64 check")
+
+    def _differentiable_outputs(self) -> None:
+        """Leave out the floating outputs autograd does not differentiate (as :class:`TorchFunctionTarget` does).
+
+        One forward of the module as given, its buffers restored after.
+        """
+        saved = [(b, b.detach().clone()) for b in self.module.buffers()]
+        try:
+            with torch.enable_grad(), self.rng():
+                args, kwargs, _ = self._inputs(self.originals, grad=True)
+                out = self.module(*args, **kwargs)
+            if not _float_tensor(out):
+                keep = [bool(v.requires_grad) for v in flatten_tree(out, is_tensor) if _float_tensor(v)]
+                if any(keep) and not all(keep):
+                    self.kept_outputs = keep
+        except Exception:  # noqa: BLE001 - the check's own calls report it
+            pass
+        finally:
+            with torch.no_grad():
+                for b, v in saved:
+                    b.copy_(v)
 
     def _copy(self, float64: bool) -> _Copy:
         if float64 not in self._copies:
@@ -815,6 +838,8 @@ class TorchModuleTarget(BatchedEvaluation, Target):
 
     def _outputs(self, out: Any, what: str) -> list:
         leaves = [v for v in flatten_tree(out, is_tensor) if _float_tensor(v)]
+        if self.kept_outputs is not None and len(self.kept_outputs) == len(leaves) and not _float_tensor(out):
+            leaves = [v for v, k in zip(leaves, self.kept_outputs) if k]
         if not leaves:
             raise ProtocolError(f"{what} returned {type(out).__name__} with no floating-point tensor in it")
         self._single = _float_tensor(out)
@@ -860,16 +885,16 @@ class TorchModuleTarget(BatchedEvaluation, Target):
             rows = make_rows(c.params[name].detach())
 
             def one(p):
-                return _joined(functional_call(c.module, {name: p}, tuple(args), kwargs))
+                return _joined(functional_call(c.module, {name: p}, tuple(args), kwargs), self.kept_outputs)
         else:
             rows = make_rows(kwargs[name] if self.by_keyword else args[self.order.index(name)])
 
             def one(xn):
                 if self.by_keyword:
-                    return _joined(c.module(*args, **{**kwargs, name: xn}))
+                    return _joined(c.module(*args, **{**kwargs, name: xn}), self.kept_outputs)
                 a = list(args)
                 a[self.order.index(name)] = xn
-                return _joined(c.module(*a, **kwargs))
+                return _joined(c.module(*a, **kwargs), self.kept_outputs)
 
         with torch.no_grad():
             return _vmap(one, rows)
