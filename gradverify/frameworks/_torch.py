@@ -26,6 +26,23 @@ is not the float32 one), so when the code draws random numbers and the
 caller's dtype is not float64, the finite differences run in the caller's
 dtype (with a warning: the verdict is coarser).
 
+What gradcheck checks, this checks too (each at its cause, in the adapter):
+
+* complex tensors are held as their real view (``[..., 0]`` real part,
+  ``[..., 1]`` imaginary part), each part differentiated on its own, and a
+  complex output gets a complex cotangent (:func:`_cotangent`: torch's
+  conjugate Wirtinger convention is exactly that real view);
+* sparse inputs (COO, CSR, CSC, BSR, BSC) are read densified and rebuilt
+  in their layout and pattern for every call (:func:`_like_layout`); their
+  gradient is compared on the pattern (``gradcheck(masked=True)``);
+* an input that is a view with a storage offset keeps that storage
+  (:class:`_Storage`), so code that addresses it (``as_strided``) reads
+  the same elements;
+* where the caller marks some tensors ``requires_grad=True``, the unmarked
+  ones are constants; outputs autograd does not differentiate (batch
+  statistics beside a normalisation) are left out of the function checked;
+* a ZeroTensor gradient reads as zeros.
+
 Devices: inputs and modules stay on their device (CUDA included); each
 evaluation copies the float64 point there (on the CPU, parameters are
 perturbed through numpy views and nothing is copied). bfloat16 is refused
