@@ -178,9 +178,10 @@ def test_floor_is_settled_at_once_as_locally_constant():
     x = f64(20, 20, low=-5, high=5)
     r = gradverify.check(torch.floor, [x], mode="full")
     assert r.status == "pass", r
-    # 400 elements: about 4 evaluations each (the screen's sample, then the first Richardson pass), where
-    # the step walk used to spend ~50 each (19,882 in all)
-    assert r.evaluations <= 6 * x.numel(), r.evaluations
+    # 400 elements: about 2 evaluations each (the screen settles a locally constant element with a zero
+    # gradient at once; 16 sampled elements also run Richardson), where the step walk used to spend ~50
+    # each (19,882 in all); gradcheck spends 2 each
+    assert r.evaluations <= 3 * x.numel(), r.evaluations
 
 
 def test_a_wrong_nonzero_gradient_of_a_step_function_fails():

@@ -288,6 +288,10 @@ def projected_gradients(
                 # curvature too strong for one central difference
                 sc["settled"] = (verdicts == OK) & (np.abs(sc["right"] - sc["left"]) <= tb) & np.isfinite(
                     sc["value"])
+                if sc["flat"].any():
+                    # locally constant (no output moved) and a zero gradient under test: settled at once
+                    zero = np.zeros(len(idx))
+                    sc["settled"] |= sc["flat"] & (np.asarray(many(idx, zero, zero)) == OK)
                 return sc
 
             pick = np.random.default_rng(len(order)).permutation(len(order))[:_screens.SCREEN_SAMPLES]

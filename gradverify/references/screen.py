@@ -71,7 +71,8 @@ def screen(evaluate_batch, name, arr, order, first_steps, proj, y0, batch_bytes,
 
     Returns arrays over ``order``: ``value`` (the central quotient),
     ``noise`` (its rounding noise), ``left``/``right`` (the one-sided
-    quotients), ``sensitivity`` (as in :class:`ElementDerivative`).
+    quotients), ``sensitivity`` (as in :class:`ElementDerivative`),
+    ``flat`` (no output moved on either side: locally constant).
     Evaluations go through ``evaluate_batch`` in chunks where given, else
     ``arr`` is moved in place; they are counted on ``proj``.
     """
@@ -87,6 +88,7 @@ def screen(evaluate_batch, name, arr, order, first_steps, proj, y0, batch_bytes,
     base = y0.reshape(-1)
     u = proj.u.reshape(-1)
     out = {k: np.empty(len(order)) for k in ("value", "noise", "left", "right", "sensitivity")}
+    out["flat"] = np.zeros(len(order), dtype=bool)  # no output moved on either side
     # a chunk of outputs at a time (at most batch_bytes), reduced before the next
     chunk = max(1, batch_bytes // max(1, 8 * out_size * 2))
     for start in range(0, len(order), chunk):
@@ -112,6 +114,7 @@ def screen(evaluate_batch, name, arr, order, first_steps, proj, y0, batch_bytes,
         out["sensitivity"][sl] = mags / scale[idx_all[sl]]
         out["right"][sl] = ((ys[:, 0] - base) @ u) / a[:, 0]
         out["left"][sl] = ((base - ys[:, 1]) @ u) / -a[:, 1]
+        out["flat"][sl] = ~np.any(ys != base[None, None, :], axis=(1, 2))
     return out
 
 
