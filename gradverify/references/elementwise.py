@@ -214,14 +214,11 @@ def projected_gradients(
                     The same rules as the batched first pass (:func:`~gradverify.references.screen.first_pass_batched`).
                     """
                     (yp1, tp1, ym1, tm1), (yp2, tp2, ym2, tm2) = levels[0][:4], levels[1][:4]
-                    r1, n1, _ = diff(yp1, y0, tp1, 0.0)
-                    r2, n2, _ = diff(yp2, y0, tp2, 0.0)
-                    l1, m1, _ = diff(y0, ym1, 0.0, tm1)
-                    l2, m2, _ = diff(y0, ym2, 0.0, tm2)
-                    jr = bool(_screens.jump_side(r1 * tp1, r2 * tp2, not np.array_equal(yp2, y0), n1 * abs(tp1),
-                                                 n2 * abs(tp2)))
-                    jl = bool(_screens.jump_side(l1 * -tm1, l2 * -tm2, not np.array_equal(ym2, y0),
-                                                 m1 * abs(tm1), m2 * abs(tm2)))
+                    r2, _, _ = diff(yp2, y0, tp2, 0.0)
+                    l2, _, _ = diff(y0, ym2, 0.0, tm2)
+                    flat_y0 = y0.reshape(-1)
+                    jr = bool(_screens.jump_side(yp1.reshape(1, -1), yp2.reshape(1, -1), flat_y0, proj)[0])
+                    jl = bool(_screens.jump_side(ym1.reshape(1, -1), ym2.reshape(1, -1), flat_y0, proj)[0])
                     if jr or jl:
                         lft, rgt = _screens.jump_interval(l2, r2, jl, jr)
                         left[i], right[i], kink[i] = float(lft), float(rgt), True

@@ -28,25 +28,42 @@ SCREEN_STEP_DIVISOR = 16.0
 
 
 #: One-sided differences at ``h`` and ``h/2`` within this fraction of each other are a jump, not a slope
-#: (a slope halves the difference with the step, a curvature quarters it).
-JUMP_AGREEMENT = 0.25
+#: (a slope halves the difference with the step, a curvature quarters it). A smooth function shows
+#: equal differences only where its slope is about -1.5 times its curvature times ``h`` (beside an
+#: extremum of ``<u, f>``): the tighter the fraction, the narrower that window (it then reads as a kink
+#: whose interval holds the right gradient: nondiff, never a failure); a jump on a slope ``s`` is
+#: recognised while it exceeds about ``s h / (2 JUMP_AGREEMENT)``.
+JUMP_AGREEMENT = 0.1
 
 
-def jump_side(d1, d2, moved2, noise1, noise2):
-    """Whether a jump sits on one side of each element, from its one-sided differences (not quotients).
+def jump_side(y1, y2, y0, proj):
+    """Whether a jump sits on one side of each row's point, read output by output.
 
-    ``d1``, ``d2`` are ``<u, y(x + t) - y(x)>`` (or ``<u, y(x) - y(x - t)>``)
-    at the steps ``h`` and ``h/2`` with their rounding noise; ``moved2``
-    whether any output moved at ``h/2``. A difference that does not shrink
-    with the step (beyond its noise), or that vanishes bitwise at ``h/2``
-    while it is well above its noise at ``h``, comes from a jump between
-    the point and ``x +- h``: the quotients there measure the jump over the
-    step, not a derivative. Cost: array arithmetic, no evaluations.
+    ``y1``, ``y2`` are the outputs (rows of flattened outputs) at ``x + t``
+    and ``x + t/2`` (or ``x - t``, ``x - t/2``), ``y0`` the outputs at the
+    point, ``proj`` the :class:`~gradverify.references.stencils.Projector`
+    (cotangent, rounding). An output whose change does not shrink with the
+    step (within :data:`JUMP_AGREEMENT`, above its rounding), or that is
+    bitwise unchanged at ``t/2`` while it moved well above its rounding at
+    ``t``, jumped between the point and ``x +- t``: the differences through
+    it measure the jump over the step, not a derivative. A side jumps when
+    such outputs carry more of ``<u, y1 - y0>`` than its rounding noise.
+    Read output by output, since the projection of many small jumps (a step
+    function of many elements along a random direction) grows with the
+    step as a slope does. Cost: array arithmetic, no evaluations.
     """
-    d1, d2 = np.asarray(d1, dtype=np.float64), np.asarray(d2, dtype=np.float64)
-    constant = (np.abs(d2) > 4 * noise2) & (np.abs(d1 - d2) <= JUMP_AGREEMENT * np.abs(d2))
-    vanished = ~np.asarray(moved2, dtype=bool) & (np.abs(d1) > 16 * noise1)
-    return constant | vanished
+    y1 = np.atleast_2d(np.asarray(y1, dtype=np.float64))
+    y2 = np.atleast_2d(np.asarray(y2, dtype=np.float64))
+    y0 = np.asarray(y0, dtype=np.float64).reshape(1, -1)
+    u = np.abs(proj.u.reshape(1, -1))
+    d1, d2 = y1 - y0, y2 - y0
+    n1 = proj.eps * _ULPS_PER_OUTPUT * (np.abs(y1) + np.abs(y0))
+    n2 = proj.eps * _ULPS_PER_OUTPUT * (np.abs(y2) + np.abs(y0))
+    constant = (np.abs(d2) > 4 * n2) & (np.abs(d1 - d2) <= JUMP_AGREEMENT * np.abs(d2))
+    vanished = (d2 == 0) & (np.abs(d1) > 16 * n1)
+    jumped = np.sum(u * np.abs(d1) * (constant | vanished), axis=1)
+    noise = np.sum(u * n1, axis=1) + 2 * proj.noise
+    return (jumped > 16 * noise) & (jumped > 0)
 
 
 def jump_interval(left, right, jump_left, jump_right):
@@ -172,10 +189,8 @@ def first_pass_batched(evaluate_batch, name, arr, order, first_steps, out_shape,
         kinks = (g2 > 4 * n2) & (g2 > 0.75 * g1) & stable
         # A jump beside the point (a step function near its threshold): the quotients straddling it
         # are no derivative. The element is a non-differentiable point, settled without a walk.
-        t1, t2 = np.abs(actual[:, 0]), np.abs(actual[:, 2])
-        m1, m2 = n1 * t1 + 2 * proj.noise, n2 * t2 + 2 * proj.noise
-        jr = jump_side(r1 * t1, r2 * t2, np.any(ys[:, 2] != base, axis=1), m1, m2)
-        jl = jump_side(l1 * t1, l2 * t2, np.any(ys[:, 3] != base, axis=1), m1, m2)
+        jr = jump_side(ys[:, 0], ys[:, 2], base, proj)
+        jl = jump_side(ys[:, 1], ys[:, 3], base, proj)
         jumps = jr | jl
         l2, r2 = jump_interval(l2, r2, jl, jr)
         kinks = kinks | jumps
