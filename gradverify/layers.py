@@ -132,7 +132,12 @@ def _is_differentiable(a: np.ndarray) -> bool:
     return a.dtype.kind == "f"
 
 
-def _to_array(value: Any, name: str) -> np.ndarray:
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    """Bitwise-equal arrays for the in-place-write checks (a NaN input element equals itself)."""
+    return np.array_equal(a, b, equal_nan=a.dtype.kind in "fc")
+
+
+def _to_array(value: Any, name: str, *, allow_empty: bool = False, allow_nonfinite: bool = False) -> np.ndarray:
     if value is None:
         raise SpecError(f"input {name!r} is None; pass an array")
     try:
@@ -147,9 +152,9 @@ def _to_array(value: Any, name: str) -> np.ndarray:
         raise SpecError(f"input {name!r} is complex; gradverify checks real-valued inputs")
     if arr.dtype.kind in "USV":
         raise SpecError(f"input {name!r} has non-numeric dtype {arr.dtype}")
-    if arr.size == 0:
+    if arr.size == 0 and not allow_empty:
         raise SpecError(f"input {name!r} is empty (shape {arr.shape}); give it at least one element")
-    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+    if arr.dtype.kind == "f" and not allow_nonfinite and not np.all(np.isfinite(arr)):
         raise NonFiniteError(f"input {name!r} contains NaN or inf; check the point, not only the gradient")
     return arr
 
@@ -218,17 +223,21 @@ def _is_opaque(value: Any) -> bool:
     return not hasattr(value, "__array__") and not hasattr(value, "__array_interface__")
 
 
-def as_input_arrays(inputs: Any, names: Sequence[str] | None = None, *, allow_opaque: bool = False) -> dict[str, Any]:
+def as_input_arrays(inputs: Any, names: Sequence[str] | None = None, *, allow_opaque: bool = False,
+                    allow_empty: bool = False, allow_nonfinite: bool = False) -> dict[str, Any]:
     """Normalise ``inputs`` (one array, a sequence, or a dict) to name -> array copies.
 
     With ``allow_opaque``, non-numeric values become :class:`Opaque`
-    constants instead of errors.
+    constants instead of errors; with ``allow_empty``, empty arrays are
+    kept (framework callables: an empty tensor is checked trivially); with
+    ``allow_nonfinite``, infinite and NaN elements are kept (they do not
+    move under a perturbation: finite differences see them as constant).
     """
 
     def convert(v, name):
         if allow_opaque and _is_opaque(v):
             return Opaque(v)
-        return _to_array(v, name)
+        return _to_array(v, name, allow_empty=allow_empty, allow_nonfinite=allow_nonfinite)
 
     if isinstance(inputs, Mapping):
         if not inputs:
@@ -919,6 +928,9 @@ class FunctionTarget(Target):
     """
 
     kind = "function"
+    #: Whether empty inputs, and inputs with inf/NaN elements, are kept (framework callables) or refused (numpy code).
+    allow_empty = False
+    allow_nonfinite = False
 
     def __init__(self, fn: Callable, vjp: Callable, inputs: Any, *, kind: str = "function",
                  names_from: Callable | None = None, what: str = "vjp", constants: Sequence[Any] = ()):
@@ -936,7 +948,8 @@ class FunctionTarget(Target):
         self.by_keyword = isinstance(inputs, Mapping)
         count = len(inputs) if isinstance(inputs, (list, tuple, Mapping)) else 1
         names = None if self.by_keyword else _signature_names(names_from or fn, count)
-        arrays = as_input_arrays(inputs, names, allow_opaque=True)
+        arrays = as_input_arrays(inputs, names, allow_opaque=True, allow_empty=self.allow_empty,
+                                 allow_nonfinite=self.allow_nonfinite)
         self.order = list(arrays)
         held = _constant_names(constants, self.order)
         #: the structure of several outputs (None: one array)
@@ -1014,7 +1027,7 @@ class FunctionTarget(Target):
             self._warn(f"{self.what} modifies the dout it was given in place; in a network this corrupts the "
                        "gradient other layers receive (the check handed over a copy)")
         pristine = self._args(self.point if at_point else self.originals)
-        if any(isinstance(a, np.ndarray) and not np.array_equal(a, b) for a, b in zip(args, pristine)):
+        if any(isinstance(a, np.ndarray) and not _same(a, b) for a, b in zip(args, pristine)):
             self._warn(f"{self.what} modifies its inputs in place (the check handed over copies)")
         if isinstance(result, np.ndarray) or np.isscalar(result) or result is None:
             result = (result,)
@@ -1040,7 +1053,7 @@ class FunctionTarget(Target):
         self.random.restore()
         args = self._args(self.originals)
         out = self._call(self.fn, args)
-        if any(isinstance(a, np.ndarray) and not np.array_equal(a, b) for a, b in zip(args, self._args(self.originals))):
+        if any(isinstance(a, np.ndarray) and not _same(a, b) for a, b in zip(args, self._args(self.originals))):
             self._warn("the function modifies its inputs in place; in a network this corrupts other layers' "
                        "values (the check handed over copies)")
         return self.flat_output(out)

@@ -43,7 +43,6 @@ import numpy as np
 
 from .. import ops
 from ..errors import ShapeMismatch, SpecError
-from ..spec import Expression
 from .base import Backend, Lowering, _shape, as_dtype
 from .tensorflow import flat_positions
 

@@ -314,6 +314,13 @@ class FrameworkFunctionTarget(FunctionTarget):
     """
 
     framework = "framework"
+    #: One flag per floating output leaf: False for an output the framework's autodiff does not
+    #: differentiate (left out of the function checked); None keeps every output.
+    kept_outputs: list[bool] | None = None
+    #: Empty tensors are checked (trivially, with a warning), as the frameworks' own checkers do; so are
+    #: tensors with inf/NaN elements (a ``-inf`` attention mask), whose non-finite elements never move.
+    allow_empty = True
+    allow_nonfinite = True
 
     def __init__(self, fn: Callable, inputs: Any, vjp: Callable | None, *, names_from: Callable | None = None,
                  constants: Any = ()):
@@ -512,6 +519,10 @@ class FrameworkFunctionTarget(FunctionTarget):
         """A context manager every call of the code under test runs in (JAX: 64-bit mode for float64)."""
         return contextlib.nullcontext()
 
+    def leaf_shape(self, value: Any) -> tuple:
+        """The shape of an output leaf as :meth:`leaf_to_numpy` returns it."""
+        return tuple(value.shape)
+
     def leaves_of(self, out: Any) -> list:
         """The array leaves of an output tree, in a fixed order."""
         return flatten_tree(out, self.is_array)
@@ -564,13 +575,15 @@ class FrameworkFunctionTarget(FunctionTarget):
         else:
             leaves = [v for v in self.leaves_of(out) if self.float_leaf(v)]
             single = False
+            if self.kept_outputs is not None and self.user_vjp is None and len(self.kept_outputs) == len(leaves):
+                leaves = [v for v, k in zip(leaves, self.kept_outputs) if k]
             if not leaves:
                 raise ProtocolError(
                     f"{_name(self.user_fn)} returned {type(out).__name__} with no floating-point "
                     f"{self.framework} array in it; return a tensor (or a tuple of tensors)"
                 )
         self._out_single = single
-        self._out_shapes = [tuple(v.shape) for v in leaves]
+        self._out_shapes = [self.leaf_shape(v) for v in leaves]
         self._out_tree = out
         return leaves
 

@@ -43,6 +43,28 @@ _COMPILED: "collections.OrderedDict[tuple, Any]" = collections.OrderedDict()
 COMPILED_CACHE_SIZE = 32
 
 
+def _real_view(a: np.ndarray) -> np.ndarray:
+    """A complex numpy array as real and imaginary parts on a trailing axis of 2 (others unchanged)."""
+    return np.stack([a.real, a.imag], axis=-1) if np.iscomplexobj(a) else a
+
+
+def _real_view_jnp(a):
+    """:func:`_real_view` for a JAX array (traceable)."""
+    return jnp.stack([a.real, a.imag], axis=-1) if jnp.iscomplexobj(a) else a
+
+
+def _complex_of(a):
+    """The complex JAX array whose real view (trailing axis of 2) is ``a``.
+
+    Convention (as torch's and ``torch.autograd.gradcheck``'s): a real loss
+    ``L`` of complex values is differentiated with respect to their real and
+    imaginary parts, ``dL/dRe z + i dL/dIm z``. JAX's ``vjp`` returns the
+    conjugate of that for the cotangent ``conj(u)``; :meth:`JaxFunctionTarget.autodiff`
+    converts both ways.
+    """
+    return jax.lax.complex(a[..., 0], a[..., 1])
+
+
 def is_jax_array(value: Any) -> bool:
     """A JAX array of a numeric dtype (PRNG key arrays and other extended dtypes are not)."""
     if not isinstance(value, jax.Array):
@@ -107,6 +129,7 @@ class JaxFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
     def __init__(self, fn: Callable, inputs: Any, vjp: Callable | None, constants: Any = ()):
         #: compiled callables by role (see :meth:`_jitted`); a str: why the code cannot be jitted
         self._jit: dict[str, Any] = {}
+        self.complex_inputs: set[str] = set()
         super().__init__(fn, inputs, vjp, constants=constants)
         self._x64 = x64_context()
         if self._x64 is None and not _x64_enabled():
@@ -158,9 +181,13 @@ class JaxFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
         return is_jax_array(value)
 
     def to_numpy(self, value: Any, name: str) -> np.ndarray:
-        return np.array(value)
+        if jnp.iscomplexobj(value):
+            self.complex_inputs.add(name)
+        return _real_view(np.array(value))
 
     def to_framework(self, value: np.ndarray, name: str | None, dtype=None) -> Any:
+        if name in self.complex_inputs:
+            return _complex_of(jnp.asarray(value))
         return jnp.asarray(value, dtype=dtype)
 
     def flatten_input(self, value: Any):
@@ -174,10 +201,14 @@ class JaxFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
                 lambda new: jax.tree_util.tree_unflatten(treedef, list(new)))
 
     def float_leaf(self, value: Any) -> bool:
-        return is_jax_array(value) and jnp.issubdtype(value.dtype, jnp.floating)
+        return is_jax_array(value) and (jnp.issubdtype(value.dtype, jnp.floating)
+                                        or jnp.issubdtype(value.dtype, jnp.complexfloating))
 
     def leaf_to_numpy(self, value: Any) -> np.ndarray:
-        return np.array(value, copy=True)
+        return _real_view(np.array(value, copy=True))
+
+    def leaf_shape(self, value: Any) -> tuple:
+        return tuple(value.shape) + ((2,) if jnp.issubdtype(value.dtype, jnp.complexfloating) else ())
 
     def leaves_of(self, out: Any) -> list:
         return [v for v in jax.tree_util.tree_leaves(out) if is_jax_array(v)]
@@ -316,18 +347,20 @@ class JaxFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
 
     def _output(self, out):
         if self.float_leaf(out):
-            return out
+            return _real_view_jnp(out)
         leaves = [leaf for leaf in self.leaves_of(out) if self.float_leaf(leaf)]
         if not leaves:
             raise TypeError(f"the function returned {type(out).__name__} with no floating-point array")
-        return jnp.concatenate([jnp.reshape(leaf, -1) for leaf in leaves])
+        return jnp.concatenate([jnp.reshape(_real_view_jnp(leaf), -1) for leaf in leaves])
 
     def _element_fn(self, name: str):
         shape = self.point[name].shape
 
         def one(base, i, v):
             values = dict(base)
-            values[name] = base[name].reshape(-1).at[i].set(v).reshape(shape)
+            values[name] = _real_view_jnp(base[name]).reshape(-1).at[i].set(v).reshape(shape)
+            if name in self.complex_inputs:
+                values[name] = _complex_of(values[name])
             return self._output(self.call_user(values))
 
         return jax.jit(jax.vmap(one, in_axes=(None, 0, 0)))
@@ -335,7 +368,7 @@ class JaxFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
     def _rows_fn(self, name: str):
         def one(base, row):
             values = dict(base)
-            values[name] = row
+            values[name] = _complex_of(row) if name in self.complex_inputs else row
             return self._output(self.call_user(values))
 
         return jax.jit(jax.vmap(one, in_axes=(None, 0)))
@@ -360,7 +393,11 @@ class JaxFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
             it = iter(pieces)
             cts = []
             for leaf in leaves:
-                if jnp.issubdtype(leaf.dtype, jnp.floating):
+                if jnp.issubdtype(leaf.dtype, jnp.complexfloating):
+                    # JAX's vjp is the transpose of the R-linear map (no conjugation): the cotangent of the real
+                    # loss sum(Re u Re y + Im u Im y) is conj(u) (see _complex_of)
+                    cts.append(jnp.conj(_complex_of(jnp.asarray(next(it)))).astype(leaf.dtype))
+                elif jnp.issubdtype(leaf.dtype, jnp.floating):
                     cts.append(jnp.asarray(next(it), dtype=leaf.dtype))
                 else:
                     cts.append(np.zeros(np.shape(leaf), dtype=jax.dtypes.float0))
@@ -397,4 +434,7 @@ class JaxFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
 
         out, grads = call_user(self.what, "backward", backward, (values,), names=("inputs",))
         self._record_output(out)
-        return {n: np.array(g) for n, g in zip(diff, grads)}
+        # JAX returns dL/dRe - i dL/dIm for a complex input; its conjugate's real view is what finite
+        # differences of the real and imaginary parts measure (torch's convention)
+        return {n: _real_view(np.conj(np.array(g)) if n in self.complex_inputs else np.array(g))
+                for n, g in zip(diff, grads)}

@@ -26,6 +26,23 @@ is not the float32 one), so when the code draws random numbers and the
 caller's dtype is not float64, the finite differences run in the caller's
 dtype (with a warning: the verdict is coarser).
 
+What gradcheck checks, this checks too (each at its cause, in the adapter):
+
+* complex tensors are held as their real view (``[..., 0]`` real part,
+  ``[..., 1]`` imaginary part), each part differentiated on its own, and a
+  complex output gets a complex cotangent (:func:`_cotangent`: torch's
+  conjugate Wirtinger convention is exactly that real view);
+* sparse inputs (COO, CSR, CSC, BSR, BSC) are read densified and rebuilt
+  in their layout and pattern for every call (:func:`_like_layout`); their
+  gradient is compared on the pattern (``gradcheck(masked=True)``);
+* an input that is a view with a storage offset keeps that storage
+  (:class:`_Storage`), so code that addresses it (``as_strided``) reads
+  the same elements;
+* where the caller marks some tensors ``requires_grad=True``, the unmarked
+  ones are constants; outputs autograd does not differentiate (batch
+  statistics beside a normalisation) are left out of the function checked;
+* a ZeroTensor gradient reads as zeros.
+
 Devices: inputs and modules stay on their device (CUDA included); each
 evaluation copies the float64 point there (on the CPU, parameters are
 perturbed through numpy views and nothing is copied). bfloat16 is refused
@@ -57,24 +74,57 @@ def is_tensor(value: Any) -> bool:
 
 
 def _float_tensor(value: Any) -> bool:
-    return isinstance(value, torch.Tensor) and value.is_floating_point()
+    """A floating-point or complex tensor: something to differentiate (complex as its real and imaginary parts)."""
+    return isinstance(value, torch.Tensor) and (value.is_floating_point() or value.is_complex())
 
 
-def tensor_to_numpy(t: torch.Tensor, name: str) -> np.ndarray:
-    """A numpy copy of ``t`` in its own dtype (detached, on the CPU)."""
+def _real_shape(t: torch.Tensor) -> tuple:
+    """The shape of ``t`` as gradverify holds it: a complex tensor's real view has a trailing axis of 2."""
+    return tuple(t.shape) + ((2,) if t.is_complex() else ())
+
+
+def _as_complex(t: torch.Tensor) -> torch.Tensor:
+    """``torch.view_as_complex`` of a real view (an empty one, whose strides numpy leaves arbitrary, rebuilt)."""
+    if t.numel() == 0:
+        return torch.zeros(t.shape[:-1], dtype=torch.complex128 if t.dtype == torch.float64 else torch.complex64,
+                           device=t.device)
+    return torch.view_as_complex(t)
+
+
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """A strided tensor with the values of ``t`` (a sparse COO/CSR/CSC/BSR/BSC tensor densified)."""
+    return t.to_dense() if t.layout != torch.strided else t
+
+
+def tensor_to_numpy(t: torch.Tensor, name: str, *, complex_ok: bool = False) -> np.ndarray:
+    """A numpy copy of ``t`` in its own dtype (detached, densified, on the CPU).
+
+    A complex tensor (where ``complex_ok``) becomes its real view: the real
+    dtype, shape ``t.shape + (2,)``, real part at ``[..., 0]`` and
+    imaginary part at ``[..., 1]`` -- each differentiated on its own.
+    """
     if t.dtype == torch.bfloat16:
         raise SpecError(f"input {name!r} is a bfloat16 tensor, which numpy cannot hold; check it in float32 "
                         "(x.float()) -- the comparison is then against float32 tolerances")
-    if t.is_complex():
-        raise SpecError(f"input {name!r} is complex; gradverify checks real-valued inputs")
-    return t.detach().resolve_conj().resolve_neg().cpu().numpy().copy()
+    if t.is_complex() and not complex_ok:
+        raise SpecError(f"input {name!r} is complex; a module's inputs and parameters must be real (complex "
+                        "tensors are checked for torch functions: gradverify.check)")
+    return _leaf_numpy(t)
 
 
 def _leaf_numpy(t: torch.Tensor) -> np.ndarray:
+    """A numpy copy of a tensor: a ZeroTensor as zeros, a sparse tensor densified, a complex one as its real view."""
     t = t.detach()
+    if t._is_zerotensor():
+        # a ZeroTensor (torch._efficientzerotensor: autograd's "gradient known to be zero") has no storage
+        t = torch.zeros(t.shape, dtype=t.dtype, device=t.device)
+    t = _dense(t)
     if t.dtype == torch.bfloat16:
         t = t.float()
-    return np.array(t.resolve_conj().resolve_neg().cpu().numpy(), copy=True)
+    t = t.resolve_conj().resolve_neg()
+    if t.is_complex():
+        t = torch.view_as_real(t)
+    return np.array(t.cpu().numpy(), copy=True)
 
 
 def names_source(fn: Callable) -> Callable:
@@ -93,6 +143,68 @@ def names_source(fn: Callable) -> Callable:
     if isinstance(fn, torch.nn.Module):
         return fn.forward
     return fn
+
+
+def _ones_like_sparse(like: torch.Tensor) -> torch.Tensor:
+    """``like`` (a sparse tensor) with every specified value set to one: its sparsity pattern, in its layout."""
+    like = like.detach()
+    if like.layout == torch.sparse_coo:
+        like = like.coalesce()
+        return torch.sparse_coo_tensor(like.indices(), torch.ones_like(like.values()), like.shape).coalesce()
+    if like.layout in (torch.sparse_csr, torch.sparse_bsr):
+        c, p = like.crow_indices(), like.col_indices()
+    else:
+        c, p = like.ccol_indices(), like.row_indices()
+    return torch.sparse_compressed_tensor(c, p, torch.ones_like(like.values()), like.shape, layout=like.layout)
+
+
+def sparse_pattern(like: torch.Tensor) -> np.ndarray:
+    """The specified elements of a sparse tensor, as a dense boolean numpy array."""
+    return _ones_like_sparse(like).to_dense().cpu().numpy() != 0
+
+
+def _like_layout(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The dense ``t`` in the sparse layout and pattern of ``like`` (the code under test gets the layout it was given).
+
+    Values at ``like``'s specified elements are taken from ``t``; an
+    unspecified element (zero in the caller's tensor) is no element of the
+    input, and a perturbation there is not representable: finite
+    differences see no dependence on it, and the gradient under test is
+    read on the pattern only (see :meth:`TorchFunctionTarget.autodiff`),
+    as ``torch.autograd.gradcheck(masked=True)`` reads it.
+    """
+    mask = _ones_like_sparse(like).to(device=t.device)
+    return t.sparse_mask(mask if mask.layout != torch.sparse_coo else mask.to(t.dtype))
+
+
+class _Storage:
+    """The storage behind an input that is a view with an offset, so every call gets the same view of it.
+
+    Copying such an input into fresh storage would move it to offset 0,
+    and code that addresses the storage (``torch.as_strided(x, size,
+    stride, storage_offset)``) would read other elements or out of bounds.
+    Each call gets a fresh copy of the whole storage (elements outside the
+    view keep the caller's values: constants) with the input's values
+    written into a view of the caller's size, strides and offset.
+    """
+
+    def __init__(self, t: torch.Tensor):
+        t = t.detach()
+        self.size, self.stride, self.offset = tuple(t.shape), tuple(t.stride()), t.storage_offset()
+        numel = t.untyped_storage().nbytes() // t.element_size()
+        self.storage = torch.as_strided(t, (numel,), (1,), 0).clone()  # the whole storage, values as given
+
+    def view_of(self, t: torch.Tensor) -> torch.Tensor:
+        """``t``'s values in a view of a fresh copy of the storage (``t``'s dtype and device)."""
+        buf = self.storage.to(device=t.device, dtype=t.dtype, copy=True)
+        view = buf.as_strided(self.size, self.stride, self.offset)
+        view.copy_(t)
+        return view
+
+    def clone_of(self, leaf: torch.Tensor) -> torch.Tensor:
+        """A differentiable clone of ``leaf`` (a view of such a storage) in the same geometry."""
+        numel = leaf.untyped_storage().nbytes() // leaf.element_size()
+        return torch.as_strided(leaf, (numel,), (1,), 0).clone().as_strided(self.size, self.stride, self.offset)
 
 
 class RngPin:
@@ -156,8 +268,18 @@ _RANDOM = "draws random numbers (dropout?) whose values depend on the dtype"
 
 
 def _cotangent(piece: np.ndarray, out: torch.Tensor) -> torch.Tensor:
-    """The cotangent piece as a tensor like ``out`` (a 0-d piece stays 0-d: ascontiguousarray makes it 1-d)."""
+    """The cotangent piece as a tensor like ``out`` (a 0-d piece stays 0-d: ascontiguousarray makes it 1-d).
+
+    For a complex output the piece is the real view of a complex cotangent
+    ``u``: torch's ``grad_outputs=u`` differentiates the real loss
+    ``sum(Re(u) Re(y) + Im(u) Im(y))``, whose gradient it returns as
+    ``dL/dRe(x) + i dL/dIm(x)`` (the conjugate Wirtinger convention of
+    ``torch.autograd.gradcheck``), i.e. exactly the real view that finite
+    differences of the real and imaginary parts measure.
+    """
     t = torch.from_numpy(np.ascontiguousarray(piece).reshape(np.shape(piece)))
+    if out.is_complex():
+        t = _as_complex(t.to(torch.float64 if out.dtype == torch.complex128 else torch.float32))
     return t.to(device=out.device, dtype=out.dtype)
 
 
@@ -187,11 +309,17 @@ def _perturbed_rows(base: torch.Tensor, idx: np.ndarray, vals: np.ndarray) -> to
     return rows.reshape((len(idx),) + tuple(base.shape))
 
 
-def _joined(out: Any) -> torch.Tensor:
-    """The floating leaves of an output joined as :func:`join_outputs` does (inside ``vmap``)."""
+def _joined(out: Any, kept: list[bool] | None = None) -> torch.Tensor:
+    """The floating leaves of an output joined as :func:`join_outputs` does (inside ``vmap``).
+
+    ``kept`` (one flag per floating leaf) leaves out the outputs autograd does not differentiate.
+    """
     if _float_tensor(out):
-        return out
+        return torch.view_as_real(out) if out.is_complex() else out
     leaves = [v for v in flatten_tree(out, is_tensor) if _float_tensor(v)]
+    if kept is not None and len(kept) == len(leaves):
+        leaves = [v for v, k in zip(leaves, kept) if k]
+    leaves = [torch.view_as_real(v) if v.is_complex() else v for v in leaves]
     if not leaves:
         raise ProtocolError(f"the code returned {type(out).__name__} with no floating-point tensor in it")
     return torch.cat([v.reshape(-1) for v in leaves])
@@ -330,7 +458,7 @@ def _exact_backward(primal: "_FunctionPrimal", seen: list) -> Callable:
         if primal.cls not in seen:
             seen.append(primal.cls)
         args, kwargs = ctx._gradverify_inputs
-        leaves = [a.detach().requires_grad_(True) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+        leaves = [a.detach().requires_grad_(True) if _float_tensor(a) else a
                   for a in args]
         with torch.enable_grad():
             out = primal(*[a.clone() if isinstance(a, torch.Tensor) and a.requires_grad else a for a in leaves],
@@ -396,10 +524,58 @@ class TorchFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
 
     def __init__(self, fn: Callable, inputs: Any, vjp: Callable | None, constants: Any = ()):
         self.devices: dict[str, Any] = {}
+        self.requires_grad: dict[str, bool] = {}
+        self.complex_inputs: set[str] = set()
+        self.layouts: dict[str, torch.Tensor] = {}  # sparse inputs: name -> the caller's tensor (its layout)
+        self.storages: dict[str, _Storage] = {}  # views with a storage offset: name -> their storage
         super().__init__(fn, inputs, vjp, names_from=names_source(fn), constants=constants)
         self.default_device = next(iter(self.devices.values()), torch.device("cpu"))
         self.rng = RngPin(list(self.devices.values()))
+        self._marked_constants()
         self.faithful_float64()
+        self._differentiable_outputs()
+
+    def _marked_constants(self) -> None:
+        """Floating tensors without ``requires_grad`` are constants where the caller marked others.
+
+        As ``torch.autograd.gradcheck`` does: a call whose inputs mark some
+        tensors ``requires_grad=True`` (batch norm's weight and bias) and not
+        others (its running statistics, which the op refuses to
+        differentiate) differentiates the marked ones only. Where no tensor
+        is marked, every floating input is differentiated.
+        """
+        if not any(self.requires_grad.get(n) for n in self.point):
+            return
+        for n in [n for n in self.point if not self.requires_grad.get(n)]:
+            del self.point[n]
+            self.constants[n] = self.originals.pop(n)
+
+    def _differentiable_outputs(self) -> None:
+        """Leave out of the output the floating leaves autograd does not differentiate (as gradcheck does).
+
+        A fused normalisation returns its batch statistics beside its
+        result, a least-squares solver its singular values: outputs that
+        do not require grad even though the inputs do. Their gradient is
+        undefined, not zero, so they are no part of the function checked.
+        One call of ``fn`` with the inputs requiring grad finds them; code
+        that fails that call, or whose outputs all lack grad (computed
+        outside autograd: :meth:`autodiff` warns), keeps every output.
+        """
+        if self.user_vjp is not None:
+            return
+        try:
+            with torch.enable_grad(), self.rng():
+                values = self.convert(dict(zip(self.order, self._args(self.originals))))
+                for n in self.point:
+                    values[n] = values[n].detach().requires_grad_(True).clone()
+                out = self.call_user(values)
+        except Exception:  # noqa: BLE001 - the check's own calls report it
+            return
+        if self.float_leaf(out):
+            return
+        keep = [bool(v.requires_grad) for v in self.leaves_of(out) if self.float_leaf(v)]
+        if any(keep) and not all(keep):
+            self.kept_outputs = keep
 
     def session(self):
         return _torch_threads_for(sum(a.size for a in self.point.values()))
@@ -443,11 +619,28 @@ class TorchFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
 
     def to_numpy(self, value: Any, name: str) -> np.ndarray:
         self.devices[name] = value.device
-        return tensor_to_numpy(value, name)
+        self.requires_grad[name] = bool(value.requires_grad)
+        if value.is_complex():
+            self.complex_inputs.add(name)
+        if value.layout != torch.strided:
+            self.layouts[name] = value
+        elif value.storage_offset() != 0 and value.numel() and not value.is_complex():
+            # a view into a larger storage (code may address it: as_strided with a storage offset)
+            self.storages[name] = _Storage(value)
+        return tensor_to_numpy(value, name, complex_ok=True)
 
     def to_framework(self, value: np.ndarray, name: str | None, dtype=None) -> Any:
         t = _to_tensor(value, self.devices.get(name, getattr(self, "default_device", None)))
+        if name in self.complex_inputs or (dtype is not None and dtype.is_complex and not t.is_complex()):
+            t = _as_complex(t)  # the real view back to the complex tensor (shares memory)
+        if name in self.layouts:
+            t = _like_layout(t, self.layouts[name])
+        if name in self.storages:
+            t = self.storages[name].view_of(t)
         return t if dtype is None else t.to(dtype)
+
+    def leaf_shape(self, value: Any) -> tuple:
+        return _real_shape(value)
 
     def float_leaf(self, value: Any) -> bool:
         return _float_tensor(value)
@@ -463,7 +656,8 @@ class TorchFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
     def _vectorised(self, name: str, idx: np.ndarray, vals: np.ndarray) -> np.ndarray:
         """One ``vmap`` call of ``fn`` over single-element perturbations of input ``name``."""
         base = self.convert(dict(zip(self.order, self._args(self.point))))
-        return self._vmap_over(name, base, _perturbed_rows(base[name], idx, vals))
+        b = base[name]
+        return self._vmap_over(name, base, _perturbed_rows(torch.view_as_real(b) if b.is_complex() else b, idx, vals))
 
     def _vectorised_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
         """One ``vmap`` call of ``fn`` over whole values of input ``name``."""
@@ -471,12 +665,15 @@ class TorchFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
         return self._vmap_over(name, base, torch.from_numpy(rows).to(base[name].device))
 
     def _vmap_over(self, name: str, base: dict, rows: torch.Tensor) -> np.ndarray:
+        if self.layouts or name in self.storages:
+            # vmap batches plain tensors only: sparse inputs keep their layout, views their storage, in the loop
+            raise NotImplementedError("sparse inputs and views with a storage offset are evaluated one by one")
         self.random.restore()
 
         def one(xn):
             values = dict(base)
-            values[name] = xn
-            return _joined(self.call_user(values))
+            values[name] = _as_complex(xn) if name in self.complex_inputs else xn
+            return _joined(self.call_user(values), self.kept_outputs)
 
         # No random state to pin: vmap refuses random draws (randomness="error"), and code that draws falls back.
         return _vmap(one, rows)
@@ -488,7 +685,7 @@ class TorchFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
             for n in self.point:
                 # The code gets a clone: it may write into its input (mark_dirty) without touching the leaf.
                 leaves[n] = values[n].detach().requires_grad_(True)
-                values[n] = leaves[n].clone()
+                values[n] = self.storages[n].clone_of(leaves[n]) if n in self.storages else leaves[n].clone()
             out = self.call_user(values)
         outs = self._record_output(out)
         if len(outs) != len(pieces):
@@ -504,7 +701,11 @@ class TorchFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
             self._warn("no output of the function requires grad: autograd sees no dependence on the inputs "
                        "(detached, or computed outside torch?); the gradient under test is zero")
             grads = [None] * len(names)
-        return {n: _leaf_numpy(g if g is not None else torch.zeros_like(leaves[n])) for n, g in zip(names, grads)}
+        out = {n: _leaf_numpy(g if g is not None else torch.zeros_like(leaves[n])) for n, g in zip(names, grads)}
+        for n in out:
+            if n in self.layouts:  # a sparse input's gradient on its specified elements (see _like_layout)
+                out[n] = np.where(sparse_pattern(self.layouts[n]), out[n], 0).astype(out[n].dtype)
+        return out
 
 
 # ---------------------------------------------------------------------------
@@ -586,7 +787,7 @@ class TorchModuleTarget(BatchedEvaluation, Target):
         for name, v in vals.items():
             if isinstance(v, torch.Tensor):
                 self.devices[name] = v.device
-                arr = _to_array(tensor_to_numpy(v, name), name)
+                arr = _to_array(tensor_to_numpy(v, name), name)  # complex refused: a module's input is real
             elif isinstance(v, (np.ndarray, np.generic)):
                 self.devices[name] = mdev or torch.device("cpu")
                 arr = _to_array(v, name)
@@ -618,6 +819,8 @@ class TorchModuleTarget(BatchedEvaluation, Target):
                 "nothing to differentiate"
             )
         self.rng = RngPin(list(self.devices.values()) + ([mdev] if mdev is not None else []))
+        self.kept_outputs: list[bool] | None = None
+        self._differentiable_outputs()
         self._copies: dict[bool, _Copy] = {}
         self._use64 = True
         c64 = self._copy(True)
@@ -641,6 +844,27 @@ class TorchModuleTarget(BatchedEvaluation, Target):
                     self.point[n] = view if view is not None else self.originals[n].copy()
                 self._warn(f"{type(module).__name__} {reason}, so the finite differences ran in the caller's dtype "
                            f"({', '.join(low)}); the verdict is coarser than a float64 check")
+
+    def _differentiable_outputs(self) -> None:
+        """Leave out the floating outputs autograd does not differentiate (as :class:`TorchFunctionTarget` does).
+
+        One forward of the module as given, its buffers restored after.
+        """
+        saved = [(b, b.detach().clone()) for b in self.module.buffers()]
+        try:
+            with torch.enable_grad(), self.rng():
+                args, kwargs, _ = self._inputs(self.originals, grad=True)
+                out = self.module(*args, **kwargs)
+            if not _float_tensor(out):
+                keep = [bool(v.requires_grad) for v in flatten_tree(out, is_tensor) if _float_tensor(v)]
+                if any(keep) and not all(keep):
+                    self.kept_outputs = keep
+        except Exception:  # noqa: BLE001 - the check's own calls report it
+            pass
+        finally:
+            with torch.no_grad():
+                for b, v in saved:
+                    b.copy_(v)
 
     def _copy(self, float64: bool) -> _Copy:
         if float64 not in self._copies:
@@ -667,6 +891,8 @@ class TorchModuleTarget(BatchedEvaluation, Target):
 
     def _outputs(self, out: Any, what: str) -> list:
         leaves = [v for v in flatten_tree(out, is_tensor) if _float_tensor(v)]
+        if self.kept_outputs is not None and len(self.kept_outputs) == len(leaves) and not _float_tensor(out):
+            leaves = [v for v, k in zip(leaves, self.kept_outputs) if k]
         if not leaves:
             raise ProtocolError(f"{what} returned {type(out).__name__} with no floating-point tensor in it")
         self._single = _float_tensor(out)
@@ -712,16 +938,16 @@ class TorchModuleTarget(BatchedEvaluation, Target):
             rows = make_rows(c.params[name].detach())
 
             def one(p):
-                return _joined(functional_call(c.module, {name: p}, tuple(args), kwargs))
+                return _joined(functional_call(c.module, {name: p}, tuple(args), kwargs), self.kept_outputs)
         else:
             rows = make_rows(kwargs[name] if self.by_keyword else args[self.order.index(name)])
 
             def one(xn):
                 if self.by_keyword:
-                    return _joined(c.module(*args, **{**kwargs, name: xn}))
+                    return _joined(c.module(*args, **{**kwargs, name: xn}), self.kept_outputs)
                 a = list(args)
                 a[self.order.index(name)] = xn
-                return _joined(c.module(*a, **kwargs))
+                return _joined(c.module(*a, **kwargs), self.kept_outputs)
 
         with torch.no_grad():
             return _vmap(one, rows)
@@ -757,7 +983,7 @@ class TorchModuleTarget(BatchedEvaluation, Target):
                 outs = self._outputs(out, f"{type(self.module).__name__}.forward")
                 wrt = {**leaves, **params}
                 names = [n for n in self.point if n in wrt]
-                pieces = split_cotangent(cotangent, [tuple(o.shape) for o in outs], self._single)
+                pieces = split_cotangent(cotangent, [_real_shape(o) for o in outs], self._single)
                 pairs = [(o, _cotangent(p, o)) for o, p in zip(outs, pieces) if o.requires_grad]
                 grads = _autograd([o for o, _ in pairs], [wrt[n] for n in names], [g for _, g in pairs],
                                   "torch autograd of the module's forwards") if pairs else [None] * len(names)
@@ -783,7 +1009,7 @@ class TorchModuleTarget(BatchedEvaluation, Target):
                 args, kwargs, leaves = self._inputs(self.originals, grad=True)
                 out = self._call_module(self.module, args, kwargs)
             outs = self._outputs(out, f"{type(self.module).__name__}.forward")
-            pieces = split_cotangent(cotangent, [tuple(o.shape) for o in outs], self._single)
+            pieces = split_cotangent(cotangent, [_real_shape(o) for o in outs], self._single)
             wrt = {**leaves, **self.orig_params}
             names = list(wrt)
             pairs = [(o, _cotangent(p, o))

@@ -153,6 +153,11 @@ def projected_gradients(
         right = np.full(arr.size, np.nan)
         kink = np.zeros(arr.size, dtype=bool)
         order = list(range(arr.size)) if chosen is None else chosen
+        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+            # A coordinate at +-inf or NaN does not move under a perturbation (-inf + h == -inf): its
+            # derivative is taken as 0, exactly, as torch.autograd.gradcheck's differences take it
+            finite = np.isfinite(arr.reshape(-1))
+            order = [i for i in order if finite[i]]
         first_steps = {}
         for i in order:
             h = float(steps[i]) or 1e-3
@@ -203,6 +208,28 @@ def projected_gradients(
                     d, n, mag = diff(yp, ym, tp, tm)
                     return (yp, tp, ym, tm, d, n, mag, not np.array_equal(yp, ym))
 
+                def first_levels_settle(levels):
+                    """A jump beside the point (a kink, settled) or a locally constant function (zero, settled).
+
+                    The same rules as the batched first pass (:func:`~gradverify.references.screen.first_pass_batched`).
+                    """
+                    (yp1, _, ym1, _), (yp2, tp2, ym2, tm2) = levels[0][:4], levels[1][:4]
+                    r2, _, _ = diff(yp2, y0, tp2, 0.0)
+                    l2, _, _ = diff(y0, ym2, 0.0, tm2)
+                    flat_y0 = y0.reshape(-1)
+                    jr = bool(_screens.jump_side(yp1.reshape(1, -1), yp2.reshape(1, -1), flat_y0, proj)[0])
+                    jl = bool(_screens.jump_side(ym1.reshape(1, -1), ym2.reshape(1, -1), flat_y0, proj)[0])
+                    if jr or jl:
+                        lft, rgt = _screens.jump_interval(l2, r2, jl, jr)
+                        left[i], right[i], kink[i] = float(lft), float(rgt), True
+                        return True
+                    flat = all(np.array_equal(y, y0) for y in (yp1, ym1, yp2, ym2))
+                    if flat and judge is not None and judge(name, i, 0.0, 0.0) == OK:
+                        value[i] = 0.0
+                        left[i] = right[i] = 0.0
+                        return True
+                    return False
+
                 def diagnose(levels):
                     # Kink diagnosis from the two smallest steps tried (no new
                     # evaluations): at a kink each one-sided derivative is stable
@@ -226,6 +253,8 @@ def projected_gradients(
                     levels = [level(h), level(h / 2)]
                     value[i], error[i] = richardson(levels[0], levels[1])
                     sensitivity[i] = levels[1][6] / scale[i]
+                    if first_levels_settle(levels):
+                        continue
                 if judge is None:
                     continue
                 verdict = judge(name, i, value[i], error[i])
@@ -256,6 +285,10 @@ def projected_gradients(
                 # curvature too strong for one central difference
                 sc["settled"] = (verdicts == OK) & (np.abs(sc["right"] - sc["left"]) <= tb) & np.isfinite(
                     sc["value"])
+                if sc["flat"].any():
+                    # locally constant (no output moved) and a zero gradient under test: settled at once
+                    zero = np.zeros(len(idx))
+                    sc["settled"] |= sc["flat"] & (np.asarray(many(idx, zero, zero)) == OK)
                 return sc
 
             pick = np.random.default_rng(len(order)).permutation(len(order))[:_screens.SCREEN_SAMPLES]

@@ -23,6 +23,8 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from .stencils import coordinate_scale
+
 __all__ = ["Noise", "estimate_noise", "function_noise", "NOISE_POINTS", "NOISE_STEP"]
 
 #: Evaluations in the difference table (Moré and Wild use 7 to 9).
@@ -111,13 +113,16 @@ def _table(evaluate, point, cotangent, signs, step, points) -> Noise:
     saved = {k: a.copy() for k, a in point.items()}
     dirs = {}
     for k, a in point.items():
-        x = a if a.dtype == np.float64 else a.astype(np.float64)
-        rms = float(np.sqrt(np.vdot(x, x) / x.size)) if x.size else 0.0
-        d = np.abs(x)  # the direction built in place: no temporaries the size of the tensor
-        np.maximum(d, 0.1 * rms if rms > 0 else 1.0, out=d)
-        np.multiply(d, signs[k], out=d)
-        np.multiply(d, step, out=d)
-        dirs[k] = d
+        if np.isfinite(a).all():
+            x = a if a.dtype == np.float64 else a.astype(np.float64)
+            rms = float(np.sqrt(np.vdot(x, x) / x.size)) if x.size else 0.0
+            d = np.abs(x)  # the direction built in place: no temporaries the size of the tensor
+            np.maximum(d, 0.1 * rms if rms > 0 else 1.0, out=d)
+            np.multiply(d, signs[k], out=d)
+            np.multiply(d, step, out=d)
+            dirs[k] = d
+        else:  # non-finite entries (a -inf mask) do not move
+            dirs[k] = signs[k] * coordinate_scale(a) * step
     values, mags = [], []
     half = points // 2
     try:

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .screen import jump_side
 from .stencils import OK, Projector, _eps, default_step
 from .stepwalk import richardson, settle
 
@@ -33,6 +34,9 @@ class Projection:
         magnitude: ``sum |u_k| |y_k| / t`` over the outputs the probe moved,
             ``t`` the step: the size of the terms the projection sums.
         evaluations: function evaluations used.
+        jump: True where the probe's first steps straddle a jump of the
+            function (a step function near a threshold): its differences
+            are no derivative, and ``error`` is infinite.
     """
 
     analytic: float
@@ -41,6 +45,14 @@ class Projection:
     error: float
     magnitude: float
     evaluations: int
+    jump: bool = False
+
+
+def _moved(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The displacement ``a - b`` in float64, coordinates at +-inf or NaN (which do not move) set to zero."""
+    with np.errstate(invalid="ignore"):
+        disp = a.astype(np.float64, copy=False) - b.astype(np.float64, copy=False)
+    return disp if np.all(np.isfinite(disp)) else np.where(np.isfinite(disp), disp, 0.0)
 
 
 def directional_mismatch(
@@ -119,13 +131,22 @@ def directional_mismatches(
     g = np.asarray(grad, dtype=np.float64)
     x0 = arr.copy()
     x064 = x0 if x0.dtype == np.float64 else x0.astype(np.float64)
-    rms = float(np.sqrt(np.vdot(x064, x064) / x064.size)) if x064.size else 0.0
+    finite = np.isfinite(x064)
+    all_finite = bool(finite.all())
+    if all_finite:
+        rms = float(np.sqrt(np.vdot(x064, x064) / x064.size)) if x064.size else 0.0
+        top = max(float(np.max(x064)), -float(np.min(x064))) if x064.size else 0.0
+    else:  # non-finite entries (a -inf mask) neither move nor set the step
+        fin = x064[finite]
+        rms = float(np.sqrt(np.mean(fin * fin))) if fin.size else 0.0
+        top = float(np.max(np.abs(fin))) if fin.size else 0.0
     scale = rms if rms > 0 else 1.0
-    floor = 64 * _eps(arr.dtype if arr.dtype.kind == "f" else np.float64) * max(
-        max(float(np.max(x064)), -float(np.min(x064))) if x064.size else 0.0, 1e-300)
+    floor = 64 * _eps(arr.dtype if arr.dtype.kind == "f" else np.float64) * max(top, 1e-300)
 
     def plan(direction):
         v = np.asarray(direction, dtype=np.float64)
+        if not all_finite:
+            v = np.where(finite, v, 0.0)  # a coordinate at +-inf or NaN does not move (see projected_gradients)
         vv = float(np.vdot(v, v))
         if vv == 0.0:
             return None
@@ -165,6 +186,7 @@ def directional_mismatches(
             finally:
                 arr[...] = x0
         (yp, vp, gp), (ym, vm, gm) = sides
+        seen.append((yp, ym))
         s = (vp - vm) / vv  # the step along v actually stored (float32 storage rounds x + s v)
         num, noise_, mag = proj.diff(yp, ym, s, 0.0)
         ana = (gp - gm) / s
@@ -174,13 +196,16 @@ def directional_mismatches(
 
     together = evaluate_rows is not None and 4 * len(directions) * max(arr.nbytes, 8 * arr.size) <= ROWS_BYTES
     first_levels = {}  # direction -> its levels at t and t/2
+    jumps = {}  # direction -> whether its first steps straddle a jump
+    seen: list = []  # the outputs (y+, y-) of the levels computed one at a time
+    base = np.asarray(y0, dtype=np.float64).reshape(-1)
     plans = []
     if together:
         plans = [plan(d) for d in directions]
         steps = [(k, s) for k, p in enumerate(plans) if p is not None
                  for s in (p[2], -p[2], p[2] / 2, -p[2] / 2)]
         if steps:
-            first_levels = _first_levels_together(arr, x064, g, plans, steps, evaluate_rows, proj, y0)
+            first_levels, jumps = _first_levels_together(arr, x064, g, plans, steps, evaluate_rows, proj, y0)
     out = []
     for k, direction in enumerate(directions):
         before = proj.evaluations
@@ -190,8 +215,21 @@ def directional_mismatches(
             counted = 0
             continue
         v, vv, t = p
-        first = first_levels.get(k) or [level(t, v, vv), level(t / 2, v, vv)]
+        first = first_levels.get(k)
+        if first is None:
+            seen.clear()
+            first = [level(t, v, vv), level(t / 2, v, vv)]
+            (yp1, ym1), (yp2, ym2) = (np.asarray(y, dtype=np.float64).reshape(1, -1) for y in seen[0]), \
+                (np.asarray(y, dtype=np.float64).reshape(1, -1) for y in seen[1])
+            # one-sided differences at t and t/2: a jump beside the point (see screen.jump_side)
+            jumps[k] = bool(jump_side(yp1, yp2, base, proj)[0] or jump_side(ym1, ym2, base, proj)[0])
         mismatch, error = richardson(*first)
+        if jumps.get(k):
+            analytic = float(np.vdot(g, v))
+            out.append(Projection(analytic, analytic + mismatch, mismatch, math.inf, first[1][6] / scale,
+                                  counted + (4 if together else 0) + proj.evaluations - before, jump=True))
+            counted = 0
+            continue
         if judge is not None and judge(k, mismatch, error) != OK:
             floor_t = floor / max(float(np.max(v)), -float(np.min(v)))
             mismatch, error, _ = settle(lambda st, v=v, vv=vv: level(st, v, vv), first, t, floor_t,
@@ -219,13 +257,13 @@ def _chunks(n: int):
 
 
 def _first_levels_together(arr, x064, g, plans, steps, evaluate_rows, proj, y0) -> dict:
-    """The first two levels of every direction from one vectorised call (the displaced points stored together)."""
+    """The first two levels of every direction from one vectorised call, and which directions straddle a jump."""
     # Every displaced point x + s v at once, as stored in arr's dtype (in
     # place: large temporaries cost more than the arithmetic).
     stored = np.empty((len(steps),) + arr.shape, dtype=arr.dtype)
     row = np.empty(arr.shape) if arr.dtype != np.float64 else None
     for b, (k, st) in enumerate(steps):
-        out_row = stored[b] if row is None else row
+        out_row = stored[b, ...] if row is None else row  # a view, also for a 0-d arr
         np.multiply(plans[k][0], st, out=out_row)
         np.add(out_row, x064, out=out_row)
         if row is not None:
@@ -249,7 +287,13 @@ def _first_levels_together(arr, x064, g, plans, steps, evaluate_rows, proj, y0) 
         s_ = float(along[p_])
         first_levels.setdefault(k, []).append(
             (None, s_, None, -s_, float(quot[p_] - ana[p_]), float(noise[p_]), float(mag[p_]), bool(moved[p_])))
-    return first_levels
+    # One-sided differences of each direction at t and t/2 (rows +t, -t, +t/2, -t/2): a jump beside the
+    # point (see screen.jump_side) makes the directional quotients no derivative.
+    base = np.asarray(y0, dtype=np.float64).reshape(-1)
+    rows4 = flat.reshape(-1, 4, flat.shape[1])
+    jr = jump_side(rows4[:, 0], rows4[:, 2], base, proj)
+    jl = jump_side(rows4[:, 1], rows4[:, 3], base, proj)
+    return first_levels, {k: bool(jr[j] or jl[j]) for j, (k, _) in enumerate(steps[0::4])}
 
 
 @dataclasses.dataclass(frozen=True)

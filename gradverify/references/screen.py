@@ -14,7 +14,8 @@ import numpy as np
 
 from .stencils import OK, _ULPS_PER_OUTPUT
 
-__all__ = ["SCREEN_MIN_SIZE", "SCREEN_SAMPLES", "SCREEN_STEP_DIVISOR", "screen", "first_pass_batched"]
+__all__ = ["SCREEN_MIN_SIZE", "SCREEN_SAMPLES", "SCREEN_STEP_DIVISOR", "screen", "first_pass_batched", "jump_side",
+           "jump_interval"]
 
 #: Tensors of at least this many elements are screened (see
 #: :func:`projected_gradients`); smaller ones go straight to Richardson.
@@ -26,12 +27,69 @@ SCREEN_SAMPLES = 16
 SCREEN_STEP_DIVISOR = 16.0
 
 
+#: One-sided differences at ``h`` and ``h/2`` within this fraction of each other are a jump, not a slope
+#: (a slope halves the difference with the step, a curvature quarters it). A smooth function shows
+#: equal differences only where its slope is about -1.5 times its curvature times ``h`` (beside an
+#: extremum of ``<u, f>``): the tighter the fraction, the narrower that window (it then reads as a kink
+#: whose interval holds the right gradient: nondiff, never a failure); a jump on a slope ``s`` is
+#: recognised while it exceeds about ``s h / (2 JUMP_AGREEMENT)``.
+JUMP_AGREEMENT = 0.1
+
+
+def jump_side(y1, y2, y0, proj):
+    """Whether a jump sits on one side of each row's point, read output by output.
+
+    ``y1``, ``y2`` are the outputs (rows of flattened outputs) at ``x + t``
+    and ``x + t/2`` (or ``x - t``, ``x - t/2``), ``y0`` the outputs at the
+    point, ``proj`` the :class:`~gradverify.references.stencils.Projector`
+    (cotangent, rounding). An output whose change does not shrink with the
+    step (within :data:`JUMP_AGREEMENT`, above its rounding), or that is
+    bitwise unchanged at ``t/2`` while it moved well above its rounding at
+    ``t``, jumped between the point and ``x +- t``: the differences through
+    it measure the jump over the step, not a derivative. A side jumps when
+    such outputs carry more of ``<u, y1 - y0>`` than its rounding noise.
+    Read output by output, since the projection of many small jumps (a step
+    function of many elements along a random direction) grows with the
+    step as a slope does. Cost: array arithmetic, no evaluations.
+    """
+    y1 = np.atleast_2d(np.asarray(y1, dtype=np.float64))
+    y2 = np.atleast_2d(np.asarray(y2, dtype=np.float64))
+    y0 = np.asarray(y0, dtype=np.float64).reshape(1, -1)
+    u = np.abs(proj.u.reshape(1, -1))
+    d1, d2 = y1 - y0, y2 - y0
+    n1 = proj.eps * _ULPS_PER_OUTPUT * (np.abs(y1) + np.abs(y0))
+    n2 = proj.eps * _ULPS_PER_OUTPUT * (np.abs(y2) + np.abs(y0))
+    constant = (np.abs(d2) > 4 * n2) & (np.abs(d1 - d2) <= JUMP_AGREEMENT * np.abs(d2))
+    vanished = (d2 == 0) & (np.abs(d1) > 16 * n1)
+    jumped = np.sum(u * np.abs(d1) * (constant | vanished), axis=1)
+    noise = np.sum(u * n1, axis=1) + 2 * proj.noise
+    return (jumped > 16 * noise) & (jumped > 0)
+
+
+def jump_interval(left, right, jump_left, jump_right):
+    """One-sided values at an element beside a jump: the jump's side opens the interval towards the jump.
+
+    A side with a jump carries no derivative: its quotient (the jump over
+    the step) is replaced so that the interval ``[min, max]`` the
+    comparison core accepts as subgradients runs from the other side's
+    slope past the jump's quotient (both sides jumping: the widest finite
+    interval the quotients span, either sign). Returns new ``(left, right)``.
+    """
+    left, right = np.asarray(left, dtype=np.float64).copy(), np.asarray(right, dtype=np.float64).copy()
+    span = np.abs(left) + np.abs(right)
+    both = jump_left & jump_right
+    left = np.where(both, -span, left)
+    right = np.where(both, span, right)
+    return left, right
+
+
 def screen(evaluate_batch, name, arr, order, first_steps, proj, y0, batch_bytes, scale) -> dict[str, np.ndarray]:
     """One central difference per element at ``h / SCREEN_STEP_DIVISOR``: value, noise, one-sided slopes.
 
     Returns arrays over ``order``: ``value`` (the central quotient),
     ``noise`` (its rounding noise), ``left``/``right`` (the one-sided
-    quotients), ``sensitivity`` (as in :class:`ElementDerivative`).
+    quotients), ``sensitivity`` (as in :class:`ElementDerivative`),
+    ``flat`` (no output moved on either side: locally constant).
     Evaluations go through ``evaluate_batch`` in chunks where given, else
     ``arr`` is moved in place; they are counted on ``proj``.
     """
@@ -39,7 +97,7 @@ def screen(evaluate_batch, name, arr, order, first_steps, proj, y0, batch_bytes,
     idx_all = np.asarray(order, dtype=np.int64)
     h = np.array([first_steps[int(i)] for i in order]) / SCREEN_STEP_DIVISOR
     if arr.dtype.kind == "f":
-        h = np.maximum(h, 8.0 * np.spacing(np.abs(x[idx_all]).astype(arr.dtype)).astype(np.float64))
+        h = np.fmax(h, 8.0 * np.spacing(np.abs(x[idx_all]).astype(arr.dtype)).astype(np.float64))  # inf: no spacing
     x0 = x[idx_all]
     values = np.stack([x0 + h, x0 - h], axis=1).astype(arr.dtype)  # (n, 2) as stored
     actual = values.astype(np.float64) - x0[:, None]
@@ -47,6 +105,7 @@ def screen(evaluate_batch, name, arr, order, first_steps, proj, y0, batch_bytes,
     base = y0.reshape(-1)
     u = proj.u.reshape(-1)
     out = {k: np.empty(len(order)) for k in ("value", "noise", "left", "right", "sensitivity")}
+    out["flat"] = np.zeros(len(order), dtype=bool)  # no output moved on either side
     # a chunk of outputs at a time (at most batch_bytes), reduced before the next
     chunk = max(1, batch_bytes // max(1, 8 * out_size * 2))
     for start in range(0, len(order), chunk):
@@ -72,6 +131,7 @@ def screen(evaluate_batch, name, arr, order, first_steps, proj, y0, batch_bytes,
         out["sensitivity"][sl] = mags / scale[idx_all[sl]]
         out["right"][sl] = ((ys[:, 0] - base) @ u) / a[:, 0]
         out["left"][sl] = ((base - ys[:, 1]) @ u) / -a[:, 1]
+        out["flat"][sl] = ~np.any(ys != base[None, None, :], axis=(1, 2))
     return out
 
 
@@ -123,11 +183,24 @@ def first_pass_batched(evaluate_batch, name, arr, order, first_steps, out_shape,
             n_lr = proj.eps * _ULPS_PER_OUTPUT * ((np.abs(ys[:, a]) + np.abs(ys[:, b]) + 2 * np.abs(base)) @ absu) \
                 / np.abs(actual[:, a])
             sides.append((right, left, n_lr))
-        (r1, l1, _), (r2, l2, n2) = sides
+        (r1, l1, n1), (r2, l2, n2) = sides
         g1, g2 = np.abs(r1 - l1), np.abs(r2 - l2)
         stable = (np.abs(r1 - r2) <= 0.1 * g2 + 4 * n2) & (np.abs(l1 - l2) <= 0.1 * g2 + 4 * n2)
         kinks = (g2 > 4 * n2) & (g2 > 0.75 * g1) & stable
+        # A jump beside the point (a step function near its threshold): the quotients straddling it
+        # are no derivative. The element is a non-differentiable point, settled without a walk.
+        jr = jump_side(ys[:, 0], ys[:, 2], base, proj)
+        jl = jump_side(ys[:, 1], ys[:, 3], base, proj)
+        jumps = jr | jl
+        l2, r2 = jump_interval(l2, r2, jl, jr)
+        kinks = kinks | jumps
+        # Locally constant (a step function away from its thresholds): no output moved at any of the four
+        # steps; where the gradient under test is zero too, the element is settled at once.
+        flat = ~np.any(ys != base[None, None, :], axis=(1, 2))
         verdicts = judge(part, val, err) if judge is not None else np.full(n, OK)
+        if judge is not None and flat.any():
+            verdicts = np.where(flat & (np.asarray(judge(part, np.zeros(n), np.zeros(n))) == OK), OK, verdicts)
+        verdicts = np.where(jumps, OK, verdicts)
         for k, i in enumerate(part.tolist()):
             levels = None
             if verdicts[k] != OK:

@@ -82,9 +82,22 @@ def default_step(x, dtype=np.float64, method: str = "richardson"):
     base = _eps(dtype) ** (1.0 / (min(order, 3) + 1))
     if method == "complex":
         base = 1e-20
-    rms = float(np.sqrt(np.mean(x * x))) if x.size else 0.0
+    return base * coordinate_scale(x)
+
+
+def coordinate_scale(x) -> np.ndarray:
+    """``max(|x_i|, rms(x) / 10)`` per coordinate (1 where ``x`` is all zeros): the size a step is relative to.
+
+    Non-finite coordinates (an ``-inf`` mask entry of a softmax input) are
+    left out of the rms and get scale 1: moving them changes nothing
+    (``-inf + h == -inf``), and they must not make every other step infinite.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    fin = np.isfinite(x)
+    xf = x[fin] if not fin.all() else x
+    rms = float(np.sqrt(np.mean(xf * xf))) if xf.size else 0.0
     scale = np.maximum(np.abs(x), 0.1 * rms if rms > 0 else 1.0)
-    return base * scale
+    return np.where(fin, scale, 1.0) if not fin.all() else scale
 
 
 @dataclasses.dataclass(frozen=True)
