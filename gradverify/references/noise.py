@@ -116,7 +116,8 @@ def _table(evaluate, point, cotangent, signs, step, points) -> Noise:
         if np.isfinite(a).all():
             x = a if a.dtype == np.float64 else a.astype(np.float64)
             rms = float(np.sqrt(np.vdot(x, x) / x.size)) if x.size else 0.0
-            d = np.abs(x)  # the direction built in place: no temporaries the size of the tensor
+            d = np.empty(x.shape)  # the direction built in place: no temporaries the size of the tensor
+            np.abs(x, out=d)  # (into an array: np.abs of a 0-d array is a scalar)
             np.maximum(d, 0.1 * rms if rms > 0 else 1.0, out=d)
             np.multiply(d, signs[k], out=d)
             np.multiply(d, step, out=d)

@@ -55,6 +55,13 @@ def _moved(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return disp if np.all(np.isfinite(disp)) else np.where(np.isfinite(disp), disp, 0.0)
 
 
+def _moved(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The displacement ``a - b`` in float64, coordinates at +-inf or NaN (which do not move) set to zero."""
+    with np.errstate(invalid="ignore"):
+        disp = a.astype(np.float64, copy=False) - b.astype(np.float64, copy=False)
+    return disp if np.all(np.isfinite(disp)) else np.where(np.isfinite(disp), disp, 0.0)
+
+
 def directional_mismatch(
     evaluate: Callable[[], np.ndarray],
     arr: np.ndarray,
@@ -131,8 +138,8 @@ def directional_mismatches(
     g = np.asarray(grad, dtype=np.float64)
     x0 = arr.copy()
     x064 = x0 if x0.dtype == np.float64 else x0.astype(np.float64)
-    finite = np.isfinite(x064)
-    all_finite = bool(finite.all())
+    all_finite = bool(np.isfinite(x064).all())
+    finite = None if all_finite else np.isfinite(x064)
     if all_finite:
         rms = float(np.sqrt(np.vdot(x064, x064) / x064.size)) if x064.size else 0.0
         top = max(float(np.max(x064)), -float(np.min(x064))) if x064.size else 0.0
@@ -170,7 +177,7 @@ def directional_mismatches(
         a, flat_v, flat_g, flat_x = arr.reshape(-1), v.reshape(-1), g.reshape(-1), x064.reshape(-1)
         dv = dg = 0.0
         for sl in _chunks(a.size):
-            d = a[sl].astype(np.float64) - flat_x[sl]
+            d = a[sl].astype(np.float64) - flat_x[sl] if all_finite else _moved(a[sl], flat_x[sl])
             dv += float(np.dot(flat_v[sl], d))
             dg += float(np.dot(flat_g[sl], d))
         return dv, dg
@@ -186,7 +193,8 @@ def directional_mismatches(
             finally:
                 arr[...] = x0
         (yp, vp, gp), (ym, vm, gm) = sides
-        seen.append((yp, ym))
+        if collect:
+            seen.append((yp, ym))
         s = (vp - vm) / vv  # the step along v actually stored (float32 storage rounds x + s v)
         num, noise_, mag = proj.diff(yp, ym, s, 0.0)
         ana = (gp - gm) / s
@@ -197,7 +205,8 @@ def directional_mismatches(
     together = evaluate_rows is not None and 4 * len(directions) * max(arr.nbytes, 8 * arr.size) <= ROWS_BYTES
     first_levels = {}  # direction -> its levels at t and t/2
     jumps = {}  # direction -> whether its first steps straddle a jump
-    seen: list = []  # the outputs (y+, y-) of the levels computed one at a time
+    seen: list = []  # the outputs (y+, y-) of levels computed one at a time, while ``collect`` is set
+    collect = False
     base = np.asarray(y0, dtype=np.float64).reshape(-1)
     plans = []
     if together:
@@ -217,12 +226,19 @@ def directional_mismatches(
         v, vv, t = p
         first = first_levels.get(k)
         if first is None:
-            seen.clear()
             first = [level(t, v, vv), level(t / 2, v, vv)]
-            (yp1, ym1), (yp2, ym2) = (np.asarray(y, dtype=np.float64).reshape(1, -1) for y in seen[0]), \
-                (np.asarray(y, dtype=np.float64).reshape(1, -1) for y in seen[1])
-            # one-sided differences at t and t/2: a jump beside the point (see screen.jump_side)
-            jumps[k] = bool(jump_side(yp1, yp2, base, proj)[0] or jump_side(ym1, ym2, base, proj)[0])
+            if judge is not None and judge(k, *richardson(*first)) != OK:
+                # Only a probe that looks wrong is looked at for a jump beside the point (see
+                # screen.jump_side): its first levels again, their outputs kept (4 evaluations).
+                collect = True
+                seen.clear()
+                level(t, v, vv)
+                level(t / 2, v, vv)
+                collect = False
+                (yp1, ym1), (yp2, ym2) = ([np.asarray(y, dtype=np.float64).reshape(1, -1) for y in pair]
+                                          for pair in seen[:2])
+                seen.clear()
+                jumps[k] = bool(jump_side(yp1, yp2, base, proj)[0] or jump_side(ym1, ym2, base, proj)[0])
         mismatch, error = richardson(*first)
         if jumps.get(k):
             analytic = float(np.vdot(g, v))
@@ -274,8 +290,7 @@ def _first_levels_together(arr, x064, g, plans, steps, evaluate_rows, proj, y0) 
     # displacement actually stored (float32 storage rounds x + s v) of
     # each pair of rows, its step along v and the analytic <g, d>.
     pairs = len(steps) // 2
-    disp = (stored[0::2].astype(np.float64, copy=False) - stored[1::2].astype(np.float64, copy=False)).reshape(
-        pairs, -1)
+    disp = _moved(stored[0::2], stored[1::2]).reshape(pairs, -1)
     vrows = np.stack([plans[k][0].reshape(-1) for k, _ in steps[0::4]])
     vvs = np.array([plans[k][1] for k, _ in steps[0::4]])
     along = np.einsum("kpj,kj->kp", disp.reshape(len(vrows), 2, -1), vrows).reshape(-1) / np.repeat(vvs, 2)
