@@ -35,7 +35,9 @@ __all__ = [
 ]
 
 #: extra -> the package(s) ``pip`` installs for it (what the extra pulls in).
-_EXTRA_PACKAGES = {"torch": "torch", "jax": "jax", "all": "torch jax"}
+_EXTRA_PACKAGES = {"torch": "torch", "jax": "jax", "tensorflow": "tensorflow-cpu", "pytensor": "pytensor",
+                   "frameworks": "tensorflow-cpu pytensor", "report": "matplotlib tqdm",
+                   "campaign": '"dask[distributed]"', "all": "torch jax"}
 
 
 def raised_at_call(entry: _F) -> _F:

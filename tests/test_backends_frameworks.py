@@ -25,9 +25,9 @@ from test_backends import LAYER_CASES, PRIMITIVE_CASES, _all_derivatives, _asser
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NEW = [pytest.param("tensorflow", marks=pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None,
-                                                            reason="tensorflow not installed (pip install gradverify[tensorflow])")),
+                                                            reason='tensorflow not installed (pip install ".[tensorflow]")')),
        pytest.param("pytensor", marks=pytest.mark.skipif(importlib.util.find_spec("pytensor") is None,
-                                                          reason="pytensor not installed (pip install gradverify[pytensor])"))]
+                                                          reason='pytensor not installed (pip install ".[pytensor]")'))]
 
 
 @pytest.mark.parametrize("framework", NEW)
@@ -64,7 +64,7 @@ def test_missing_framework_names_the_extra(monkeypatch, framework, extra):
     cls = B.BACKENDS[framework]
     assert not cls.available()
     assert framework not in B.available_backends()
-    with pytest.raises(BackendUnavailable, match=rf"pip install gradverify\[{extra}\]"):
+    with pytest.raises(BackendUnavailable, match=rf'pip install "\.\[{extra}\]"'):
         cls()
 
 
@@ -78,7 +78,7 @@ def test_registry_names_the_new_backends_without_importing_them():
 
 
 def test_pytensor_compiles_once_per_spec_and_dtype():
-    pytest.importorskip("pytensor", reason="pytensor not installed (pip install gradverify[pytensor])")
+    pytest.importorskip("pytensor", reason='pytensor not installed (pip install ".[pytensor]")')
     b = B.PyTensorBackend()
     spec = LAYER_CASES["mse"]
     b.value(spec)
@@ -90,7 +90,7 @@ def test_pytensor_compiles_once_per_spec_and_dtype():
 
 
 def test_tensorflow_import_is_quiet():
-    pytest.importorskip("tensorflow", reason="tensorflow not installed (pip install gradverify[tensorflow])")
+    pytest.importorskip("tensorflow", reason='tensorflow not installed (pip install ".[tensorflow]")')
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     code = ("from gradverify.backends import get_backend\n"
             "from gradverify.spec import Network, Dense, MSELoss\n"

@@ -17,7 +17,7 @@ import pytest
 
 import gradverify as gv
 
-pytest.importorskip("pytensor", reason="pytensor not installed (pip install gradverify[pytensor])")
+pytest.importorskip("pytensor", reason='pytensor not installed (pip install ".[pytensor]")')
 import pytensor.tensor as pt  # noqa: E402
 
 from tests.corpus.framework_mutants_tf_pt import by_name  # noqa: E402
@@ -68,6 +68,6 @@ def test_missing_pytensor_is_a_clear_error(monkeypatch):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "pytensor" else real(n, *a))
-    with pytest.raises(gv.BackendUnavailable, match=r"gradverify\[pytensor\]"):
+    with pytest.raises(gv.BackendUnavailable, match=r'pip install pytensor .*"\.\[pytensor\]"'):
         B.BACKENDS["pytensor"]()
     warnings.simplefilter("default")

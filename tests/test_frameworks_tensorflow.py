@@ -19,7 +19,7 @@ import pytest
 
 import gradverify as gv
 
-pytest.importorskip("tensorflow", reason="tensorflow not installed (pip install gradverify[tensorflow])")
+pytest.importorskip("tensorflow", reason='tensorflow not installed (pip install ".[tensorflow]")')
 from gradverify.backends.tensorflow import import_tensorflow  # noqa: E402
 
 tf = import_tensorflow()
@@ -124,7 +124,7 @@ def test_missing_tensorflow_is_a_clear_error(monkeypatch):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "tensorflow" else real(n, *a))
-    with pytest.raises(gv.BackendUnavailable, match=r"gradverify\[tensorflow\]"):
+    with pytest.raises(gv.BackendUnavailable, match=r'pip install tensorflow-cpu .*"\.\[tensorflow\]"'):
         B.BACKENDS["tensorflow"]()
 
 

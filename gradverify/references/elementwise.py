@@ -217,8 +217,9 @@ def projected_gradients(
                     r2, _, _ = diff(yp2, y0, tp2, 0.0)
                     l2, _, _ = diff(y0, ym2, 0.0, tm2)
                     flat_y0 = y0.reshape(-1)
-                    jr = bool(_screens.jump_side(yp1.reshape(1, -1), yp2.reshape(1, -1), flat_y0, proj)[0])
-                    jl = bool(_screens.jump_side(ym1.reshape(1, -1), ym2.reshape(1, -1), flat_y0, proj)[0])
+                    jr_, jl_ = _screens.jumps(yp1.reshape(1, -1), ym1.reshape(1, -1), yp2.reshape(1, -1),
+                                              ym2.reshape(1, -1), flat_y0, proj)
+                    jr, jl = bool(jr_[0]), bool(jl_[0])
                     if jr or jl:
                         lft, rgt = _screens.jump_interval(l2, r2, jl, jr)
                         left[i], right[i], kink[i] = float(lft), float(rgt), True

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .screen import jump_side
+from .screen import jumps as jump_pair
 from .stencils import OK, Projector, _eps, default_step
 from .stepwalk import richardson, settle
 
@@ -238,7 +238,8 @@ def directional_mismatches(
                 (yp1, ym1), (yp2, ym2) = ([np.asarray(y, dtype=np.float64).reshape(1, -1) for y in pair]
                                           for pair in seen[:2])
                 seen.clear()
-                jumps[k] = bool(jump_side(yp1, yp2, base, proj)[0] or jump_side(ym1, ym2, base, proj)[0])
+                jr, jl = jump_pair(yp1, ym1, yp2, ym2, base, proj)
+                jumps[k] = bool(jr[0] or jl[0])
         mismatch, error = richardson(*first)
         if jumps.get(k):
             analytic = float(np.vdot(g, v))
@@ -306,8 +307,7 @@ def _first_levels_together(arr, x064, g, plans, steps, evaluate_rows, proj, y0) 
     # point (see screen.jump_side) makes the directional quotients no derivative.
     base = np.asarray(y0, dtype=np.float64).reshape(-1)
     rows4 = flat.reshape(-1, 4, flat.shape[1])
-    jr = jump_side(rows4[:, 0], rows4[:, 2], base, proj)
-    jl = jump_side(rows4[:, 1], rows4[:, 3], base, proj)
+    jr, jl = jump_pair(rows4[:, 0], rows4[:, 1], rows4[:, 2], rows4[:, 3], base, proj)
     return first_levels, {k: bool(jr[j] or jl[j]) for j, (k, _) in enumerate(steps[0::4])}
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from .stencils import OK, _ULPS_PER_OUTPUT
 
-__all__ = ["SCREEN_MIN_SIZE", "SCREEN_SAMPLES", "SCREEN_STEP_DIVISOR", "screen", "first_pass_batched", "jump_side",
+__all__ = ["SCREEN_MIN_SIZE", "SCREEN_SAMPLES", "SCREEN_STEP_DIVISOR", "screen", "first_pass_batched", "jump_side", "jumps",
            "jump_interval"]
 
 #: Tensors of at least this many elements are screened (see
@@ -64,6 +64,29 @@ def jump_side(y1, y2, y0, proj):
     jumped = np.sum(u * np.abs(d1) * (constant | vanished), axis=1)
     noise = np.sum(u * n1, axis=1) + 2 * proj.noise
     return (jumped > 16 * noise) & (jumped > 0)
+
+
+def jumps(yp1, ym1, yp2, ym2, y0, proj):
+    """:func:`jump_side` on both sides of each row, vetoed where the central quotients at t and t/2 agree.
+
+    Rows: outputs at ``x + t``, ``x - t``, ``x + t/2``, ``x - t/2``. A
+    smooth function whose curvature dominates the step (an extremum between
+    ``x + t/2`` and ``x + t``) can take equal values at both one-sided
+    points, which alone looks like a jump; its central quotients at ``t``
+    and ``t/2`` still agree (exactly, for a quadratic), while across a jump
+    they differ by about 2x. Returns ``(right, left)`` boolean arrays.
+    """
+    jr = jump_side(yp1, yp2, y0, proj)
+    jl = jump_side(ym1, ym2, y0, proj)
+    if not (np.any(jr) or np.any(jl)):
+        return jr, jl
+    rows = [np.atleast_2d(np.asarray(a, dtype=np.float64)) for a in (yp1, ym1, yp2, ym2)]
+    u = proj.u.reshape(-1)
+    c1 = (rows[0] - rows[1]) @ u / 2.0   # the central quotient at t, times t
+    c2 = (rows[2] - rows[3]) @ u         # the central quotient at t/2, times t
+    noise = proj.eps * _ULPS_PER_OUTPUT * (sum(np.abs(r) for r in rows) @ np.abs(u)) + 4 * proj.noise
+    smooth = np.abs(c1 - c2) <= 0.05 * np.maximum(np.abs(c1), np.abs(c2)) + 4 * noise
+    return jr & ~smooth, jl & ~smooth
 
 
 def jump_interval(left, right, jump_left, jump_right):
@@ -189,18 +212,17 @@ def first_pass_batched(evaluate_batch, name, arr, order, first_steps, out_shape,
         kinks = (g2 > 4 * n2) & (g2 > 0.75 * g1) & stable
         # A jump beside the point (a step function near its threshold): the quotients straddling it
         # are no derivative. The element is a non-differentiable point, settled without a walk.
-        jr = jump_side(ys[:, 0], ys[:, 2], base, proj)
-        jl = jump_side(ys[:, 1], ys[:, 3], base, proj)
-        jumps = jr | jl
+        jr, jl = jumps(ys[:, 0], ys[:, 1], ys[:, 2], ys[:, 3], base, proj)
+        jumped = jr | jl
         l2, r2 = jump_interval(l2, r2, jl, jr)
-        kinks = kinks | jumps
+        kinks = kinks | jumped
         # Locally constant (a step function away from its thresholds): no output moved at any of the four
         # steps; where the gradient under test is zero too, the element is settled at once.
         flat = ~np.any(ys != base[None, None, :], axis=(1, 2))
         verdicts = judge(part, val, err) if judge is not None else np.full(n, OK)
         if judge is not None and flat.any():
             verdicts = np.where(flat & (np.asarray(judge(part, np.zeros(n), np.zeros(n))) == OK), OK, verdicts)
-        verdicts = np.where(jumps, OK, verdicts)
+        verdicts = np.where(jumped, OK, verdicts)
         for k, i in enumerate(part.tolist()):
             levels = None
             if verdicts[k] != OK:
