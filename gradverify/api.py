@@ -3,10 +3,12 @@
 Each is a thin wiring of the stages: adapt the code under test to a
 :class:`~gradverify.layers.Target`, draw a seeded random cotangent ``u``
 (never all-ones, so a backward that ignores its incoming gradient is
-caught), run the analytic backward once in the caller's dtype, differentiate
-``<u, f>`` by finite differences in float64
-(:func:`~gradverify.numeric.projected_gradients`), and let the comparison
-core (:class:`~gradverify.compare.Comparison`) give the verdict.
+caught), run the analytic backward in the caller's dtype, ask the
+references ``against=`` chooses for the gradient of ``<u, f>`` (an exact one
+where it follows the code, finite differences in float64 otherwise; see
+:mod:`gradverify.references`), and let the comparison core
+(:class:`~gradverify.compare.Comparison`) give the verdict. The stages are
+listed in :func:`_pipeline`.
 """
 
 from __future__ import annotations
@@ -141,6 +143,7 @@ class _Check:
     rng: np.random.Generator | None = None  # the cotangent's stream; fast mode draws its probes after it
     probe_output: np.ndarray | None = None  # the mutation probe's output, where the determinism re-run was it
     _noise: Noise | None = None
+    exact_values: dict | None = None       # the exact reference's gradients, once one followed the code
 
     def noise(self) -> Noise:
         """The function's measured noise along a random direction (:mod:`gradverify.references.noise`), once."""
@@ -330,7 +333,7 @@ def _exact_verdict(c: _Check, name: str) -> CheckResult | None:
     The tolerance is rounding alone (:data:`~gradverify.compare.EXACT_TOLERANCES`).
     Where the code runs its formula in float64 too, that run is held to the
     float64 rule and the caller's-dtype gradients to their dtype's. Then
-    finite differences check the reference itself on a sample
+    finite differences check the reference itself on random projections
     (:func:`_check_reference`).
     """
     target = c.target
@@ -341,6 +344,7 @@ def _exact_verdict(c: _Check, name: str) -> CheckResult | None:
             target._warn(f"the exact reference ({name}) declined: {why}; finite differences gave the verdict instead")
         return None
     c.evaluations += 1
+    c.exact_values = ref
     y0 = np.asarray(c.y0, dtype=np.float64)
     if out.shape != y0.shape or not np.allclose(out, y0, rtol=0, atol=TRACE_AGREEMENT * max(_maxabs(y0), 1e-300)):
         dev = float(np.max(np.abs(out - y0))) if out.shape == y0.shape and y0.size else float("inf")
@@ -647,7 +651,7 @@ def _both(c: _Check, exact: CheckResult, fd: CheckResult, fd_values: dict | None
     notes = [f"also checked against {fd.reference if result is exact else exact.reference}: "
              f"{(fd if result is exact else exact).status}"]
     if fd_values is not None:
-        ref_values = {k: np.asarray(v) for k, v in _exact_values_of(c, exact.reference).items()}
+        ref_values = c.exact_values
         cross = Comparison(ref_values, tolerance_for(np.float64)).result(
             {k: d.value for k, d in fd_values.items()}, {k: d.error for k, d in fd_values.items()}, kind=c.target.kind,
             kinks={k: (d.kink, d.left, d.right) for k, d in fd_values.items() if d.kink.any()})
@@ -659,10 +663,6 @@ def _both(c: _Check, exact: CheckResult, fd: CheckResult, fd_values: dict | None
                           f" (estimated error {w.reference_error:.2g}); the verdict cannot rest on either",))
     return dataclasses.replace(result, warnings=result.warnings + tuple(notes),
                                evaluations=c.evaluations, seconds=time.perf_counter() - c.start)
-
-
-def _exact_values_of(c: _Check, name: str) -> dict:
-    return exact_gradients(c.target, name, c.u64)[0]
 
 
 def _fd_verdict(c: _Check) -> tuple[CheckResult, dict | None]:
