@@ -89,10 +89,16 @@ def test_pytensor_compiles_once_per_spec_and_dtype():
     assert b.compilations == 2
 
 
-def test_tensorflow_import_is_quiet():
+@pytest.mark.parametrize("jax_first", [False, True], ids=["alone", "after-jax"])
+def test_tensorflow_import_is_quiet(jax_first):
+    # JAX's import sets TF_CPP_MIN_LOG_LEVEL=1 when unset; the notices must stay silent then too
+    # (a campaign worker imports JAX before TensorFlow and printed them for every worker).
     pytest.importorskip("tensorflow", reason='tensorflow not installed (pip install ".[tensorflow]")')
+    if jax_first:
+        pytest.importorskip("jax", reason='jax not installed (pip install ".[jax]")')
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    code = ("from gradverify.backends import get_backend\n"
+    code = (("import jax\n" if jax_first else "") +
+            "from gradverify.backends import get_backend\n"
             "from gradverify.spec import Network, Dense, MSELoss\n"
             "get_backend('tensorflow').grad(Network((Dense(2),), input_shape=(1, 3), loss=MSELoss()))\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=env)

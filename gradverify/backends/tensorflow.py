@@ -44,16 +44,19 @@ def import_tensorflow():
     import. When ``TF_CPP_MIN_LOG_LEVEL`` is unset, it is set to ``2``
     (errors only; it stays set, so later C++ notices are quiet too) and
     file descriptor 2 points at ``/dev/null`` for the import itself (TF 2.21
-    prints its oneDNN notice before reading that variable); a user who wants
-    the messages sets ``TF_CPP_MIN_LOG_LEVEL=0``. Python-side ``absl`` warnings are lowered to
+    prints its oneDNN notice before reading that variable), also when JAX's
+    import has set the variable to ``1``; a user who wants the messages sets
+    ``TF_CPP_MIN_LOG_LEVEL=0``. Python-side ``absl`` warnings are lowered to
     errors likewise when the user has not configured that logger.
     """
     import sys
 
     if "tensorflow" in sys.modules:
         return sys.modules["tensorflow"]
-    quiet = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
-    if quiet:
+    # JAX's import sets TF_CPP_MIN_LOG_LEVEL=1 when it is unset, so "set" does not mean the user
+    # asked for anything: only an explicit 0 keeps the messages.
+    quiet = os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "0"
+    if "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
     # TensorFlow 2.21 writes its oneDNN notice to file descriptor 2 before its logger reads
     # TF_CPP_MIN_LOG_LEVEL: the descriptor itself is pointed at /dev/null for the import.

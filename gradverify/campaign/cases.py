@@ -146,7 +146,7 @@ def draw_spec(kind: str, seed: int) -> Any:
 
 
 def _setup(jax_cache: str | None) -> None:
-    """Once per worker process: one torch thread; the shared JAX compilation cache."""
+    """Once per worker process: one thread for torch and TensorFlow; the shared JAX compilation cache."""
     if _SETUP_DONE.get("done"):
         return
     import importlib.util
@@ -157,6 +157,11 @@ def _setup(jax_cache: str | None) -> None:
         import torch
 
         torch.set_num_threads(1)
+    if importlib.util.find_spec("tensorflow") is not None:
+        # Before TensorFlow's first op: each worker has one core, and TF's own pools would
+        # oversubscribe it (set only here, in the worker, so importing gradverify costs nothing).
+        os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+        os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
     if jax_cache and importlib.util.find_spec("jax") is not None:
         import jax
 
