@@ -221,6 +221,101 @@ def test_jax_custom_vjp_is_checked_against_jax_of_its_primal():
     assert bad.status == "fail" and bad.reference == "jax", bad
 
 
+def _jax_nested(kind: str, factor: float):
+    """JAX code that *calls* a custom_vjp tanh (its backward scaled by ``factor``) inside ``kind`` of structure."""
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    @jax.custom_vjp
+    def act(z):
+        return jnp.tanh(z)
+
+    act.defvjp(lambda z: (jnp.tanh(z), jnp.tanh(z)), lambda t, g: (g * (1 - t ** 2) * factor,))
+    inner = jax.jit(lambda z: act(z) * 2.0)
+
+    def scan(W, x):
+        h, _ = jax.lax.scan(lambda h, _: (act(h @ W), None), x, None, length=3)
+        return jnp.sum(h)
+
+    return {
+        "call": lambda W, x: jnp.sum(act(x @ W)),
+        "jit": lambda W, x: jnp.sum(inner(x @ W)),
+        "scan": scan,
+        "cond": lambda W, x: jnp.sum(jax.lax.cond(jnp.sum(x) > -1e9, act, lambda z: z, x @ W)),
+        "checkpoint": lambda W, x: jnp.sum(jax.checkpoint(lambda z: act(z @ W))(x)),
+        "vmap": lambda W, x: jnp.sum(jax.vmap(lambda r: act(r @ W))(x)),
+    }[kind]
+
+
+@pytest.mark.parametrize("kind", ["call", "jit", "scan", "cond", "checkpoint", "vmap"])
+def test_jax_code_calling_a_custom_vjp_is_checked_against_jax_of_the_primal(kind):
+    """A custom_vjp *inside* plain JAX code (a layer's activation): JAX differentiates its primal instead.
+
+    A 1e-7 relative error in the rule is below what finite differences
+    resolve; against the exact reference it fails (float64, rounding
+    tolerance), and the correct rule passes.
+    """
+    rng = np.random.default_rng(0)
+    W, x = rng.standard_normal((5, 5)) / 2, rng.standard_normal((3, 5))
+    good = gv.check(_jax_nested(kind, 1.0), (W, x))
+    assert good.passed and good.reference == "jax", good
+    bad = gv.check(_jax_nested(kind, 1.0 + 1e-7), (W, x))
+    assert bad.status == "fail" and bad.reference == "jax", bad
+    assert gv.check(_jax_nested(kind, 1.0 + 1e-7), (W, x), against="fd").passed  # what fd alone would say
+
+
+def test_jax_custom_jvp_inside_code_is_checked_and_plain_jax_keeps_finite_differences():
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    @jax.custom_jvp
+    def square(z):
+        return z * z
+
+    square.defjvp(lambda p, t: (square(p[0]), 2.0 * p[0] * t[0] * (1.0 + 1e-7)))
+    x = np.linspace(-1.0, 1.0, 7)
+    bad = gv.check(lambda x: jnp.sum(square(x) * 3.0), (x,))
+    assert bad.status == "fail" and bad.reference == "jax", bad
+    plain = gv.check(lambda x: jnp.sum(jnp.sin(x) ** 2), (x,))
+    assert plain.passed and plain.reference == "fd", plain
+    assert not any("declined" in w for w in plain.warnings), plain.warnings
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "tf.function"])
+def test_tensorflow_code_calling_a_custom_gradient_is_checked_against_tensorflow_of_the_primal(compiled):
+    """A tf.custom_gradient *inside* TensorFlow code: TensorFlow differentiates its primal instead.
+
+    As for JAX: a 1e-7 relative error in the hand-written gradient fails
+    against the exact reference (float64 rounding tolerance); the correct
+    one passes; plain TensorFlow code keeps finite differences, silently.
+    """
+    pytest.importorskip("tensorflow", reason='tensorflow not installed (pip install ".[tensorflow]")')
+    from gradverify.backends.tensorflow import import_tensorflow
+
+    tf = import_tensorflow()
+
+    def loss_of(factor):
+        @tf.custom_gradient
+        def act(z):
+            t = tf.tanh(z)
+            return t, lambda g: g * (1 - t * t) * factor
+
+        def loss(W, x):
+            return tf.reduce_sum(act(x @ W))
+
+        return tf.function(loss) if compiled else loss
+
+    rng = np.random.default_rng(0)
+    W, x = tf.constant(rng.standard_normal((5, 5)) / 2), tf.constant(rng.standard_normal((3, 5)))
+    good = gv.check(loss_of(1.0), (W, x))
+    assert good.passed and good.reference == "tensorflow", good
+    bad = gv.check(loss_of(1.0 + 1e-7), (W, x))
+    assert bad.status == "fail" and bad.reference == "tensorflow", bad
+    plain = gv.check(lambda W, x: tf.reduce_sum(tf.tanh(x @ W)), (W, x))
+    assert plain.passed and plain.reference == "fd" and not any("declined" in w for w in plain.warnings), plain
+    assert not tf.config.functions_run_eagerly()  # the reference's scope was left
+
+
 def _attention(torch, wrong: str | None):
     """A row-normalised attention whose row sums accumulate in float32 even for float64 inputs."""
 

@@ -155,12 +155,17 @@ class JaxFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
         are not traced; the output comparison of :meth:`faithful_float64`
         is the net for those.
         """
-        flat = {n: (self.originals[n] if n in self.originals else self.constants[n]) for n in self.order}
-        keys = {a.name: a.obj for a in self.args if a.kind == "opaque" and isinstance(a.obj, jax.Array)}
-        jaxpr = jax.make_jaxpr(lambda v, k: self.call_user(v, k))(self.convert(flat), keys)
-        if _draws_random(jaxpr.jaxpr):
+        if _draws_random(self._jaxpr()):
             return "draws jax.random numbers, whose values change in 64-bit mode"
         return None
+
+    def _jaxpr(self):
+        """The jaxpr of one call at the caller's values (traced once per target; raises where it cannot be)."""
+        if "_traced" not in self.__dict__:
+            flat = {n: (self.originals[n] if n in self.originals else self.constants[n]) for n in self.order}
+            keys = {a.name: a.obj for a in self.args if a.kind == "opaque" and isinstance(a.obj, jax.Array)}
+            self.__dict__["_traced"] = jax.make_jaxpr(lambda v, k: self.call_user(v, k))(self.convert(flat), keys).jaxpr
+        return self.__dict__["_traced"]
 
     def custom_primal(self, fn: Callable) -> tuple[Callable | None, str]:
         """The undecorated function of a ``jax.custom_vjp``/``custom_jvp`` (also under ``jax.jit``)."""
@@ -174,7 +179,40 @@ class JaxFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
             inner = getattr(inner, "__wrapped__", None)
             if inner is None:
                 break
-        return super().custom_primal(fn)
+        from ._jax_primal import InlinedPrimal
+
+        # custom_vjp/custom_jvp calls *inside* the code (a layer, an activation): each runs its primal
+        return InlinedPrimal(fn, require_custom=self.user_vjp is None), (
+            f"jax.vjp of {getattr(fn, '__name__', type(fn).__name__)} with each custom_vjp/custom_jvp inside "
+            "differentiated through its primal")
+
+    def primal_gradients(self, cotangent: np.ndarray, dtype: Any = np.float64):
+        """As :meth:`FrameworkFunctionTarget.primal_gradients`, declining at once for plain JAX code.
+
+        One trace (``jax.make_jaxpr``, no compilation) tells whether the
+        code calls a ``custom_vjp``/``custom_jvp`` anywhere inside; where it
+        calls none and has no user ``vjp=``, JAX's own autodiff is the
+        gradient under test and there is no independent reference to run.
+        """
+        if self.user_vjp is None and not self._calls_custom():
+            from ..references import Declined
+
+            raise Declined(f"{getattr(self.user_fn, '__name__', 'the function')} calls no custom_vjp/custom_jvp: "
+                           "its gradient comes from jax autodiff itself", applies=False)
+        return super().primal_gradients(cotangent, dtype=dtype)
+
+    def _calls_custom(self) -> bool:
+        """Whether the code calls a custom-derivative function (traced once per target; True if it cannot be)."""
+        known = self.__dict__.get("_custom_calls")
+        if known is None:
+            from ._jax_primal import calls_custom
+
+            try:
+                known = calls_custom(self._jaxpr())
+            except Exception:  # noqa: BLE001 - untraceable code: the reference run itself decides
+                known = True
+            self.__dict__["_custom_calls"] = known
+        return known
 
     # -- framework specifics ----------------------------------------------------
     def is_array(self, value: Any) -> bool:

@@ -11,7 +11,9 @@ gradverify`` never imports tensorflow.
   ``vjp=``; the finite differences evaluate ``fn`` on float64 tensors. The
   exact reference of a ``tf.custom_gradient`` function is TensorFlow's
   autodiff of its undecorated primal (the function that returns ``(y,
-  grad_fn)``, wrapped to return ``y``): ``against="tensorflow"``.
+  grad_fn)``, wrapped to return ``y``): ``against="tensorflow"``; code that
+  calls ``tf.custom_gradient`` functions inside is run with each of them
+  as its primal for the reference.
 * :func:`keras_layer_target` -- a Keras 3 layer on the TensorFlow backend
   (``tf.keras.layers.Layer``) as a function of its input and its trainable
   weights through ``layer.stateless_call``: the layer itself is never
@@ -26,6 +28,7 @@ a loop where the code cannot be vectorised.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any, Callable
 
@@ -70,6 +73,62 @@ def _primal_of(fn: Callable) -> Callable | None:
     return None
 
 
+@contextlib.contextmanager
+def _custom_gradients_as_primals(seen: list):
+    """Within the context, every ``tf.custom_gradient`` function runs as its primal (TensorFlow differentiates it).
+
+    ``tf.custom_gradient``'s wrapper looks up its eager and graph
+    implementations in its module on every call; for the duration both
+    return the decorated function's ``y`` (recorded on the tape like any
+    TensorFlow code), and the names of the functions met are appended to
+    ``seen``. ``tf.function``s run eagerly meanwhile, so a trace cached
+    with the hand-written gradient is not reused.
+    """
+    from tensorflow.python.ops import custom_gradient as cg
+
+    saved = cg._eager_mode_decorator, cg._graph_mode_decorator
+    eager = tf.config.functions_run_eagerly()
+
+    def primal(f, args, kwargs):
+        seen.append(getattr(f, "__name__", "custom_gradient"))
+        out = f(*args, **kwargs)
+        if not (isinstance(out, tuple) and len(out) == 2 and callable(out[1])):
+            raise ProtocolError("a tf.custom_gradient function must return (y, grad_fn)")
+        return out[0]
+
+    cg._eager_mode_decorator = cg._graph_mode_decorator = primal
+    tf.config.run_functions_eagerly(True)
+    try:
+        yield
+    finally:
+        cg._eager_mode_decorator, cg._graph_mode_decorator = saved
+        tf.config.run_functions_eagerly(eager)
+
+
+class _Inlined:
+    """TensorFlow code whose reference runs in :meth:`scope`: each ``tf.custom_gradient`` inside as its primal.
+
+    ``intercepted`` lists the custom-gradient functions met (None where the
+    code has a user ``vjp=``: its own autodiff is the reference then).
+    """
+
+    def __init__(self, fn: Callable, *, require_custom: bool = True):
+        self.fn = fn
+        self._seen: list[str] = []
+        self._require = require_custom
+        self.__name__ = getattr(fn, "__name__", type(fn).__name__)
+
+    @property
+    def intercepted(self) -> list[str] | None:
+        return self._seen if self._require else None
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+    def scope(self):
+        return _custom_gradients_as_primals(self._seen)
+
+
 class _Primal:
     """A ``tf.custom_gradient`` primal ``(y, grad_fn)`` seen as ``y``: TensorFlow differentiates its forward."""
 
@@ -109,7 +168,10 @@ class TensorFlowFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
         if base is not None:
             name = getattr(base, "__name__", "the custom_gradient function")
             return _Primal(base), f"tensorflow autodiff of the primal of {name}"
-        return super().custom_primal(fn)
+        # tf.custom_gradient functions *inside* the code (a layer's activation): each runs its primal
+        return _Inlined(fn, require_custom=self.user_vjp is None), (
+            f"tensorflow autodiff of {getattr(fn, '__name__', type(fn).__name__)} with each tf.custom_gradient "
+            "inside differentiated through its primal")
 
     # -- framework specifics ----------------------------------------------------
     def is_array(self, value: Any) -> bool:
