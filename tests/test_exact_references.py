@@ -316,6 +316,26 @@ def test_tensorflow_code_calling_a_custom_gradient_is_checked_against_tensorflow
     assert not tf.config.functions_run_eagerly()  # the reference's scope was left
 
 
+def test_pytensor_op_from_graph_is_checked_against_pytensor_of_its_inner_graph():
+    """An OpFromGraph's custom pullback is the gradient under test; its inner graph, inlined, the reference."""
+    pytest.importorskip("pytensor", reason='pytensor not installed (pip install ".[pytensor]")')
+    import pytensor.tensor as pt
+    from pytensor.compile.builders import OpFromGraph
+
+    def loss_of(factor):
+        z = pt.dvector("z")
+        op = OpFromGraph([z], [pt.tanh(z)], pullback=lambda i, o, g: [g[0] * (1 - o[0] ** 2) * factor])
+        return lambda a: pt.sum(op(a) * 2.0)
+
+    x = np.linspace(-0.7, 1.3, 5)  # not symmetric: the loss is far from zero
+    good = gv.check(loss_of(1.0), (x,))
+    assert good.passed and good.reference == "pytensor", good
+    bad = gv.check(loss_of(1.0 + 1e-7), (x,))
+    assert bad.status == "fail" and bad.reference == "pytensor", bad
+    plain = gv.check(lambda a: pt.sum(pt.tanh(a) * 2.0), (x,))
+    assert plain.passed and plain.reference == "fd" and not any("declined" in w for w in plain.warnings), plain
+
+
 def _attention(torch, wrong: str | None):
     """A row-normalised attention whose row sums accumulate in float32 even for float64 inputs."""
 

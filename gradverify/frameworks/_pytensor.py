@@ -18,8 +18,12 @@ Inputs are numpy arrays (PyTensor has no eager arrays); shared variables
 and constants given as inputs are read once. Compilation uses
 ``mode="FAST_COMPILE"`` (see :class:`~gradverify.backends.pytensor.PyTensorBackend`).
 The exact reference ``against="pytensor"`` applies with ``vjp=`` (PyTensor's
-autodiff of the function itself); an ``Op``'s ``perform`` is numpy that
-PyTensor cannot differentiate, so it has no independent exact reference.
+autodiff of the function itself) and to graphs holding an ``OpFromGraph``
+(whose custom ``pullback``/``lop_overrides`` is the gradient under test):
+the reference is PyTensor's autodiff of the graph with every
+``OpFromGraph`` replaced by its inner graph (:func:`inline_op_from_graph`).
+An ``Op``'s ``perform`` is numpy that PyTensor cannot differentiate, so a
+custom ``Op`` has no independent exact reference.
 """
 
 from __future__ import annotations
@@ -70,6 +74,18 @@ class PyTensorFunctionTarget(FrameworkFunctionTarget):
         super().__init__(fn, inputs, vjp, names_from=names_from, constants=constants)
         self.faithful_float64()
 
+    def forget_compiled(self) -> None:
+        """A fresh graph cache: the reference's copy builds (and inlines) its own graph."""
+        self._graphs = {}
+
+    def custom_primal(self, fn: Callable) -> tuple[Callable | None, str]:
+        """The graph with each ``OpFromGraph`` inlined (declines afterwards where there is none)."""
+        if isinstance(fn, Op):
+            return super().custom_primal(fn)
+        return _Inlined(fn, require_custom=self.user_vjp is None), (
+            f"pytensor autodiff of {getattr(fn, '__name__', type(fn).__name__)} with each OpFromGraph inside "
+            "inlined (its custom gradient left out)")
+
     # -- framework specifics ----------------------------------------------------
     def is_array(self, value: Any) -> bool:
         return isinstance(value, Variable) and (hasattr(value, "get_value") or hasattr(value, "data"))
@@ -103,6 +119,8 @@ class PyTensorFunctionTarget(FrameworkFunctionTarget):
                 leaves = flatten_tree(out, lambda v: isinstance(v, Variable))
                 tree = out
             leaves = [v for v in leaves if v.dtype.startswith("float")]
+            if isinstance(self.user_fn, _Inlined):
+                leaves = inline_op_from_graph(leaves, self.user_fn._seen)
             if not leaves:
                 raise ProtocolError(f"{self.what}: the function returned no floating-point PyTensor variable; "
                                     "return the output of the graph (a TensorVariable)")
@@ -138,6 +156,60 @@ class PyTensorFunctionTarget(FrameworkFunctionTarget):
         outs = [np.asarray(o) for o in res[:len(leaves)]]
         self._record_output(self._structure(g, outs))
         return {n: np.array(r, copy=True) for n, r in zip(names, res[len(leaves):])}
+
+
+class _Inlined:
+    """A graph-building function whose graph the reference inlines (``intercepted``: the OpFromGraphs met)."""
+
+    def __init__(self, fn: Callable, *, require_custom: bool = True):
+        self.fn = fn
+        self._seen: list[str] = []
+        self._require = require_custom
+        self.__name__ = getattr(fn, "__name__", type(fn).__name__)
+
+    @property
+    def intercepted(self) -> list[str] | None:
+        return self._seen if self._require else None
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+
+def inline_op_from_graph(outputs: list, seen: list[str]) -> list:
+    """``outputs`` rebuilt with every ``OpFromGraph`` node (nested ones too) replaced by its inner graph.
+
+    The inner graph carries the Op's forward computation; its custom
+    gradient (``pullback``/``lop_overrides``) is left behind, so PyTensor's
+    autodiff of the result is the independent reference. The names of the
+    inlined Ops are appended to ``seen``.
+    """
+    from pytensor.compile.builders import OpFromGraph
+    from pytensor.graph.replace import clone_replace
+
+    memo: dict = {}
+
+    def visit(var):
+        if var in memo:
+            return memo[var]
+        node = var.owner
+        if node is None:
+            memo[var] = var
+            return var
+        inputs = [visit(i) for i in node.inputs]
+        if isinstance(node.op, OpFromGraph):
+            seen.append(getattr(node.op, "name", None) or type(node.op).__name__)
+            inner = clone_replace(list(node.op.inner_outputs),
+                                  replace=dict(zip(node.op.inner_inputs, inputs)))
+            new = inline_op_from_graph(list(inner), seen)
+        elif any(a is not b for a, b in zip(inputs, node.inputs)):
+            new = node.clone_with_new_inputs(inputs, strict=False).outputs
+        else:
+            new = node.outputs
+        for o, n in zip(node.outputs, new):
+            memo[o] = n
+        return memo[var]
+
+    return [visit(o) for o in outputs]
 
 
 def _rebuild(node, it):

@@ -533,7 +533,15 @@ class TorchFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
         self.rng = RngPin(list(self.devices.values()))
         self._marked_constants()
         self.faithful_float64()
-        self._differentiable_outputs()
+        self._outputs_probed = self.user_vjp is not None  # see _record_output
+
+    def _record_output(self, out: Any) -> list:
+        # The first output that is a structure (a tuple, a dict) is when outputs autograd does not
+        # differentiate can exist: probed then, so a function of one tensor pays no extra call.
+        if not self._outputs_probed and not self.float_leaf(out):
+            self._outputs_probed = True
+            self._differentiable_outputs()
+        return super()._record_output(out)
 
     def _marked_constants(self) -> None:
         """Floating tensors without ``requires_grad`` are constants where the caller marked others.
