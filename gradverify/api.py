@@ -611,11 +611,11 @@ def _check_reference(c: _Check, name: str, ref: dict, result: CheckResult) -> Ch
         arr = target.point[w.input]
         i = int(np.ravel_multi_index(w.index, arr.shape)) if arr.ndim else 0
         fd, n = projected_gradients(target.evaluate, {w.input: arr}, c.u64, eval_dtype=c.eval_dtype,
-                                    judge=comp.judge, indices={w.input: [i]}, noise=noise)
+                                    judge=comp.judge, indices={w.input: [i]}, noise=noise, compact=True)
         c.evaluations += n
-        d = fd[w.input]
-        value, error = float(d.value.flat[i]), float(d.error.flat[i])
-        if not d.kink.flat[i] and np.isfinite(error) and comp.judge(w.input, i, value, error) == FAIL and \
+        d = fd[w.input]  # (compact: the one element's values)
+        value, error = float(d.value[0]), float(d.error[0])
+        if not d.kink[0] and np.isfinite(error) and comp.judge(w.input, i, value, error) == FAIL and \
                 abs(value - w.numeric) > float(comp.base_tolerance(w.input, value)) + 2 * error + \
                 float(rounding()[w.input].flat[i]):
             return (f"at {w.input!r}[{', '.join(str(j) for j in w.index)}]: {name} {w.numeric:.10g}, finite "
@@ -693,6 +693,8 @@ def _choose_mode(c: _Check) -> str:
     """
     if c.mode == "fast":
         return "fast"
+    if not _full_fits(c):
+        return "fast"
     evals, seconds = c.predicted = _predict_full(c)
     if c.mode == "auto":
         return "full" if seconds <= c.budget else "fast"
@@ -707,6 +709,34 @@ def _choose_mode(c: _Check) -> str:
     return "full"
 
 
+#: Bytes a full check holds per element checked, measured (benchmarks/memory.py: about 17 float64 values of
+#: results, scales, steps, screen rows and the comparison's arrays), with a margin.
+FULL_BYTES_PER_ELEMENT = 24 * 8
+
+
+def _full_fits(c: _Check) -> bool:
+    """Whether a full check's per-element arrays fit the memory available (estimated before allocating).
+
+    ``mode="auto"`` falls back to fast mode (leaner: its memory does not
+    grow with the number of elements beyond one saved tensor), with a
+    warning; ``mode="full"`` raises :class:`~gradverify.InsufficientMemory`
+    saying how much it would need.
+    """
+    from .memory import budget, mib
+
+    size = sum(a.size for a in c.target.point.values())
+    need = FULL_BYTES_PER_ELEMENT * size
+    if c.mode == "full":
+        budget(0, least=need, what=f"a full check of {size} elements",
+               instead="mode='fast' checks random projections and needs about a copy of the largest tensor")
+        return True
+    if budget(need, what="a full check") >= need:
+        return True
+    c.target._warn(f"mode='auto' ran 'fast': a full check of {size} elements needs about {mib(need)} of memory, more "
+                   "than is available; random projections instead")
+    return False
+
+
 def _fd_run(c: _Check, noise: float, used: str) -> tuple[CheckResult, dict | None]:
     """One finite-difference verdict with ``noise`` (the measured noise of ``<u, f>``) in the error estimates."""
     target, tol, u64, eval_dtype, rtol, atol = c.target, c.tol, c.u64, c.eval_dtype, c.rtol, c.atol
@@ -719,7 +749,7 @@ def _fd_run(c: _Check, noise: float, used: str) -> tuple[CheckResult, dict | Non
         probes, located, n_fast = _fast(target, comparison, u64, eval_dtype, c.rng, probes=FAST_PROBES,
                                         y0=np.asarray(c.y0, dtype=np.float64), noise=noise)
         c.evaluations += n_fast
-        if used != mode:
+        if used != mode and c.predicted is not None:  # (a fallback for memory says so in its own warning)
             warnings += (f"mode='auto' ran 'fast': every element of {size} would take about "
                          f"{_duration(c.predicted[1])} by finite differences, over budget={c.budget:g} s; "
                          f"{FAST_PROBES} random projections per input instead (pass mode='full', a larger budget=, "
@@ -744,10 +774,15 @@ def _fd_run(c: _Check, noise: float, used: str) -> tuple[CheckResult, dict | Non
         tb = comparison.base_tolerance(name, values)
         return tb if comp64 is None else np.minimum(tb, comp64.base_tolerance(name, values))
 
+    from .memory import budget
+
+    # a batched call's rows of outputs: at most 64 MiB, fewer where the memory available is short
+    row = 8 * 4 * max(1, int(np.size(c.y0)))
+    batch_bytes = budget(64 * 2**20, least=row, what="one batched row of outputs")
     with _progress_of(c, size) as (evaluate, evaluate_batch):
         fd, n_fd = projected_gradients(evaluate, target.point, u64, eval_dtype=eval_dtype, judge=judge,
                                        evaluate_batch=evaluate_batch, judge_many=judge_many,
-                                       tolerance=tolerance, noise=noise)
+                                       tolerance=tolerance, noise=noise, batch_bytes=batch_bytes)
     c.evaluations += n_fd
     evaluations = c.evaluations
     kinks = {k: (d.kink, d.left, d.right) for k, d in fd.items() if d.kink.any()}
@@ -1026,14 +1061,14 @@ def _fast(target: Target, comparison: Comparison, u64: np.ndarray, eval_dtype, r
         (lo, hi), m_cur = ((lo, mid), ph.mismatch) if r_half >= r_other else ((mid, hi), m_other)
     j = lo
     fd, n = projected_gradients(target.evaluate, {name: arr}, u64, eval_dtype=eval_dtype, judge=comparison.judge,
-                                indices={name: [j]}, noise=noise)
+                                indices={name: [j]}, noise=noise, compact=True)
     total += n
-    d = fd[name]
+    d = fd[name]  # (compact: the one element's values)
     idx = np.unravel_index(j, arr.shape)
     located = {
-        "name": name, "index": tuple(int(i) for i in idx), "numeric": float(d.value[idx]),
-        "error": float(d.error[idx]), "sensitivity": float(d.sensitivity[idx]), "kink": bool(d.kink[idx]),
-        "left": float(d.left[idx]), "right": float(d.right[idx]),
+        "name": name, "index": tuple(int(i) for i in idx), "numeric": float(d.value[0]),
+        "error": float(d.error[0]), "sensitivity": float(d.sensitivity[0]), "kink": bool(d.kink[0]),
+        "left": float(d.left[0]), "right": float(d.right[0]),
     }
     return results, located, total
 

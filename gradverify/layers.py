@@ -954,7 +954,8 @@ class FunctionTarget(Target):
     copied (float64 copies where the caller's dtype is lower). The code
     gets writable copies of its inputs until a call on copies has shown
     that it does not write into them (the mutation probe for ``fn``, the
-    first analytic pass for ``vjp``); from then on it gets read-only views.
+    first analytic pass for ``vjp``); from then on it gets read-only views
+    of those (and copies of any it did write into).
     A call that raises on the views (a write the probe did not see: numpy
     says "assignment destination is read-only") runs again on copies, and
     that callable gets copies for the rest of the check, with the usual
@@ -1011,18 +1012,22 @@ class FunctionTarget(Target):
                 "pass at least one floating-point array to differentiate"
             )
         self._checked_mutation = False
-        #: whether fn / vjp get read-only views of their inputs (after a call on copies showed no write)
+        #: whether fn / vjp get read-only views of their inputs (after a call on copies showed which it writes)
         self._views = {"fn": False, "vjp": False}
+        #: the inputs fn / vjp wrote into on copies: they keep getting copies, the others views
+        self._written: dict[str, set] = {"fn": set(), "vjp": set()}
+        #: whether a call of fn / vjp raised on views and ran again on copies (copies from then on)
+        self._refused = {"fn": False, "vjp": False}
         self.random = RandomGuard(fn, vjp, names_from, [c.value for c in self.constants.values() if isinstance(c, Opaque)])
 
-    def _args(self, source: Mapping[str, np.ndarray], views: bool = False) -> list[Any]:
-        """The arguments of one call: copies of ``source`` and the constants, or read-only views of them."""
+    def _args(self, source: Mapping[str, np.ndarray], views: bool = False, copied: set = frozenset()) -> list[Any]:
+        """The arguments of one call: copies of ``source`` and the constants, or read-only views (copies of ``copied``)."""
         out = []
         for n in self.order:
             c = source[n] if n in source else self.constants[n]
             if isinstance(c, Opaque):
                 out.append(c.get())
-            elif views:
+            elif views and n not in copied:
                 v = c.view()
                 v.flags.writeable = False
                 out.append(v)
@@ -1030,13 +1035,15 @@ class FunctionTarget(Target):
                 out.append(c.copy())
         return out
 
-    def _wrote(self, args: list, source: Mapping[str, np.ndarray]) -> bool:
-        """Whether a call changed the copies ``args`` of ``source`` and the constants."""
+    def _wrote(self, args: list, source: Mapping[str, np.ndarray]) -> set:
+        """The inputs whose copies ``args`` (of ``source`` and the constants) a call changed."""
+        out = set()
         for n, a in zip(self.order, args):
             b = source[n] if n in source else self.constants[n]
-            if isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and not _same(a, b):
-                return True
-        return False
+            if isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.flags.writeable and \
+                    not _same(a, b):
+                out.add(n)
+        return out
 
     def _shared_call(self, which: str, f: Callable, source: Mapping[str, np.ndarray], *extra) -> tuple[Any, list]:
         """``f`` on read-only views of ``source`` where ``which`` has earned them, else on copies.
@@ -1046,14 +1053,22 @@ class FunctionTarget(Target):
         used (copies to compare, or None where views were used).
         """
         __tracebackhide__ = True
+        refused = None
         if self._views[which]:
             try:
-                return self._call(f, self._args(source, views=True), *extra), None
-            except Exception:  # noqa: BLE001 - a write into a read-only view, or the code's own error: again on copies
-                self._views[which] = False
+                return self._call(f, self._args(source, views=True, copied=self._written[which]), *extra), None
+            except Exception as exc:  # noqa: BLE001 - a write into a read-only view, or the code's own error
+                refused = exc.__cause__ or exc
+                self._views[which], self._refused[which] = False, True
                 self.random.restore()
         args = self._args(source)
-        return self._call(f, args, *extra), args
+        out = self._call(f, args, *extra)  # (the code's own error, raised again on copies, propagates)
+        if refused is not None:
+            who = "the function" if which == "fn" else self.what
+            self._warn(f"{who} raised on read-only views of its inputs ({type(refused).__name__}: {refused}) and ran "
+                       "again on writable copies: it writes into its inputs on some calls, which the check's first "
+                       "call did not show; every later call got copies")
+        return out, args
 
     @staticmethod
     def _unaliased(out: Any, source: Mapping[str, np.ndarray]) -> Any:
@@ -1109,24 +1124,34 @@ class FunctionTarget(Target):
         self.random.restore()
         source = self.point if at_point else self.originals
         dy = cotangent.copy()
+        args = None
         if self._views["vjp"]:
             try:
-                result, args = self._call(self.vjp, self._args(source, views=True), self.cotangent_for(dy)), None
-            except Exception:  # noqa: BLE001 - a write into a read-only view, or the code's own error: again on copies
-                self._views["vjp"] = False
+                result = self._call(self.vjp, self._args(source, views=True, copied=self._written["vjp"]),
+                                    self.cotangent_for(dy))
+            except Exception as exc:  # noqa: BLE001 - a write into a read-only view, or the code's own error
+                refused = exc.__cause__ or exc
+                self._views["vjp"], self._refused["vjp"] = False, True
                 self.random.restore()
                 dy = cotangent.copy()
-        if not self._views["vjp"]:
+                args = self._args(source)
+                result = self._call(self.vjp, args, self.cotangent_for(dy))  # (its own error propagates)
+                self._warn(f"{self.what} raised on read-only views of its inputs ({type(refused).__name__}: "
+                           f"{refused}) and ran again on writable copies: it writes into its inputs on some calls, "
+                           "which its first call did not show; every later call got copies")
+        if not self._views["vjp"] and args is None:  # (copies: the first call, or after views were refused)
             args = self._args(source)
             result = self._call(self.vjp, args, self.cotangent_for(dy))
         if not np.array_equal(dy, cotangent):
             self._warn(f"{self.what} modifies the dout it was given in place; in a network this corrupts the "
                        "gradient other layers receive (the check handed over a copy)")
         if args is not None:
-            if self._wrote(args, source):
+            written = self._wrote(args, source)
+            if written:
                 self._warn(f"{self.what} modifies its inputs in place (the check handed over copies)")
-            else:
-                self._views["vjp"] = True  # no write on copies: later calls get read-only views
+            # later calls get read-only views of the inputs it did not write into, copies of the others
+            self._written["vjp"] |= written
+            self._views["vjp"] = not self._refused["vjp"]
         if isinstance(result, np.ndarray) or np.isscalar(result) or result is None:
             result = (result,)
         if isinstance(result, Mapping):
@@ -1150,16 +1175,18 @@ class FunctionTarget(Target):
     def check_forward_mutation(self) -> Any:
         """Run ``fn`` once on copies of the caller's inputs, warn if it wrote into them; return its output.
 
-        Where it wrote nothing, later evaluations hand ``fn`` read-only
-        views instead of copies (see the class docstring).
+        Later evaluations hand ``fn`` read-only views of the inputs it did
+        not write into, copies of the others (see the class docstring).
         """
         self.random.restore()
         args = self._args(self.originals)
         out = self._call(self.fn, args)
         self._checked_mutation = True
-        if self._wrote(args, self.originals):
+        written = self._wrote(args, self.originals)
+        if written:
             self._warn("the function modifies its inputs in place; in a network this corrupts other layers' "
                        "values (the check handed over copies)")
-        else:
-            self._views["fn"] = True
+        # later calls get read-only views of the inputs it did not write into, copies of the others
+        self._written["fn"] |= written
+        self._views["fn"] = not self._refused["fn"]
         return self.flat_output(out)
