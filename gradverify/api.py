@@ -1199,7 +1199,12 @@ def check(fn: Callable, inputs: Any, *, vjp: Callable | None = None, mode: str =
     evaluations per input for its check; with finite differences about 2
     evaluations per element of inputs with at least 64 elements, 4 per
     element of smaller ones, more where the function is noisy; 9 more to
-    measure its noise; one or two ``vjp`` calls.
+    measure its noise; one or two ``vjp`` calls. Memory (finite
+    differences, fast mode): about 2.5x the inputs above what the caller
+    holds -- float64 numpy inputs are perturbed in place and restored bit
+    for bit, not copied (see :class:`~gradverify.layers.FunctionTarget`);
+    a full check holds about 20 float64 values per element and is
+    estimated against the memory available first (:mod:`gradverify.memory`).
 
     Returns:
         A :class:`~gradverify.CheckResult` (a value; nothing is raised for a
@@ -1208,7 +1213,8 @@ def check(fn: Callable, inputs: Any, *, vjp: Callable | None = None, mode: str =
     Raises:
         GradVerifyError: bad input, with a message that says what to fix;
             :class:`~gradverify.CodeUnderTestError` when the code under test
-            itself raised.
+            itself raised; :class:`~gradverify.InsufficientMemory` before
+            allocating, when even the leanest path would not fit.
     """
     rng, cot_rng = _validate(mode, seed)
     refs = parse_against(against)

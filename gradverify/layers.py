@@ -9,7 +9,8 @@ pairs and numpy callables with a ``vjp`` are adapted here; the checks in
 :mod:`gradverify.api` are one loop over this shape.
 
 The adapters protect the check from the code under test: they hand over
-copies (a forward that writes into its input, or a backward that writes
+copies, or read-only views once a call on copies showed the code writes
+nothing (a forward that writes into its input, or a backward that writes
 into ``dy``, cannot corrupt the check) and say so in ``warnings``; they
 evaluate the finite differences in float64 where the code accepts it, so a
 float32 gradient is measured against a float64 oracle.
