@@ -42,6 +42,7 @@ _EXPORTS = {
     "NondeterministicError": "errors",
     "CodeUnderTestError": "errors",
     "TraceLost": "errors",
+    "InsufficientMemory": "errors",
     "GradientMismatch": "errors",
 }
 

@@ -613,11 +613,11 @@ def _check_reference(c: _Check, name: str, ref: dict, result: CheckResult) -> Ch
         arr = target.point[w.input]
         i = int(np.ravel_multi_index(w.index, arr.shape)) if arr.ndim else 0
         fd, n = projected_gradients(target.evaluate, {w.input: arr}, c.u64, eval_dtype=c.eval_dtype,
-                                    judge=comp.judge, indices={w.input: [i]}, noise=noise)
+                                    judge=comp.judge, indices={w.input: [i]}, noise=noise, compact=True)
         c.evaluations += n
-        d = fd[w.input]
-        value, error = float(d.value.flat[i]), float(d.error.flat[i])
-        if not d.kink.flat[i] and np.isfinite(error) and comp.judge(w.input, i, value, error) == FAIL and \
+        d = fd[w.input]  # (compact: the one element's values)
+        value, error = float(d.value[0]), float(d.error[0])
+        if not d.kink[0] and np.isfinite(error) and comp.judge(w.input, i, value, error) == FAIL and \
                 abs(value - w.numeric) > float(comp.base_tolerance(w.input, value)) + 2 * error + \
                 float(rounding()[w.input].flat[i]):
             return (f"at {w.input!r}[{', '.join(str(j) for j in w.index)}]: {name} {w.numeric:.10g}, finite "
@@ -697,6 +697,8 @@ def _choose_mode(c: _Check) -> str:
     """
     if c.mode == "fast":
         return "fast"
+    if not _full_fits(c):
+        return "fast"
     evals, seconds = c.predicted = _predict_full(c)
     if c.mode == "auto":
         return "full" if seconds <= c.budget else "fast"
@@ -711,6 +713,34 @@ def _choose_mode(c: _Check) -> str:
     return "full"
 
 
+#: Bytes a full check holds per element checked, measured (benchmarks/memory.py: about 17 float64 values of
+#: results, scales, steps, screen rows and the comparison's arrays), with a margin.
+FULL_BYTES_PER_ELEMENT = 24 * 8
+
+
+def _full_fits(c: _Check) -> bool:
+    """Whether a full check's per-element arrays fit the memory available (estimated before allocating).
+
+    ``mode="auto"`` falls back to fast mode (leaner: its memory does not
+    grow with the number of elements beyond one saved tensor), with a
+    warning; ``mode="full"`` raises :class:`~gradverify.InsufficientMemory`
+    saying how much it would need.
+    """
+    from .memory import budget, mib
+
+    size = sum(a.size for a in c.target.point.values())
+    need = FULL_BYTES_PER_ELEMENT * size
+    if c.mode == "full":
+        budget(0, least=need, what=f"a full check of {size} elements",
+               instead="mode='fast' checks random projections and needs about a copy of the largest tensor")
+        return True
+    if budget(need, what="a full check") >= need:
+        return True
+    c.target._warn(f"mode='auto' ran 'fast': a full check of {size} elements needs about {mib(need)} of memory, more "
+                   "than is available; random projections instead")
+    return False
+
+
 def _fd_run(c: _Check, noise: float, used: str) -> tuple[CheckResult, dict | None]:
     """One finite-difference verdict with ``noise`` (the measured noise of ``<u, f>``) in the error estimates."""
     target, tol, u64, eval_dtype, rtol, atol = c.target, c.tol, c.u64, c.eval_dtype, c.rtol, c.atol
@@ -723,7 +753,7 @@ def _fd_run(c: _Check, noise: float, used: str) -> tuple[CheckResult, dict | Non
         probes, located, n_fast = _fast(target, comparison, u64, eval_dtype, c.rng, probes=FAST_PROBES,
                                         y0=np.asarray(c.y0, dtype=np.float64), noise=noise)
         c.evaluations += n_fast
-        if used != mode:
+        if used != mode and c.predicted is not None:  # (a fallback for memory says so in its own warning)
             warnings += (f"mode='auto' ran 'fast': every element of {size} would take about "
                          f"{_duration(c.predicted[1])} by finite differences, over budget={c.budget:g} s; "
                          f"{FAST_PROBES} random projections per input instead (pass mode='full', a larger budget=, "
@@ -748,10 +778,15 @@ def _fd_run(c: _Check, noise: float, used: str) -> tuple[CheckResult, dict | Non
         tb = comparison.base_tolerance(name, values)
         return tb if comp64 is None else np.minimum(tb, comp64.base_tolerance(name, values))
 
+    from .memory import budget
+
+    # a batched call's rows of outputs: at most 64 MiB, fewer where the memory available is short
+    row = 8 * 4 * max(1, int(np.size(c.y0)))
+    batch_bytes = budget(64 * 2**20, least=row, what="one batched row of outputs")
     with _progress_of(c, size) as (evaluate, evaluate_batch):
         fd, n_fd = projected_gradients(evaluate, target.point, u64, eval_dtype=eval_dtype, judge=judge,
                                        evaluate_batch=evaluate_batch, judge_many=judge_many,
-                                       tolerance=tolerance, noise=noise)
+                                       tolerance=tolerance, noise=noise, batch_bytes=batch_bytes)
     c.evaluations += n_fd
     evaluations = c.evaluations
     kinks = {k: (d.kink, d.left, d.right) for k, d in fd.items() if d.kink.any()}
@@ -830,9 +865,10 @@ def _second_opinion(result: CheckResult, target: Target, comparison: Comparison,
         return result
     if w.projection:
         return result
+    from .references.projections import UnitDirection
+
     arr = target.point[w.input]
-    v = np.zeros(arr.shape)
-    v[w.index] = 1.0
+    v = UnitDirection(arr.shape, int(np.ravel_multi_index(w.index, arr.shape)) if arr.ndim else 0)
     t = taylor_test(target.evaluate, arr, v, comparison.analytic[w.input], u64, eval_dtype=eval_dtype, noise=noise)
     where = f"{w.input!r}[{', '.join(str(i) for i in w.index)}]"
     return dataclasses.replace(
@@ -871,8 +907,7 @@ def _check_backward_reproducible(target: Target, first: dict, second: dict, grad
     warning with its size; beyond the tolerance of the dtype it is an error,
     never a pass.
     """
-    spread = max((float(np.max(np.abs(first[k].astype(np.float64) - second[k].astype(np.float64))))
-                  for k in first if first[k].size), default=0.0)
+    spread = max((_max_gap(first[k], second[k]) for k in first if first[k].size), default=0.0)
     if spread == 0.0:
         return
     verdict = Comparison(second, tolerance_for(grad_dtype)).result(first, None, kind=target.kind, reference="rerun")
@@ -885,6 +920,16 @@ def _check_backward_reproducible(target: Target, first: dict, second: dict, grad
         )
     target._warn(f"the backward is not bitwise reproducible (max spread {spread:.3g} between two runs), "
                  "within the tolerance of its dtype")
+
+
+def _max_gap(a: np.ndarray, b: np.ndarray) -> float:
+    """``max |a - b|`` in float64, a chunk at a time (no temporary the size of the gradients)."""
+    from .memory import chunk_for
+
+    fa, fb = np.asarray(a).reshape(-1), np.asarray(b).reshape(-1)
+    step = chunk_for(fa.size)
+    return max(float(np.max(np.abs(fa[i:i + step].astype(np.float64) - fb[i:i + step].astype(np.float64))))
+               for i in range(0, fa.size, step))
 
 
 #: Low-precision code whose own forward deviates from the float64
@@ -955,9 +1000,20 @@ def _fast(target: Target, comparison: Comparison, u64: np.ndarray, eval_dtype, r
     def tolerance_of(name, v, p):
         return comparison.projection_tolerance(name, v, p.magnitude) + comparison.tol.noise_factor * p.error
 
+    from .memory import budget
+
     rows = getattr(target, "evaluate_rows", None)
+    size = sum(a.nbytes for a in target.point.values())
+    largest = max((a.nbytes for a in target.point.values()), default=0)
+    budget(0, least=2 * largest, what="fast mode (a saved copy of the largest tensor, to restore it)",
+           instead="check on a machine with more memory free")
+    rows_bytes = _rows_budget(size)
     for name, arr in target.point.items():
         vs = [_Direction(rng, arr.shape) for _ in range(probes)]
+        # A probe's direction is held while its levels run where it and the tensor's saved copy take at most
+        # the inputs' size (a tensor of at most half of them) and the memory available allows; the probes of
+        # a larger one are drawn again chunk by chunk (slower, leaner).
+        hold = budget(max(0, size - arr.nbytes), what="a fast-mode probe")
         for v in vs:  # each probe's tolerance now, one direction drawn at a time (then cached by direction)
             comparison.projection_tolerance(name, v)
         # Scanning: all probes of a tensor in one batch where the target
@@ -968,6 +1024,7 @@ def _fast(target: Target, comparison: Comparison, u64: np.ndarray, eval_dtype, r
             judge=lambda k, m, e, name=name, vs=vs: (lambda j: OK if j == FAIL else j)(
                 comparison.projection_judge(name, vs[k], m, e)),
             evaluate_rows=None if rows is None else (lambda r, name=name: rows(name, r)), noise=noise,
+            rows_bytes=rows_bytes, hold_bytes=hold,
         )
         for v, p in zip(vs, ps):
             total += p.evaluations
@@ -993,34 +1050,29 @@ def _fast(target: Target, comparison: Comparison, u64: np.ndarray, eval_dtype, r
     name, v, p = chosen
     arr = target.point[name]
     g = comparison.analytic[name]
-    flat_v = np.asarray(v, dtype=np.float64).reshape(-1)
-    cur = np.arange(arr.size)
+    lo, hi = 0, arr.size  # the elements still suspected: a range of the flat order, halved each level
     m_cur = p.mismatch
-    while cur.size > 1:
-        half, other = cur[: cur.size // 2], cur[cur.size // 2:]
-        vh = np.zeros(arr.size)
-        vh[half] = flat_v[half]
-        vh = vh.reshape(arr.shape)
+    while hi - lo > 1:
+        mid = lo + (hi - lo) // 2
+        vh, vo = _Restricted(v, lo, mid), _Restricted(v, mid, hi)  # read chunk by chunk, never dense
         # bisection only compares the halves' shares of a confirmed mismatch
         ph = directional_mismatch(target.evaluate, arr, vh, g, u64, eval_dtype=eval_dtype, y0=y0, judge=None,
                                   noise=noise)
         total += ph.evaluations
-        vo = np.zeros(arr.size)
-        vo[other] = flat_v[other]
         m_other = m_cur - ph.mismatch
         r_half = abs(ph.mismatch) / max(comparison.projection_tolerance(name, vh, ph.magnitude), 1e-300)
-        r_other = abs(m_other) / max(comparison.projection_tolerance(name, vo.reshape(arr.shape)), 1e-300)
-        cur, m_cur = (half, ph.mismatch) if r_half >= r_other else (other, m_other)
-    j = int(cur[0])
+        r_other = abs(m_other) / max(comparison.projection_tolerance(name, vo), 1e-300)
+        (lo, hi), m_cur = ((lo, mid), ph.mismatch) if r_half >= r_other else ((mid, hi), m_other)
+    j = lo
     fd, n = projected_gradients(target.evaluate, {name: arr}, u64, eval_dtype=eval_dtype, judge=comparison.judge,
-                                indices={name: [j]}, noise=noise)
+                                indices={name: [j]}, noise=noise, compact=True)
     total += n
-    d = fd[name]
+    d = fd[name]  # (compact: the one element's values)
     idx = np.unravel_index(j, arr.shape)
     located = {
-        "name": name, "index": tuple(int(i) for i in idx), "numeric": float(d.value[idx]),
-        "error": float(d.error[idx]), "sensitivity": float(d.sensitivity[idx]), "kink": bool(d.kink[idx]),
-        "left": float(d.left[idx]), "right": float(d.right[idx]),
+        "name": name, "index": tuple(int(i) for i in idx), "numeric": float(d.value[0]),
+        "error": float(d.error[0]), "sensitivity": float(d.sensitivity[0]), "kink": bool(d.kink[0]),
+        "left": float(d.left[0]), "right": float(d.right[0]),
     }
     return results, located, total
 
@@ -1031,28 +1083,87 @@ class _Direction:
     Drawing it advances ``rng`` exactly as ``rng.standard_normal(shape)``
     (the probes of a seed are the same whatever their size); a direction
     over :data:`KEEP_DIRECTION_BYTES` is not kept but drawn again from the
-    saved generator state whenever it is read (``np.asarray``), so the
-    probes of a large tensor never hold ``FAST_PROBES`` copies of it.
+    saved generator state whenever it is read: whole by ``np.asarray``, or
+    a chunk at a time by :meth:`blocks` (sequential draws continue one
+    stream, so the chunks are those of the whole draw), so the probes of a
+    large tensor never hold ``FAST_PROBES`` copies of it, nor need one.
     """
 
     def __init__(self, rng: np.random.Generator, shape: tuple):
         self.shape = tuple(shape)
+        self.size = int(np.prod(self.shape))
         self._kind = type(rng.bit_generator)
         self._state = rng.bit_generator.state
-        v = rng.standard_normal(self.shape)
-        self._v = v if v.nbytes <= KEEP_DIRECTION_BYTES else None
+        if 8 * self.size <= KEEP_DIRECTION_BYTES:
+            self._v = rng.standard_normal(self.shape)
+        else:  # advance the stream as the whole draw would, a chunk at a time (never held whole)
+            self._v = None
+            for _ in self._draw(rng):
+                pass
+
+    def _draw(self, gen: np.random.Generator):
+        from .references.projections import _chunks
+
+        for sl in _chunks(self.size):
+            yield sl.start, gen.standard_normal(sl.stop - sl.start)
+
+    def _generator(self) -> np.random.Generator:
+        gen = np.random.Generator(self._kind())
+        gen.bit_generator.state = self._state
+        return gen
+
+    def blocks(self):
+        """``(start, float64 chunk)`` of the flat direction (see :func:`~gradverify.references.projections.direction_blocks`)."""
+        if self._v is not None:
+            from .references.projections import direction_blocks
+
+            yield from direction_blocks(self._v)
+        else:
+            yield from self._draw(self._generator())
 
     def __array__(self, dtype=None, copy=None):
         v = self._v
         if v is None:
-            gen = np.random.Generator(self._kind())
-            gen.bit_generator.state = self._state
-            v = gen.standard_normal(self.shape)
+            v = self._generator().standard_normal(self.shape)
+        return v if dtype is None else v.astype(dtype, copy=False)
+
+
+class _Restricted:
+    """A direction restricted to the flat elements ``[lo, hi)`` (zero elsewhere): a bisection half, never dense."""
+
+    def __init__(self, direction, lo: int, hi: int):
+        self.direction, self.lo, self.hi = direction, int(lo), int(hi)
+        self.shape = tuple(np.shape(direction)) if not hasattr(direction, "shape") else tuple(direction.shape)
+
+    def blocks(self):
+        from .references.projections import direction_blocks
+
+        for start, vb in direction_blocks(self.direction):
+            if start >= self.hi:
+                break
+            a, b = max(start, self.lo), min(start + vb.size, self.hi)
+            if a < b:
+                yield a, vb[a - start:b - start]
+
+    def __array__(self, dtype=None, copy=None):
+        v = np.zeros(self.shape)
+        flat = v.reshape(-1)
+        for start, vb in self.blocks():
+            flat[start:start + vb.size] = vb
         return v if dtype is None else v.astype(dtype, copy=False)
 
 
 #: Fast-mode directions of more bytes than this are drawn again when read rather than kept.
 KEEP_DIRECTION_BYTES = 2**18
+
+
+def _rows_budget(size: int) -> int:
+    """Bytes the rows of a vectorised call may take: at most :data:`~gradverify.references.projections.ROWS_BYTES`,
+    the inputs' ``size`` (above :data:`~gradverify.memory.WORKING_FLOOR`), and a share of the memory available."""
+    from .memory import WORKING_FLOOR, budget
+    from .references.projections import ROWS_BYTES
+
+    return budget(min(ROWS_BYTES, max(WORKING_FLOOR, size)), what="rows evaluated together")
 
 
 @raised_at_call
@@ -1092,7 +1203,12 @@ def check(fn: Callable, inputs: Any, *, vjp: Callable | None = None, mode: str =
     evaluations per input for its check; with finite differences about 2
     evaluations per element of inputs with at least 64 elements, 4 per
     element of smaller ones, more where the function is noisy; 9 more to
-    measure its noise; one or two ``vjp`` calls.
+    measure its noise; one or two ``vjp`` calls. Memory (finite
+    differences, fast mode): about 2.5x the inputs above what the caller
+    holds -- float64 numpy inputs are perturbed in place and restored bit
+    for bit, not copied (see :class:`~gradverify.layers.FunctionTarget`);
+    a full check holds about 20 float64 values per element and is
+    estimated against the memory available first (:mod:`gradverify.memory`).
 
     Returns:
         A :class:`~gradverify.CheckResult` (a value; nothing is raised for a
@@ -1101,7 +1217,8 @@ def check(fn: Callable, inputs: Any, *, vjp: Callable | None = None, mode: str =
     Raises:
         GradVerifyError: bad input, with a message that says what to fix;
             :class:`~gradverify.CodeUnderTestError` when the code under test
-            itself raised.
+            itself raised; :class:`~gradverify.InsufficientMemory` before
+            allocating, when even the leanest path would not fit.
     """
     rng, cot_rng = _validate(mode, seed)
     refs = parse_against(against)

@@ -375,16 +375,18 @@ class Comparison:
             _, spread, rms_v = cached
         else:
             # The element tolerances in chunks, never held whole: no array the size of the tensor
-            # beyond the direction itself (fast mode's memory stays bounded on large tensors).
+            # (fast mode's memory stays bounded on large tensors).
+            from .references.projections import direction_blocks
+
             a = self.analytic[name].reshape(-1)
-            v = np.asarray(direction, dtype=np.float64).reshape(-1)
-            ss = 0.0
-            for i in range(0, v.size, 1 << 16):
-                tb = self.base_tolerance(name, np.abs(a[i:i + (1 << 16)].astype(np.float64)))
-                w = tb * v[i:i + (1 << 16)]
+            ss = vv = 0.0
+            for i, vb in direction_blocks(direction):  # (a direction drawn again on demand is read chunk by chunk)
+                tb = self.base_tolerance(name, np.abs(a[i:i + vb.size].astype(np.float64)))
+                w = tb * vb
                 ss += float(np.dot(w, w))
+                vv += float(np.dot(vb, vb))
             spread = float(np.sqrt(ss))
-            rms_v = float(np.sqrt(np.dot(v, v) / v.size)) if v.size else 0.0
+            rms_v = float(np.sqrt(vv / a.size)) if a.size else 0.0
             # keyed by the direction object, kept alive with its entry (a fast check asks up to 3 times)
             self._projections[(name, id(direction))] = (direction, spread, rms_v)
         return self.projection_sigmas * spread + self.tol.ulps * self.tol.eps * magnitude * rms_v

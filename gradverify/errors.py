@@ -29,6 +29,7 @@ __all__ = [
     "NondeterministicError",
     "CodeUnderTestError",
     "TraceLost",
+    "InsufficientMemory",
     "GradientMismatch",
     "install_hint",
     "raised_at_call",
@@ -175,6 +176,15 @@ class TraceLost(GradVerifyError, RuntimeError):
         self.reason = reason
         self.where = where
         super().__init__(reason if where is None else f"{reason} (at {where})")
+
+
+class InsufficientMemory(GradVerifyError, MemoryError):
+    """A stage of a check would need more memory than the machine has available, even on its leanest path.
+
+    Raised before anything is allocated; the message says how much the
+    stage needs, how much is available, and what to do instead (a fast
+    check instead of a full one, or a machine with more memory).
+    """
 
 
 class GradientMismatch(AssertionError):

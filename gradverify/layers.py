@@ -9,7 +9,8 @@ pairs and numpy callables with a ``vjp`` are adapted here; the checks in
 :mod:`gradverify.api` are one loop over this shape.
 
 The adapters protect the check from the code under test: they hand over
-copies (a forward that writes into its input, or a backward that writes
+copies, or read-only views once a call on copies showed the code writes
+nothing (a forward that writes into its input, or a backward that writes
 into ``dy``, cannot corrupt the check) and say so in ``warnings``; they
 evaluate the finite differences in float64 where the code accepts it, so a
 float32 gradient is measured against a float64 oracle.
@@ -34,6 +35,7 @@ from .errors import (
     ShapeMismatch,
     SpecError,
 )
+from .memory import chunk_for
 
 __all__ = ["Target", "LayerTarget", "FunctionTarget", "RandomGuard", "as_input_arrays", "draw_input",
            "validate_gradients", "call_user", "pair_callables"]
@@ -133,15 +135,33 @@ def _is_differentiable(a: np.ndarray) -> bool:
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
-    """Bitwise-equal arrays for the in-place-write checks (a NaN input element equals itself)."""
-    return np.array_equal(a, b, equal_nan=a.dtype.kind in "fc")
+    """Bitwise-equal arrays for the in-place-write checks (a NaN input element equals itself).
+
+    Compared a chunk at a time: ``np.array_equal(..., equal_nan=True)``
+    of whole arrays would take two temporary copies of them.
+    """
+    if a.shape != b.shape:
+        return False
+    fa = a.reshape(-1) if a.flags.c_contiguous else np.ravel(a)
+    fb = b.reshape(-1) if b.flags.c_contiguous else np.ravel(b)
+    nan, step = a.dtype.kind in "fc", chunk_for(fa.size)
+    return all(np.array_equal(fa[i:i + step], fb[i:i + step], equal_nan=nan) for i in range(0, fa.size, step))
 
 
-def _to_array(value: Any, name: str, *, allow_empty: bool = False, allow_nonfinite: bool = False) -> np.ndarray:
+def _shareable(value: Any) -> bool:
+    """A plain, writeable, C-contiguous float64 numpy array: a check can perturb it in place instead of copying it."""
+    return type(value) is np.ndarray and value.dtype == np.float64 and value.flags.writeable and \
+        value.flags.c_contiguous
+
+
+def _to_array(value: Any, name: str, *, allow_empty: bool = False, allow_nonfinite: bool = False,
+              share: bool = False) -> np.ndarray:
+    """``value`` as a numpy array: a copy, or with ``share`` the caller's own float64 array (see :func:`_shareable`)."""
     if value is None:
         raise SpecError(f"input {name!r} is None; pass an array")
     try:
-        arr = _framework_to_numpy(value, name)  # always a copy: the caller's arrays are never touched
+        # a copy, unless asked to share a float64 array (perturbed in place and restored bit for bit)
+        arr = value if share and _shareable(value) else _framework_to_numpy(value, name)
     except GradVerifyError:
         raise
     except Exception as exc:  # noqa: BLE001 - report what to fix
@@ -224,20 +244,21 @@ def _is_opaque(value: Any) -> bool:
 
 
 def as_input_arrays(inputs: Any, names: Sequence[str] | None = None, *, allow_opaque: bool = False,
-                    allow_empty: bool = False, allow_nonfinite: bool = False) -> dict[str, Any]:
+                    allow_empty: bool = False, allow_nonfinite: bool = False, share: bool = False) -> dict[str, Any]:
     """Normalise ``inputs`` (one array, a sequence, or a dict) to name -> array copies.
 
     With ``allow_opaque``, non-numeric values become :class:`Opaque`
     constants instead of errors; with ``allow_empty``, empty arrays are
     kept (framework callables: an empty tensor is checked trivially); with
     ``allow_nonfinite``, infinite and NaN elements are kept (they do not
-    move under a perturbation: finite differences see them as constant).
+    move under a perturbation: finite differences see them as constant);
+    with ``share``, plain float64 arrays are the caller's own, not copies.
     """
 
     def convert(v, name):
         if allow_opaque and _is_opaque(v):
             return Opaque(v)
-        return _to_array(v, name, allow_empty=allow_empty, allow_nonfinite=allow_nonfinite)
+        return _to_array(v, name, allow_empty=allow_empty, allow_nonfinite=allow_nonfinite, share=share)
 
     if isinstance(inputs, Mapping):
         if not inputs:
@@ -925,6 +946,21 @@ class FunctionTarget(Target):
     Inputs are named by ``fn``'s parameter names where it has them
     (``names_from``), otherwise by position; a dict of inputs names them
     itself and is passed by keyword.
+
+    Memory: a plain float64 input (C-contiguous, writeable, sharing no
+    memory with another input) is not copied: the finite differences
+    perturb the caller's array in place and restore it bit for bit, as
+    ``torch.autograd.gradcheck`` does (a function that reads that same
+    array through a closure sees the perturbation too). Other inputs are
+    copied (float64 copies where the caller's dtype is lower). The code
+    gets writable copies of its inputs until a call on copies has shown
+    that it does not write into them (the mutation probe for ``fn``, the
+    first analytic pass for ``vjp``); from then on it gets read-only views
+    of those (and copies of any it did write into).
+    A call that raises on the views (a write the probe did not see: numpy
+    says "assignment destination is read-only") runs again on copies, and
+    that callable gets copies for the rest of the check, with the usual
+    warning if its copies came back changed.
     """
 
     kind = "function"
@@ -949,36 +985,97 @@ class FunctionTarget(Target):
         count = len(inputs) if isinstance(inputs, (list, tuple, Mapping)) else 1
         names = None if self.by_keyword else _signature_names(names_from or fn, count)
         arrays = as_input_arrays(inputs, names, allow_opaque=True, allow_empty=self.allow_empty,
-                                 allow_nonfinite=self.allow_nonfinite)
+                                 allow_nonfinite=self.allow_nonfinite, share=True)
         self.order = list(arrays)
         held = _constant_names(constants, self.order)
         #: the structure of several outputs (None: one array)
         self.structure: OutputStructure | None = None
+        kept: list[np.ndarray] = []  # the arrays held so far (an input aliasing one of them is copied)
         for name, arr in arrays.items():
+            if isinstance(arr, np.ndarray) and any(np.may_share_memory(arr, k) for k in kept):
+                arr = arr.copy()  # the same memory as another input (f(x, x)): perturbed apart, so a copy
             if isinstance(arr, Opaque):
                 self.constants[name] = arr
             elif name in held and isinstance(arr, np.ndarray):
                 self.constants[name] = arr
             elif _is_differentiable(arr):
-                # (float64 inputs: one array serves both -- perturbations are restored bit for bit, and
-                # every call gets copies; ``arr`` is already the check's own copy of the caller's input)
+                # (float64 inputs: one array serves both -- the caller's own array where it was shareable,
+                # else the check's copy; perturbations are restored bit for bit)
                 self.point[name] = arr if arr.dtype == np.float64 else arr.astype(np.float64)
                 self.originals[name] = arr
             else:
                 self.constants[name] = arr
+            if isinstance(arr, np.ndarray):
+                kept.append(arr)
         if not self.point:
             raise NoDifferentiableInputs(
                 f"every input is a constant ({', '.join(f'{k}: {v.dtype}' for k, v in arrays.items())}); "
                 "pass at least one floating-point array to differentiate"
             )
         self._checked_mutation = False
+        #: whether fn / vjp get read-only views of their inputs (after a call on copies showed which it writes)
+        self._views = {"fn": False, "vjp": False}
+        #: the inputs fn / vjp wrote into on copies: they keep getting copies, the others views
+        self._written: dict[str, set] = {"fn": set(), "vjp": set()}
+        #: whether a call of fn / vjp raised on views and ran again on copies (copies from then on)
+        self._refused = {"fn": False, "vjp": False}
         self.random = RandomGuard(fn, vjp, names_from, [c.value for c in self.constants.values() if isinstance(c, Opaque)])
 
-    def _args(self, source: Mapping[str, np.ndarray]) -> list[Any]:
+    def _args(self, source: Mapping[str, np.ndarray], views: bool = False, copied: set = frozenset()) -> list[Any]:
+        """The arguments of one call: copies of ``source`` and the constants, or read-only views (copies of ``copied``)."""
         out = []
         for n in self.order:
             c = source[n] if n in source else self.constants[n]
-            out.append(c.get() if isinstance(c, Opaque) else c.copy())
+            if isinstance(c, Opaque):
+                out.append(c.get())
+            elif views and n not in copied:
+                v = c.view()
+                v.flags.writeable = False
+                out.append(v)
+            else:
+                out.append(c.copy())
+        return out
+
+    def _wrote(self, args: list, source: Mapping[str, np.ndarray]) -> set:
+        """The inputs whose copies ``args`` (of ``source`` and the constants) a call changed."""
+        out = set()
+        for n, a in zip(self.order, args):
+            b = source[n] if n in source else self.constants[n]
+            if isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.flags.writeable and \
+                    not _same(a, b):
+                out.add(n)
+        return out
+
+    def _shared_call(self, which: str, f: Callable, source: Mapping[str, np.ndarray], *extra) -> tuple[Any, list]:
+        """``f`` on read-only views of ``source`` where ``which`` has earned them, else on copies.
+
+        A call that raises on the views runs again on copies; ``which``
+        gets copies from then on. Returns the output and the arguments
+        used (copies to compare, or None where views were used).
+        """
+        __tracebackhide__ = True
+        refused = None
+        if self._views[which]:
+            try:
+                return self._call(f, self._args(source, views=True, copied=self._written[which]), *extra), None
+            except Exception as exc:  # noqa: BLE001 - a write into a read-only view, or the code's own error
+                refused = exc.__cause__ or exc
+                self._views[which], self._refused[which] = False, True
+                self.random.restore()
+        args = self._args(source)
+        out = self._call(f, args, *extra)  # (the code's own error, raised again on copies, propagates)
+        if refused is not None:
+            who = "the function" if which == "fn" else self.what
+            self._warn(f"{who} raised on read-only views of its inputs ({type(refused).__name__}: {refused}) and ran "
+                       "again on writable copies: it writes into its inputs on some calls, which the check's first "
+                       "call did not show; every later call got copies")
+        return out, args
+
+    @staticmethod
+    def _unaliased(out: Any, source: Mapping[str, np.ndarray]) -> Any:
+        """``out``, copied where it is a view of an input (the check perturbs the inputs in place)."""
+        if isinstance(out, np.ndarray) and any(np.may_share_memory(out, a) for a in source.values()):
+            return out.copy()
         return out
 
     def _call(self, f: Callable, args: list, *extra):
@@ -995,7 +1092,13 @@ class FunctionTarget(Target):
 
     def evaluate(self) -> np.ndarray:
         self.random.restore()
-        return self.flat_output(self._call(self.fn, self._args(self.point)))
+        out, args = self._shared_call("fn", self.fn, self.point)
+        if args is None:
+            return self._unaliased(self.flat_output(out), self.point)
+        if self._checked_mutation and self._wrote(args, self.point):
+            self._warn("the function modifies its inputs in place; in a network this corrupts other layers' "
+                       "values (the check handed over copies)")
+        return self.flat_output(out)
 
     def flat_output(self, out: Any) -> np.ndarray:
         """The output as one array: several outputs (a tuple/dict) joined by :class:`OutputStructure`."""
@@ -1020,15 +1123,36 @@ class FunctionTarget(Target):
     def analytic(self, cotangent: np.ndarray, at_point: bool = False) -> dict[str, np.ndarray]:
         """The vjp at the inputs; ``at_point`` passes the float64 copies instead of the caller's arrays."""
         self.random.restore()
-        args = self._args(self.point if at_point else self.originals)
+        source = self.point if at_point else self.originals
         dy = cotangent.copy()
-        result = self._call(self.vjp, args, self.cotangent_for(dy))
+        args = None
+        if self._views["vjp"]:
+            try:
+                result = self._call(self.vjp, self._args(source, views=True, copied=self._written["vjp"]),
+                                    self.cotangent_for(dy))
+            except Exception as exc:  # noqa: BLE001 - a write into a read-only view, or the code's own error
+                refused = exc.__cause__ or exc
+                self._views["vjp"], self._refused["vjp"] = False, True
+                self.random.restore()
+                dy = cotangent.copy()
+                args = self._args(source)
+                result = self._call(self.vjp, args, self.cotangent_for(dy))  # (its own error propagates)
+                self._warn(f"{self.what} raised on read-only views of its inputs ({type(refused).__name__}: "
+                           f"{refused}) and ran again on writable copies: it writes into its inputs on some calls, "
+                           "which its first call did not show; every later call got copies")
+        if not self._views["vjp"] and args is None:  # (copies: the first call, or after views were refused)
+            args = self._args(source)
+            result = self._call(self.vjp, args, self.cotangent_for(dy))
         if not np.array_equal(dy, cotangent):
             self._warn(f"{self.what} modifies the dout it was given in place; in a network this corrupts the "
                        "gradient other layers receive (the check handed over a copy)")
-        pristine = self._args(self.point if at_point else self.originals)
-        if any(isinstance(a, np.ndarray) and not _same(a, b) for a, b in zip(args, pristine)):
-            self._warn(f"{self.what} modifies its inputs in place (the check handed over copies)")
+        if args is not None:
+            written = self._wrote(args, source)
+            if written:
+                self._warn(f"{self.what} modifies its inputs in place (the check handed over copies)")
+            # later calls get read-only views of the inputs it did not write into, copies of the others
+            self._written["vjp"] |= written
+            self._views["vjp"] = not self._refused["vjp"]
         if isinstance(result, np.ndarray) or np.isscalar(result) or result is None:
             result = (result,)
         if isinstance(result, Mapping):
@@ -1046,14 +1170,24 @@ class FunctionTarget(Target):
                     f"({', '.join(self.order)}); return one gradient per input, in order (None for a constant)"
                 )
             grads = dict(zip(self.order, result))
-        return validate_gradients({k: grads.get(k) for k in self.point}, self.originals, what=self.what)
+        grads = validate_gradients({k: grads.get(k) for k in self.point}, self.originals, what=self.what)
+        return {k: self._unaliased(g, {**self.point, **self.originals}) for k, g in grads.items()}
 
     def check_forward_mutation(self) -> Any:
-        """Run ``fn`` once on copies of the caller's inputs, warn if it wrote into them; return its output."""
+        """Run ``fn`` once on copies of the caller's inputs, warn if it wrote into them; return its output.
+
+        Later evaluations hand ``fn`` read-only views of the inputs it did
+        not write into, copies of the others (see the class docstring).
+        """
         self.random.restore()
         args = self._args(self.originals)
         out = self._call(self.fn, args)
-        if any(isinstance(a, np.ndarray) and not _same(a, b) for a, b in zip(args, self._args(self.originals))):
+        self._checked_mutation = True
+        written = self._wrote(args, self.originals)
+        if written:
             self._warn("the function modifies its inputs in place; in a network this corrupts other layers' "
                        "values (the check handed over copies)")
+        # later calls get read-only views of the inputs it did not write into, copies of the others
+        self._written["fn"] |= written
+        self._views["fn"] = not self._refused["fn"]
         return self.flat_output(out)

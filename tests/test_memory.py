@@ -1,11 +1,12 @@
 """Memory a check allocates, counted by tracemalloc (bytes, never time).
 
 numpy allocations are traced by tracemalloc, so a numpy function with a
-``vjp=`` shows what the check itself holds: its float64 copy of the
-inputs, the gradient under test, and what each finite-difference stage
-adds on top. Size: a 0.7 MiB input (``W`` 300 x 300 and ``x`` 8 x 300),
-every tensor over the size above which fast mode stops holding its probe
-directions (:data:`gradverify.api.KEEP_DIRECTION_BYTES`).
+``vjp=`` shows what the check itself holds: the gradient under test, and
+what each finite-difference stage adds on top, above the bytes held before
+the call (the caller's inputs). Size: a 0.7 MiB input (``W`` 300 x 300
+and ``x`` 8 x 300), ``W`` over the size above which fast mode stops
+holding its probe directions (:data:`gradverify.api.KEEP_DIRECTION_BYTES`).
+``benchmarks/memory.py`` prints the same peaks per stage and per path.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 import gradverify as gv
 from gradverify import api
 from gradverify.references import noise as noise_mod
+from gradverify.references import projections
 
 
 def _f(x, w):
@@ -42,21 +44,54 @@ def traced():
 
 
 def _stage_peaks(monkeypatch, owner, names, base):
-    """Per stage: (bytes held when it starts, peak bytes while it runs), both above ``base``."""
-    seen = {}
+    """Per stage: (bytes held when it starts, peak bytes while it runs), both above ``base``.
+
+    ``seen["check"]`` (once :func:`_whole` ran) is the whole check's peak:
+    ``tracemalloc.reset_peak`` is global, so each stage's wrapper carries
+    the peak so far over to the stages (and the check) around it.
+    """
+    seen, active = {}, []
     for name in names:
         original = getattr(owner, name)
 
         def wrapped(*a, _original=original, _name=name, **k):
-            start = tracemalloc.get_traced_memory()[0]
+            high = tracemalloc.get_traced_memory()[1]
+            for frame in active:
+                frame[1] = max(frame[1], high)
             tracemalloc.reset_peak()
+            start = tracemalloc.get_traced_memory()[0]
+            frame = [_name, start]
+            active.append(frame)
             try:
                 return _original(*a, **k)
             finally:
-                seen[_name] = (start - base, tracemalloc.get_traced_memory()[1] - base)
+                active.remove(frame)
+                frame[1] = max(frame[1], tracemalloc.get_traced_memory()[1])
+                for outer in active:
+                    outer[1] = max(outer[1], frame[1])
+                seen[_name] = (start - base, max(seen.get(_name, (0, 0))[1], frame[1] - base))
 
         monkeypatch.setattr(owner, name, wrapped)
+    seen["_active"] = active
     return seen
+
+
+def _whole(stages, run, base):
+    """Run ``run()``; the peak bytes above ``base`` while it ran, the stages' peaks included."""
+    active = stages.pop("_active")
+    frame = ["check", base]
+    tracemalloc.reset_peak()
+    active.append(frame)
+    try:
+        out = run()
+    finally:
+        active.remove(frame)
+    return out, max(frame[1], tracemalloc.get_traced_memory()[1]) - base
+
+
+def _warm(fn, vjp, mode):
+    xs = _inputs()
+    gv.check(fn, [xs[0][:, :4].copy(), xs[1][:4, :4].copy()], vjp=vjp, mode=mode, against="fd")  # imports, caches
 
 
 def test_a_fast_check_allocates_a_few_copies_of_its_inputs(traced, monkeypatch):
@@ -64,21 +99,119 @@ def test_a_fast_check_allocates_a_few_copies_of_its_inputs(traced, monkeypatch):
     size = sum(a.nbytes for a in xs)
     assert all(a.nbytes > api.KEEP_DIRECTION_BYTES for a in xs[1:])
     kept = [a.copy() for a in xs]
-    gv.check(_f, [xs[0][:, :4], xs[1][:4, :4]], vjp=_vjp, mode="fast", against="fd")  # imports and caches outside the count
+    _warm(_f, _vjp, "fast")
     base = tracemalloc.get_traced_memory()[0]
-    stages = _stage_peaks(monkeypatch, api, ["_fast", "function_noise"], base)
-    tracemalloc.reset_peak()
-    r = gv.check(_f, xs, vjp=_vjp, mode="fast", against="fd")
-    peak = tracemalloc.get_traced_memory()[1] - base
+    stages = _stage_peaks(monkeypatch, api, ["_first_evaluation", "_analytic_pass", "_fast", "function_noise"], base)
+    r, peak = _whole(stages, lambda: gv.check(_f, xs, vjp=_vjp, mode="fast", against="fd"), base)
     assert r.passed and r.mode == "fast"
     assert all(np.array_equal(a, b) for a, b in zip(xs, kept))  # the caller's arrays untouched
     # The finite-difference stages add at most about 3 copies of the inputs to what the check holds
-    # when they start (its float64 copy of the inputs, the gradient under test): the saved point, one
-    # direction, the copies each call of the code gets. (Before: 16 displaced points and 4 probe
-    # directions at once, ~38x.)
+    # when they start (the gradient under test): the saved point, chunks of a direction, the views each
+    # call of the code gets. (Before: 16 displaced points and 4 probe directions at once, ~38x.)
     for name, (start, high) in stages.items():
         assert high - start < 3.5 * size, (name, (high - start) / size)
-    assert peak < 6 * size, peak / size
+    # The whole check, above what the caller held (its inputs): the gradient under test (1x), one saved
+    # copy of the tensor being probed (1x; the caller's float64 arrays are perturbed in place, not copied,
+    # and the code gets read-only views once the mutation probe showed it writes nothing) and chunks of a
+    # 64th of a tensor: about 2.4x. (Before: 7.5x -- a float64 copy of the inputs, a copy per call, a
+    # held direction, the noise table's direction, whole-array comparisons.)
+    assert peak < 3 * size, peak / size
+
+
+def _vjp_bug(dy, x, w):
+    dx, dw = _vjp(dy, x, w)
+    dw[1, 2] += 0.5  # a planted bug in one element (dw is the vjp's own new array)
+    return dx, dw
+
+
+def test_a_failing_fast_check_bisects_within_three_copies(traced, monkeypatch):
+    xs = _inputs()
+    size = sum(a.nbytes for a in xs)
+    kept = [a.copy() for a in xs]
+    _warm(_f, _vjp_bug, "fast")
+    base = tracemalloc.get_traced_memory()[0]
+    stages = _stage_peaks(monkeypatch, api, ["_fast", "projected_gradients"], base)
+    r, peak = _whole(stages, lambda: gv.check(_f, xs, vjp=_vjp_bug, mode="fast", against="fd"), base)
+    assert not r.passed and r.worst.input == "w" and r.worst.index == (1, 2)  # confirmed, bisected, located
+    assert all(np.array_equal(a, b) for a, b in zip(xs, kept))
+    # Bisection reads halves of the probe as index ranges (never dense: before, three dense arrays per
+    # level) and the located element's finite differences hold that one element (before: eight arrays
+    # the tensor's size): the whole check stays under 3x, as when it passes.
+    assert peak < 3 * size, peak / size
+
+
+_drop = np.random.default_rng(5)
+
+
+def _f_random(x, w):
+    mask = _drop.random((x.shape[0], w.shape[1])) < 0.9  # dropout: replayed for every call
+    return np.tanh(x @ w) * mask
+
+
+def _vjp_random(dy, x, w):
+    mask = _drop.random((x.shape[0], w.shape[1])) < 0.9
+    return _vjp(dy * mask, x, w)
+
+
+def test_a_check_replaying_random_draws_stays_within_three_copies(traced, monkeypatch):
+    xs = _inputs()
+    size = sum(a.nbytes for a in xs)
+    _warm(_f_random, _vjp_random, "fast")
+    base = tracemalloc.get_traced_memory()[0]
+    stages = _stage_peaks(monkeypatch, api, ["_fast"], base)
+    r, peak = _whole(stages, lambda: gv.check(_f_random, xs, vjp=_vjp_random, mode="fast", against="fd"), base)
+    assert r.passed and any("random" in w for w in r.warnings)
+    # RNG replay holds the generators' states (bytes), not arrays: the same bound as without it
+    assert peak < 3 * size, peak / size
+
+
+def _f_writes(x, w):
+    np.tanh(x, out=x)  # writes into its (small) input x
+    return np.tanh(x @ w)
+
+
+def _vjp_writes(dy, x, w):
+    dz = dy * (1 - np.tanh(np.tanh(x) @ w) ** 2)
+    return (dz @ w.T) * (1 - np.tanh(x) ** 2), np.tanh(x).T @ dz
+
+
+def test_a_function_writing_into_an_input_gets_copies_of_that_input_only(traced, monkeypatch):
+    xs = _inputs()
+    size = sum(a.nbytes for a in xs)
+    kept = [a.copy() for a in xs]
+    _warm(_f_writes, _vjp_writes, "fast")
+    base = tracemalloc.get_traced_memory()[0]
+    stages = _stage_peaks(monkeypatch, api, ["_first_evaluation"], base)
+    r, peak = _whole(stages, lambda: gv.check(_f_writes, xs, vjp=_vjp_writes, mode="fast", against="fd"), base)
+    assert r.passed and any("modifies its inputs in place" in w for w in r.warnings)
+    assert all(np.array_equal(a, b) for a, b in zip(xs, kept))
+    # The mutation probe runs the function on copies (1x) and compares them with the inputs a chunk at a
+    # time; later calls copy x (which it writes) and view w: under 3x like a function that writes nothing
+    assert stages["_first_evaluation"][1] < 1.5 * size, stages["_first_evaluation"][1] / size
+    assert peak < 3 * size, peak / size
+
+
+def test_a_full_check_holds_its_per_element_results_not_rows_of_outputs(traced, monkeypatch):
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal((8, 100)), rng.standard_normal((100, 100)) / 10.0]
+    size = sum(a.nbytes for a in xs)
+    gv.check(_f, [xs[0][:, :4].copy(), xs[1][:4, :4].copy()], vjp=_vjp_bug, mode="full", against="fd")
+    base = tracemalloc.get_traced_memory()[0]
+    stages = _stage_peaks(monkeypatch, projections, ["taylor_test"], base)
+    r, peak = _whole(stages, lambda: gv.check(_f, xs, vjp=_vjp_bug, mode="full", against="fd", budget=1e9), base)
+    assert not r.passed and r.mode == "full" and r.taylor is not None  # the second opinion ran
+    # The Taylor second opinion moves one element (a UnitDirection): it adds nothing the size of the tensor
+    # (before: a dense one-hot direction, a saved copy, float64 copies and two temporaries, ~5x), only
+    # arrays the size of the output (the outputs it compares, the cotangent's magnitudes: fewer than 12)
+    start, high = stages["taylor_test"]
+    out_bytes = _f(*xs).nbytes
+    assert high - start < 12 * out_bytes, (high - start) / out_bytes
+    # A full check holds its per-element results (value, error, both one-sided slopes, sensitivity: five
+    # float64 arrays and a mask), each element's scale and first step, and the comparison's arrays: about
+    # 17x the float64 inputs, which is what stops it from reaching 3x (that would need the comparison to
+    # stream). What it no longer holds: the screen's rows of outputs for every element at once (64 MiB of
+    # them, ~2000x here) and a Python float per element for its step (~13x).
+    assert peak < 20 * size, peak / size
 
 
 def test_the_noise_table_holds_no_temporaries_the_size_of_the_point(traced):
@@ -95,5 +228,105 @@ def test_the_noise_table_holds_no_temporaries_the_size_of_the_point(traced):
     added = tracemalloc.get_traced_memory()[1] - base
     assert nz.evaluations >= 9
     assert all(np.array_equal(point[k], before[k]) for k in point)  # restored bit for bit
-    # the saved point, the direction, int8 signs, and the copies the evaluation makes
-    assert added < 3.5 * size, added / size
+    # the saved point, int8 signs, chunks of the direction, and the copies the evaluation makes
+    # (before: the direction was held whole too, and the signs drawn as float64 first)
+    assert added < 2.5 * size, added / size
+
+
+def test_a_write_the_mutation_probe_did_not_see_reruns_on_copies_and_warns():
+    calls = []
+
+    def f(x, w):
+        calls.append(x.flags.writeable)
+        if len(calls) == 5:
+            x[0, 0] += 1.0  # a write on one later call only: the read-only view refuses it
+        return np.tanh(x @ w)
+
+    xs = _inputs(20)
+    kept = [a.copy() for a in xs]
+    r = gv.check(f, xs, vjp=_vjp, mode="fast", against="fd")
+    assert r.passed  # the call that wrote ran again on copies: the check saw the function, not the write
+    assert not all(calls[2:])  # read-only views after the mutation probe (call 2)...
+    assert calls[-1]  # ...and copies once a call wrote
+    assert any("raised on read-only views of its inputs (ValueError: assignment destination is read-only)" in w
+               and "ran again on writable copies" in w for w in r.warnings), r.warnings
+    assert all(np.array_equal(a, b) for a, b in zip(xs, kept))  # the caller's arrays bit for bit
+
+
+def test_the_same_array_passed_twice_is_perturbed_apart():
+    x = np.random.default_rng(3).standard_normal((4, 5))
+
+    def f(a, b):
+        return a * np.sin(b)
+
+    def vjp(dy, a, b):
+        return dy * np.sin(b), dy * a * np.cos(b)
+
+    kept = x.copy()
+    r = gv.check(f, [x, x], vjp=vjp, mode="full", against="fd")
+    assert r.passed  # had both names shared one array, each derivative would be the sum of both
+    assert np.array_equal(x, kept)
+
+
+def test_the_callers_arrays_come_back_bit_for_bit_when_the_code_raises_mid_check():
+    calls = []
+
+    def f(x, w):
+        calls.append(1)
+        if len(calls) >= 12:  # inside the noise table or a probe: the point is displaced now
+            raise RuntimeError("boom")
+        return np.tanh(x @ w)
+
+    xs = _inputs(20)
+    kept = [a.copy() for a in xs]
+    with pytest.raises(gv.CodeUnderTestError):
+        gv.check(f, xs, vjp=_vjp, mode="fast", against="fd")
+    assert all(np.array_equal(a, b) for a, b in zip(xs, kept))
+
+
+@pytest.fixture
+def little_memory(monkeypatch):
+    """The machine says only this many bytes are available (nothing is allocated to find out)."""
+    from gradverify import memory
+
+    def set_available(n):
+        monkeypatch.setattr(memory, "available_bytes", lambda: n)
+
+    return set_available
+
+
+def test_a_full_check_that_would_not_fit_says_how_much_it_needs(little_memory):
+    xs = _inputs(20)
+    little_memory(100_000)  # the full check of 560 elements needs about 110 kB, more than half of it
+    with pytest.raises(gv.InsufficientMemory, match=r"a full check of 560 elements needs about .* MiB.*mode=.fast."):
+        gv.check(_f, xs, vjp=_vjp, mode="full", against="fd")
+
+
+def test_auto_mode_falls_back_to_fast_where_a_full_check_would_not_fit(little_memory):
+    xs = _inputs(20)
+    little_memory(100_000)
+    r = gv.check(_f, xs, vjp=_vjp, mode="auto", against="fd", budget=1e9)
+    assert r.passed and r.mode == "fast"
+    assert any("needs about" in w and "memory" in w for w in r.warnings)
+    little_memory(2**40)
+    assert gv.check(_f, xs, vjp=_vjp, mode="auto", against="fd", budget=1e9).mode == "full"
+
+
+def test_a_fast_check_that_cannot_save_its_largest_tensor_refuses_before_allocating(little_memory):
+    xs = _inputs(20)
+    little_memory(1000)  # less than a copy of w (3200 bytes) at the 50% safety share
+    with pytest.raises(gv.InsufficientMemory, match="fast mode .* needs about"):
+        gv.check(_f, xs, vjp=_vjp, mode="fast", against="fd")
+
+
+def test_stage_budgets_shrink_with_the_memory_available(little_memory):
+    from gradverify import memory
+
+    little_memory(10 * 2**20)
+    assert memory.budget(64 * 2**20) == int(memory.SAFETY * 10 * 2**20)  # smaller chunks, not an error
+    assert memory.budget(2**20) == 2**20
+    assert api._rows_budget(2**30) == int(memory.SAFETY * 10 * 2**20)
+    with pytest.raises(gv.InsufficientMemory, match="needs about 8 MiB"):
+        memory.budget(0, least=8 * 2**20, what="this")
+    little_memory(None)  # a system that does not say: what the stage wants
+    assert memory.budget(64 * 2**20) == 64 * 2**20

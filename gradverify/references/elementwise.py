@@ -14,6 +14,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from ..memory import chunk_for
 from . import screen as _screens
 from .stencils import OK, Projector, _eps, default_step
 from .stepwalk import richardson, settle
@@ -61,6 +62,7 @@ def projected_gradients(
     judge_many: Callable[[str, np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None,
     tolerance: Callable[[str, np.ndarray], np.ndarray] | None = None,
     noise: float = 0.0,
+    compact: bool = False,
 ) -> tuple[dict[str, ElementDerivative], int]:
     """Gradient of ``phi = <u, evaluate()>`` with respect to every element of ``point``.
 
@@ -88,7 +90,11 @@ def projected_gradients(
     shrink with the step).
 
     ``indices`` (name -> flat indices) restricts the work to those elements
-    of those arrays (others are left at zero and absent names skipped).
+    of those arrays (others are left at zero and absent names skipped);
+    with ``compact`` as well, each result array holds only those elements,
+    in the order given (memory independent of the tensor's size, where
+    fewer than :data:`~gradverify.references.screen.SCREEN_MIN_SIZE` are
+    chosen).
 
     ``evaluate_batch(name, flat_indices, values)``, when given, evaluates
     many single-element perturbations in one call (row ``b``: element
@@ -131,8 +137,11 @@ def projected_gradients(
     weighed with the function's real noise, not only its dtype's rounding.
 
     Cost: 4 evaluations per element (2 for elements the screen settles, 6
-    for sampled ones), +2 per refinement, +1 for the base point. Returns
-    the per-name results and the evaluation count.
+    for sampled ones), +2 per refinement, +1 for the base point. Memory:
+    the result arrays, each element's scale and first step (float64 arrays
+    the tensor's size, computed a chunk at a time), and the rows of
+    outputs a screen or batched chunk holds at once (at most
+    ``batch_bytes``). Returns the per-name results and the evaluation count.
     """
     proj = Projector(evaluate, cotangent, eval_dtype, noise)
     phi_out, diff = proj.output, proj.diff
@@ -143,28 +152,27 @@ def projected_gradients(
         chosen = None if indices is None or name not in indices else list(indices[name])
         if indices is not None and chosen is None:
             continue
-        steps = default_step(arr, eval_dtype, "richardson")
-        scale = (steps / default_step(np.ones(1), eval_dtype, "richardson")[0]).reshape(-1)
-        steps = np.maximum(steps * step_scale, 0).reshape(-1)
-        sensitivity = np.zeros(arr.size)
-        value = np.zeros(arr.size)
-        error = np.zeros(arr.size)
-        left = np.full(arr.size, np.nan)
-        right = np.full(arr.size, np.nan)
-        kink = np.zeros(arr.size, dtype=bool)
-        order = list(range(arr.size)) if chosen is None else chosen
-        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        small = compact and chosen is not None and len(chosen) < _screens.SCREEN_MIN_SIZE
+        scale, first_steps = _first_steps(arr, eval_dtype, step_scale, chosen if small else None)
+        if small:  # only the chosen elements are held, indexed by flat index like a whole tensor's arrays
+            sensitivity, value, error = (_Chosen(chosen, scale, 0.0) for _ in range(3))
+            left, right = _Chosen(chosen, scale, np.nan), _Chosen(chosen, scale, np.nan)
+            kink = _Chosen(chosen, scale, False, dtype=bool)
+        else:
+            sensitivity = np.zeros(arr.size)
+            value = np.zeros(arr.size)
+            error = np.zeros(arr.size)
+            left = np.full(arr.size, np.nan)
+            right = np.full(arr.size, np.nan)
+            kink = np.zeros(arr.size, dtype=bool)
+        order = range(arr.size) if chosen is None else chosen
+        if arr.dtype.kind == "f" and not all(bool(np.isfinite(arr.reshape(-1)[sl]).all())
+                                             for sl in _slices(arr.size)):
             # A coordinate at +-inf or NaN does not move under a perturbation (-inf + h == -inf): its
             # derivative is taken as 0, exactly, as torch.autograd.gradcheck's differences take it
             finite = np.isfinite(arr.reshape(-1))
             order = [i for i in order if finite[i]]
-        first_steps = {}
-        for i in order:
-            h = float(steps[i]) or 1e-3
-            if arr.dtype.kind == "f":
-                # at least a few ulps of the storage, or float16 rounds the step away
-                h = max(h, 8.0 * float(np.spacing(np.abs(arr.flat[i]).astype(arr.dtype))))
-            first_steps[i] = h
+        order = list(order) if len(order) < _screens.SCREEN_MIN_SIZE or not isinstance(order, range) else order
 
         # the judge's array form for this tensor (None without a judge)
         many = None
@@ -301,21 +309,96 @@ def projected_gradients(
             trusted = 2 * len(k_s) >= len(sample) and bool(np.all(np.isfinite(ref_err)) and np.all(
                 np.abs(sc["value"][k_s] - ref)
                 <= np.asarray(tolerance(name, ref)) / 4 + 2 * (ref_err + sc["noise"][k_s])))
-            taken = set(sample)
-            order = [i for i in order if i not in taken]
+            rest = np.ones(len(order), dtype=bool)
+            rest[sorted(pick)] = False
+            order = np.asarray(order, dtype=np.int64)[rest]  # (an index array: no Python int per element)
             if trusted:
-                sc = screened(order)
-                done = np.asarray(order, dtype=np.int64)[sc["settled"]]
-                value[done], error[done] = sc["value"][sc["settled"]], sc["noise"][sc["settled"]]
-                sensitivity[done] = sc["sensitivity"][sc["settled"]]
-                left[done], right[done] = sc["left"][sc["settled"]], sc["right"][sc["settled"]]
-                order = [i for i, ok in zip(order, sc["settled"]) if not ok]
+                # a 16th of the tensor at a time: the screen's own arrays stay small beside the results
+                unsettled = []
+                part = max(_screens.SCREEN_MIN_SIZE, len(order) // 16)
+                for start in range(0, len(order), part):
+                    seg = order[start:start + part]
+                    sc = screened(seg)
+                    ok = sc["settled"]
+                    done = seg[ok]
+                    value[done], error[done] = sc["value"][ok], sc["noise"][ok]
+                    sensitivity[done] = sc["sensitivity"][ok]
+                    left[done], right[done] = sc["left"][ok], sc["right"][ok]
+                    unsettled.append(seg[~ok])
+                    del sc, done
+                order = [int(i) for i in np.concatenate(unsettled)] if unsettled else []
         run_standard(order)
+        if small:
+            out[name] = ElementDerivative(value.data, error.data, left.data, right.data, kink.data, sensitivity.data)
+            continue
         shape = arr.shape
         out[name] = ElementDerivative(
             value.reshape(shape), error.reshape(shape), left.reshape(shape), right.reshape(shape),
             kink.reshape(shape), sensitivity.reshape(shape)
         )
     return out, proj.evaluations
+
+
+def _slices(n: int):
+    step = chunk_for(n)
+    return (slice(i, min(i + step, n)) for i in range(0, n, step))
+
+
+def _first_steps(arr: np.ndarray, eval_dtype, step_scale: float, chosen=None):
+    """Each element's scale (``coordinate_scale``, through the Richardson step) and first step, chunk by chunk.
+
+    The same numbers as ``default_step(arr) / default_step(1)`` and the
+    first step of :func:`projected_gradients` (at least 8 ulps of the
+    storage), without temporaries the size of the tensor. With ``chosen``
+    (flat indices), :class:`_Chosen` arrays over those elements only.
+    """
+    base = default_step(np.ones(1), eval_dtype, "richardson")[0]
+    flat = arr.reshape(-1) if arr.flags.c_contiguous else np.ravel(arr)
+    ss, count = 0.0, 0
+    for sl in _slices(flat.size):
+        c = flat[sl].astype(np.float64)
+        fin = np.isfinite(c)
+        if not fin.all():
+            c = c[fin]
+        ss += float(np.dot(c, c))
+        count += c.size
+    rms = float(np.sqrt(ss / count)) if count else 0.0
+    floor = 0.1 * rms if rms > 0 else 1.0
+
+    def fill(x):
+        x64 = x.astype(np.float64)
+        s = np.maximum(np.abs(x64), floor)
+        s[~np.isfinite(x64)] = 1.0
+        steps = base * s
+        h = np.maximum(steps * step_scale, 0)
+        h[h == 0] = 1e-3
+        if arr.dtype.kind == "f":
+            with np.errstate(invalid="ignore"):  # at least a few ulps of the storage, or float16 rounds the step away
+                h = np.fmax(h, 8.0 * np.spacing(np.abs(x).astype(arr.dtype)).astype(np.float64))
+        return steps / base, h
+
+    if chosen is not None:
+        sc, h = fill(flat[np.asarray(chosen, dtype=np.int64)])
+        return _Chosen(chosen, sc), _Chosen(chosen, h)
+    scale, first = np.empty(flat.size), np.empty(flat.size)
+    for sl in _slices(flat.size):
+        scale[sl], first[sl] = fill(flat[sl])
+    return scale, first
+
+
+class _Chosen:
+    """Per-element values of a few chosen elements of a tensor, read and written by flat index like a whole array."""
+
+    def __init__(self, chosen, like, fill=None, dtype=np.float64):
+        self.pos = like.pos if isinstance(like, _Chosen) else {int(i): k for k, i in enumerate(chosen)}
+        self.data = np.asarray(like, dtype=dtype).copy() if fill is None else np.full(len(self.pos), fill, dtype=dtype)
+
+    def __getitem__(self, i):
+        if np.ndim(i):
+            return self.data[[self.pos[int(j)] for j in np.asarray(i).reshape(-1)]]
+        return self.data[self.pos[int(i)]]
+
+    def __setitem__(self, i, v):
+        self.data[self.pos[int(i)]] = v
 
 

@@ -23,6 +23,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from ..memory import chunk_for
 from .stencils import coordinate_scale
 
 __all__ = ["Noise", "estimate_noise", "function_noise", "NOISE_POINTS", "NOISE_STEP"]
@@ -94,8 +95,8 @@ def function_noise(evaluate: Callable[[], np.ndarray], point: Mapping[str, np.nd
     1/16 of the spacing must show at least a quarter of it, or no noise is
     reported. Cost: ``points`` evaluations (twice that for a noisy table).
     """
-    # (as int8: the table's memory stays about two copies of the point whatever its size)
-    signs = {k: rng.choice((-1.0, 1.0), size=a.shape).astype(np.int8) for k, a in point.items()}
+    # (as int8: the table's memory stays about one copy of the point, its saved values, whatever its size)
+    signs = {k: _signs(rng, a.shape) for k, a in point.items()}
     first = _table(evaluate, point, cotangent, signs, step, points)
     if first.relative <= significant or first.sigma == 0.0:
         return first
@@ -107,33 +108,66 @@ def function_noise(evaluate: Callable[[], np.ndarray], point: Mapping[str, np.nd
     return Noise(worse.sigma, worse.relative, worse.level, n)
 
 
+def _signs(rng: np.random.Generator, shape: tuple) -> np.ndarray:
+    """``rng.choice((-1, 1), size=shape)`` as int8, drawn a chunk at a time (the same values, no int64 temporary)."""
+    out = np.empty(shape, dtype=np.int8)
+    flat = out.reshape(-1)
+    step = chunk_for(flat.size)
+    for i in range(0, flat.size, step):
+        part = rng.integers(0, 2, size=min(step, flat.size - i))  # what choice draws: indices into (-1, 1)
+        np.multiply(part, 2, out=part)
+        np.subtract(part, 1, out=part)
+        flat[i:i + part.size] = part
+    return out
+
+
 def _table(evaluate, point, cotangent, signs, step, points) -> Noise:
-    """One difference table along the direction ``signs * step * scale``."""
+    """One difference table along the direction ``signs * step * scale``.
+
+    Each tensor is moved in place a chunk at a time from its saved copy
+    (the direction is formed per chunk, never held whole): memory one copy
+    of the point and the int8 signs.
+    """
     u = np.asarray(cotangent, dtype=np.float64)
     saved = {k: a.copy() for k, a in point.items()}
-    dirs = {}
+    scales = {}  # name -> the floor of each element's scale (finite tensors), None for coordinate_scale
     for k, a in point.items():
         if np.isfinite(a).all():
             x = a if a.dtype == np.float64 else a.astype(np.float64)
             rms = float(np.sqrt(np.vdot(x, x) / x.size)) if x.size else 0.0
-            d = np.empty(x.shape)  # the direction built in place: no temporaries the size of the tensor
-            np.abs(x, out=d)  # (into an array: np.abs of a 0-d array is a scalar)
-            np.maximum(d, 0.1 * rms if rms > 0 else 1.0, out=d)
-            np.multiply(d, signs[k], out=d)
-            np.multiply(d, step, out=d)
-            dirs[k] = d
+            scales[k] = 0.1 * rms if rms > 0 else 1.0
+            del x
         else:  # non-finite entries (a -inf mask) do not move
-            dirs[k] = signs[k] * coordinate_scale(a) * step
+            scales[k] = None
+
+    def move(k, a, t):
+        """``a`` set to ``saved + t * signs * step * max(|saved|, floor)`` (float64 arithmetic), chunk by chunk."""
+        x0, sg = saved[k].reshape(-1), signs[k].reshape(-1)
+        flat = a.reshape(-1) if a.flags.c_contiguous else None
+        if scales[k] is None:
+            d = signs[k] * coordinate_scale(a) * step  # (a tensor with non-finite entries: as given)
+            a[...] = saved[k].astype(np.float64) + t * d
+            return
+        step_ = chunk_for(x0.size)
+        for i in range(0, x0.size, step_):
+            x = x0[i:i + step_].astype(np.float64)
+            d = np.abs(x)
+            np.maximum(d, scales[k], out=d)
+            np.multiply(d, sg[i:i + step_], out=d)
+            np.multiply(d, step, out=d)
+            np.multiply(d, t, out=d)
+            np.add(d, x, out=d)
+            if flat is not None:
+                flat[i:i + step_] = d
+            else:
+                a[np.unravel_index(np.arange(i, i + d.size), a.shape)] = d
+
     values, mags = [], []
     half = points // 2
     try:
         for t in range(-half, points - half):
             for k, a in point.items():
-                if a.dtype == np.float64:
-                    np.multiply(dirs[k], t, out=a)
-                    np.add(a, saved[k], out=a)
-                else:
-                    a[...] = saved[k].astype(np.float64) + t * dirs[k]
+                move(k, a, t)
             y = np.asarray(evaluate(), dtype=np.float64)
             values.append(float(np.sum(u * y)))
             mags.append(float(np.sum(np.abs(u) * np.abs(y))))
@@ -143,3 +177,4 @@ def _table(evaluate, point, cotangent, signs, step, points) -> Noise:
     sigma, level = estimate_noise(values)
     mag = max(mags) if mags else 0.0
     return Noise(sigma, sigma / mag if mag > 0 else 0.0, level, points)
+

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterator
 from typing import Callable, Sequence
 
 import numpy as np
 
+from ..memory import chunk_for
 from .screen import jumps as jump_pair
 from .stencils import OK, Projector, _eps, default_step
 from .stepwalk import richardson, settle
 
-__all__ = ["Projection", "directional_mismatch", "directional_mismatches", "TaylorTest", "taylor_test"]
+__all__ = ["Projection", "directional_mismatch", "directional_mismatches", "TaylorTest", "taylor_test",
+           "direction_blocks", "UnitDirection", "ROWS_BYTES"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,13 +49,6 @@ class Projection:
     magnitude: float
     evaluations: int
     jump: bool = False
-
-
-def _moved(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The displacement ``a - b`` in float64, coordinates at +-inf or NaN (which do not move) set to zero."""
-    with np.errstate(invalid="ignore"):
-        disp = a.astype(np.float64, copy=False) - b.astype(np.float64, copy=False)
-    return disp if np.all(np.isfinite(disp)) else np.where(np.isfinite(disp), disp, 0.0)
 
 
 def _moved(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -111,6 +107,8 @@ def directional_mismatches(
     max_refinements: int = 20,
     evaluate_rows: Callable[[np.ndarray], np.ndarray] | None = None,
     noise: float = 0.0,
+    rows_bytes: int | None = None,
+    hold_bytes: int = 0,
 ) -> list[Projection]:
     """:func:`directional_mismatch` along each of ``directions``, the first levels evaluated together.
 
@@ -125,73 +123,93 @@ def directional_mismatches(
     :func:`~gradverify.references.elementwise.projected_gradients`.
 
     Cost: 4 evaluations per direction (more where unsettled; the first
-    direction also counts ``y0`` if it is not given). Memory: the points of
-    every direction are stored together only for ``evaluate_rows`` and
-    within :data:`ROWS_BYTES`; otherwise one copy of ``arr`` (to restore
-    it) and one direction at a time -- a direction may be any object
-    ``np.asarray`` draws on demand.
+    direction also counts ``y0`` if it is not given). Memory: one copy of
+    ``arr`` (to restore it) and chunks of a 64th of it at most -- a
+    direction is read a chunk at a time (:func:`direction_blocks`), so one
+    that is drawn again on demand is never held whole, unless its float64
+    values take at most ``hold_bytes`` (then it is drawn once per direction
+    and held while its levels run: faster). The points of every direction
+    are stored together only for ``evaluate_rows`` and within
+    ``rows_bytes`` (default :data:`ROWS_BYTES`), counting the directions and
+    displacements that path holds; otherwise one point at a time, in place.
     """
     proj = Projector(evaluate, cotangent, eval_dtype, noise)
     if y0 is None:
         y0 = proj.output()
     counted = proj.evaluations  # y0's evaluation goes to the first direction's count
-    g = np.asarray(grad, dtype=np.float64)
-    x0 = arr.copy()
-    x064 = x0 if x0.dtype == np.float64 else x0.astype(np.float64)
-    all_finite = bool(np.isfinite(x064).all())
-    finite = None if all_finite else np.isfinite(x064)
-    if all_finite:
-        rms = float(np.sqrt(np.vdot(x064, x064) / x064.size)) if x064.size else 0.0
-        top = max(float(np.max(x064)), -float(np.min(x064))) if x064.size else 0.0
-    else:  # non-finite entries (a -inf mask) neither move nor set the step
-        fin = x064[finite]
-        rms = float(np.sqrt(np.mean(fin * fin))) if fin.size else 0.0
-        top = float(np.max(np.abs(fin))) if fin.size else 0.0
+    flat = _Flat(arr)
+    x0 = arr.copy().reshape(-1)  # the values to restore (C order, as directions are read)
+    g = _flat_view(grad)
+    size = x0.size
+    all_finite = all(bool(np.isfinite(x0[sl]).all()) for sl in _chunks(size))
+    if all_finite and x0.dtype == np.float64:
+        rms = float(np.sqrt(np.vdot(x0, x0) / size)) if size else 0.0
+        top = max(float(np.max(x0)), -float(np.min(x0))) if size else 0.0
+    else:  # chunk by chunk in float64; non-finite entries (a -inf mask) neither move nor set the step
+        ss, count, top = 0.0, 0, 0.0
+        for sl in _chunks(size):
+            c = x0[sl].astype(np.float64)
+            if not all_finite:
+                c = c[np.isfinite(c)]
+            ss += float(np.dot(c, c))
+            count += c.size
+            top = max(top, float(np.max(np.abs(c)))) if c.size else top
+        rms = float(np.sqrt(ss / count)) if count else 0.0
     scale = rms if rms > 0 else 1.0
     floor = 64 * _eps(arr.dtype if arr.dtype.kind == "f" else np.float64) * max(top, 1e-300)
 
+    def blocks(direction):
+        """The direction's chunks ``(slice, float64 values)``, zero where ``x`` is not finite."""
+        for start, vb in direction_blocks(direction):
+            sl = slice(start, start + vb.size)
+            if not all_finite:
+                vb = np.where(np.isfinite(x0[sl]), vb, 0.0)  # a coordinate at +-inf or NaN does not move
+            yield sl, vb
+
     def plan(direction):
-        v = np.asarray(direction, dtype=np.float64)
-        if not all_finite:
-            v = np.where(finite, v, 0.0)  # a coordinate at +-inf or NaN does not move (see projected_gradients)
-        vv = float(np.vdot(v, v))
+        if 0 < size and 8 * size <= hold_bytes and not isinstance(direction, np.ndarray):
+            direction = np.asarray(direction, dtype=np.float64)  # held while its levels run: drawn once
+        vv = gv = vmax = 0.0
+        for sl, vb in blocks(direction):
+            vv += float(np.dot(vb, vb))
+            gv += float(np.dot(g[sl].astype(np.float64, copy=False), vb))
+            vmax = max(vmax, float(np.max(np.abs(vb)))) if vb.size else vmax
         if vv == 0.0:
             return None
-        t = default_step(np.ones(1), eval_dtype, "richardson")[0] * scale / float(np.sqrt(vv / v.size))
+        t = default_step(np.ones(1), eval_dtype, "richardson")[0] * scale / float(np.sqrt(vv / size))
         if arr.dtype.kind == "f":
-            t = max(t, 16.0 * _eps(arr.dtype) * scale / float(np.sqrt(vv / v.size)))
-        return v, vv, t
+            t = max(t, 16.0 * _eps(arr.dtype) * scale / float(np.sqrt(vv / size)))
+        return direction, vv, t, vmax, gv
 
-    def place(v, step):
-        """``arr`` moved in place to ``x + step v`` as stored in its dtype (float64 arithmetic, no temporary)."""
-        if arr.dtype == np.float64:
-            np.multiply(v, step, out=arr)
-            np.add(arr, x064, out=arr)
-        else:
-            for sl in _chunks(arr.size):
-                a = arr.reshape(-1)
-                a[sl] = v.reshape(-1)[sl] * step + x064.reshape(-1)[sl]
+    def place(direction, step, touched):
+        """``arr`` moved in place to ``x + step v`` as stored in its dtype; ``<v, d>``, ``<g, d>`` of the stored ``d``.
 
-    def displaced(v):
-        """``<v, d>`` and ``<g, d>`` for the displacement ``d = arr - x`` actually stored (chunked)."""
-        a, flat_v, flat_g, flat_x = arr.reshape(-1), v.reshape(-1), g.reshape(-1), x064.reshape(-1)
+        Chunk by chunk (float64 arithmetic, no temporary the size of the
+        tensor); the chunks written are recorded in ``touched``.
+        """
         dv = dg = 0.0
-        for sl in _chunks(a.size):
-            d = a[sl].astype(np.float64) - flat_x[sl] if all_finite else _moved(a[sl], flat_x[sl])
-            dv += float(np.dot(flat_v[sl], d))
-            dg += float(np.dot(flat_g[sl], d))
+        for sl, vb in blocks(direction):
+            touched.append(sl)
+            x = x0[sl].astype(np.float64, copy=False)
+            flat.set(sl, vb * step + x)
+            stored = flat.get(sl)
+            d = stored.astype(np.float64) - x if all_finite else _moved(stored, x0[sl])
+            dv += float(np.dot(vb, d))
+            dg += float(np.dot(g[sl].astype(np.float64, copy=False), d))
         return dv, dg
 
-    def level(step, v, vv):
+    def level(step, p):
         # x + step v and x - step v one at a time, in place: memory one copy of the tensor (x0)
+        direction, vv = p[0], p[1]
         sides = []
         for st in (step, -step):
-            place(v, st)
+            touched: list = []
             try:
-                y = proj.output()
-                sides.append((y, *displaced(v)))
+                moved = place(direction, st, touched)
+                sides.append((proj.output(), *moved))
             finally:
-                arr[...] = x0
+                for sl in touched:
+                    flat.set(sl, x0[sl])
         (yp, vp, gp), (ym, vm, gm) = sides
         if collect:
             seen.append((yp, ym))
@@ -202,7 +220,10 @@ def directional_mismatches(
         # [7] whether any output moved
         return (None, s, None, -s, num - ana, noise_, mag, not np.array_equal(yp, ym))
 
-    together = evaluate_rows is not None and 4 * len(directions) * max(arr.nbytes, 8 * arr.size) <= ROWS_BYTES
+    limit = ROWS_BYTES if rows_bytes is None else rows_bytes
+    # the rows (4 per direction, in arr's dtype), the directions and the displacements in float64
+    together = evaluate_rows is not None and 4 * len(directions) * max(arr.nbytes, 8 * size) + \
+        3 * len(directions) * 8 * size <= limit
     first_levels = {}  # direction -> its levels at t and t/2
     jumps = {}  # direction -> whether its first steps straddle a jump
     seen: list = []  # the outputs (y+, y-) of levels computed one at a time, while ``collect`` is set
@@ -210,30 +231,35 @@ def directional_mismatches(
     base = np.asarray(y0, dtype=np.float64).reshape(-1)
     plans = []
     if together:
-        plans = [plan(d) for d in directions]
+        plans = [plan(np.asarray(d, dtype=np.float64)) for d in directions]
         steps = [(k, s) for k, p in enumerate(plans) if p is not None
                  for s in (p[2], -p[2], p[2] / 2, -p[2] / 2)]
         if steps:
-            first_levels, jumps = _first_levels_together(arr, x064, g, plans, steps, evaluate_rows, proj, y0)
+            x064 = x0.astype(np.float64, copy=False).reshape(arr.shape)
+            vs = [None if p is None else (p[0] if all_finite else np.where(np.isfinite(x064), p[0], 0.0))
+                  for p in plans]
+            first_levels, jumps = _first_levels_together(arr, x064, np.asarray(grad, dtype=np.float64), vs, plans,
+                                                         steps, evaluate_rows, proj, y0)
+            del x064, vs
     out = []
     for k, direction in enumerate(directions):
         before = proj.evaluations
-        p = plans[k] if together else plan(direction)  # one direction at a time: drawn again where lazy
+        p = plans[k] if together else plan(direction)  # one direction at a time
         if p is None:
             out.append(Projection(0.0, 0.0, 0.0, 0.0, 0.0, counted))
             counted = 0
             continue
-        v, vv, t = p
+        t, vmax, analytic = p[2], p[3], p[4]
         first = first_levels.get(k)
         if first is None:
-            first = [level(t, v, vv), level(t / 2, v, vv)]
+            first = [level(t, p), level(t / 2, p)]
             if judge is not None and judge(k, *richardson(*first)) != OK:
                 # Only a probe that looks wrong is looked at for a jump beside the point (see
                 # screen.jump_side): its first levels again, their outputs kept (4 evaluations).
                 collect = True
                 seen.clear()
-                level(t, v, vv)
-                level(t / 2, v, vv)
+                level(t, p)
+                level(t / 2, p)
                 collect = False
                 (yp1, ym1), (yp2, ym2) = ([np.asarray(y, dtype=np.float64).reshape(1, -1) for y in pair]
                                           for pair in seen[:2])
@@ -242,21 +268,19 @@ def directional_mismatches(
                 jumps[k] = bool(jr[0] or jl[0])
         mismatch, error = richardson(*first)
         if jumps.get(k):
-            analytic = float(np.vdot(g, v))
             out.append(Projection(analytic, analytic + mismatch, mismatch, math.inf, first[1][6] / scale,
                                   counted + (4 if together else 0) + proj.evaluations - before, jump=True))
             counted = 0
             continue
         if judge is not None and judge(k, mismatch, error) != OK:
-            floor_t = floor / max(float(np.max(v)), -float(np.min(v)))
-            mismatch, error, _ = settle(lambda st, v=v, vv=vv: level(st, v, vv), first, t, floor_t,
+            floor_t = floor / vmax
+            mismatch, error, _ = settle(lambda st, p=p: level(st, p), first, t, floor_t,
                                          lambda m, e, k=k: judge(k, m, e), max_refinements)
-        analytic = float(np.vdot(g, v))
         used = counted + (4 if together else 0) + proj.evaluations - before
         counted = 0
         out.append(Projection(analytic, analytic + mismatch, mismatch, error, first[1][6] / scale, used))
         if not together:
-            del v, p
+            del p
     return out
 
 
@@ -266,14 +290,70 @@ def directional_mismatches(
 #: number of directions).
 ROWS_BYTES = 32 * 2**20
 
-_CHUNK = 1 << 16
-
-
 def _chunks(n: int):
-    return (slice(i, min(i + _CHUNK, n)) for i in range(0, n, _CHUNK))
+    """The chunks of a pass over ``n`` elements (:func:`~gradverify.memory.chunk_for`: a 64th of them, bounded)."""
+    step = chunk_for(n)
+    return (slice(i, min(i + step, n)) for i in range(0, n, step))
 
 
-def _first_levels_together(arr, x064, g, plans, steps, evaluate_rows, proj, y0) -> dict:
+def direction_blocks(direction) -> Iterator[tuple[int, np.ndarray]]:
+    """A direction's flat values (C order) as ``(start, float64 chunk)`` pairs, in the chunks of :func:`_chunks`.
+
+    An object with a ``blocks()`` method gives its own (drawn again on
+    demand, or nonzero only on part of the tensor: the elements it skips
+    are zero); anything else is read through ``np.asarray``.
+    """
+    own = getattr(direction, "blocks", None)
+    if own is not None:
+        yield from own()
+        return
+    v = np.asarray(direction, dtype=np.float64).reshape(-1)
+    for sl in _chunks(v.size):
+        yield sl.start, v[sl]
+
+
+class UnitDirection:
+    """The direction of one element (flat ``index``) of a tensor of ``shape``, never held as a dense array."""
+
+    def __init__(self, shape: tuple, index: int):
+        self.shape = tuple(shape)
+        self.index = int(index)
+
+    def blocks(self):
+        yield self.index, np.ones(1)
+
+    def __array__(self, dtype=None, copy=None):
+        v = np.zeros(self.shape)
+        v.reshape(-1)[self.index] = 1.0
+        return v if dtype is None else v.astype(dtype, copy=False)
+
+
+def _flat_view(a: np.ndarray) -> np.ndarray:
+    """``a``'s elements in C order, a view where ``a`` is C-contiguous (a copy otherwise)."""
+    a = np.asarray(a)
+    return a.reshape(-1) if a.flags.c_contiguous else np.ravel(a)
+
+
+class _Flat:
+    """Chunked reads and writes of an array's elements in C order, whatever its memory layout."""
+
+    def __init__(self, arr: np.ndarray):
+        self.arr = arr
+        self.flat = arr.reshape(-1) if arr.flags.c_contiguous else None
+
+    def get(self, sl: slice) -> np.ndarray:
+        if self.flat is not None:
+            return self.flat[sl]
+        return self.arr[np.unravel_index(np.arange(sl.start, sl.stop), self.arr.shape)]
+
+    def set(self, sl: slice, values) -> None:
+        if self.flat is not None:
+            self.flat[sl] = values
+        else:
+            self.arr[np.unravel_index(np.arange(sl.start, sl.stop), self.arr.shape)] = values
+
+
+def _first_levels_together(arr, x064, g, vs, plans, steps, evaluate_rows, proj, y0) -> dict:
     """The first two levels of every direction from one vectorised call, and which directions straddle a jump."""
     # Every displaced point x + s v at once, as stored in arr's dtype (in
     # place: large temporaries cost more than the arithmetic).
@@ -281,7 +361,7 @@ def _first_levels_together(arr, x064, g, plans, steps, evaluate_rows, proj, y0) 
     row = np.empty(arr.shape) if arr.dtype != np.float64 else None
     for b, (k, st) in enumerate(steps):
         out_row = stored[b, ...] if row is None else row  # a view, also for a 0-d arr
-        np.multiply(plans[k][0], st, out=out_row)
+        np.multiply(vs[k], st, out=out_row)
         np.add(out_row, x064, out=out_row)
         if row is not None:
             stored[b] = row
@@ -292,7 +372,7 @@ def _first_levels_together(arr, x064, g, plans, steps, evaluate_rows, proj, y0) 
     # each pair of rows, its step along v and the analytic <g, d>.
     pairs = len(steps) // 2
     disp = _moved(stored[0::2], stored[1::2]).reshape(pairs, -1)
-    vrows = np.stack([plans[k][0].reshape(-1) for k, _ in steps[0::4]])
+    vrows = np.stack([vs[k].reshape(-1) for k, _ in steps[0::4]])
     vvs = np.array([plans[k][1] for k, _ in steps[0::4]])
     along = np.einsum("kpj,kj->kp", disp.reshape(len(vrows), 2, -1), vrows).reshape(-1) / np.repeat(vvs, 2)
     ana = (disp @ g.reshape(-1)) / along
@@ -354,7 +434,9 @@ def taylor_test(
 
     Starts at a displacement of 1% of the tensor's scale and halves it
     ``levels - 1`` times; ``arr`` is moved in place and restored bit for
-    bit, and the displacement actually stored enters ``<g, d>``. A wrong
+    bit, and the displacement actually stored enters ``<g, d>``. Memory:
+    the direction (read through :func:`direction_blocks`: a
+    :class:`UnitDirection` is one element) and the values it moves. A wrong
     gradient shows rate 1 once ``h`` is small enough for the linear error
     to beat the curvature; a right one keeps rate 2 until rounding. Cost:
     ``levels`` evaluations (+1 if ``y0`` is not given).
@@ -362,27 +444,32 @@ def taylor_test(
     proj = Projector(evaluate, cotangent, eval_dtype, noise)
     if y0 is None:
         y0 = proj.output()
-    v = np.asarray(direction, dtype=np.float64)
-    g = np.asarray(grad, dtype=np.float64)
-    x0 = arr.copy()
-    x064 = x0.astype(np.float64)
-    vmax = float(np.max(np.abs(v))) if v.size else 0.0
+    flat, g = _Flat(arr), _flat_view(grad)
+    # the direction's chunks and the values they move, saved to restore (the direction's support only:
+    # one element for a UnitDirection)
+    parts = [(slice(start, start + vb.size), vb, flat.get(slice(start, start + vb.size)).copy())
+             for start, vb in direction_blocks(direction)]
+    vmax = max((float(np.max(np.abs(vb))) for _, vb, _ in parts if vb.size), default=0.0)
     if vmax == 0.0:
         return TaylorTest((), (), (), None, proj.evaluations)
-    nz = np.abs(x064[v != 0])
-    scale = float(np.max(nz)) if nz.size and np.max(nz) > 0 else 1.0
+    scale = max((float(np.max(np.abs(x0[vb != 0].astype(np.float64)))) for _, vb, x0 in parts if np.any(vb != 0)),
+                default=0.0) or 1.0
     h = 1e-2 * scale / vmax
     steps, rems, noise = [], [], []
     for _ in range(levels):
-        arr[...] = x064 + h * v
-        d = arr.astype(np.float64) - x064
+        gd = 0.0
         try:
+            for sl, vb, x0 in parts:
+                x = x0.astype(np.float64)
+                flat.set(sl, x + h * vb)
+                gd += float(np.dot(g[sl].astype(np.float64, copy=False), flat.get(sl).astype(np.float64) - x))
             y = proj.output()
         finally:
-            arr[...] = x0
+            for sl, _, x0 in parts:
+                flat.set(sl, x0)
         num, n, _ = proj.diff(y, y0, 1.0, 0.0)
         steps.append(h)
-        rems.append(abs(num - float(np.vdot(g, d))))
+        rems.append(abs(num - gd))
         noise.append(n)
         h /= 2
     rates = []

@@ -116,12 +116,13 @@ def screen(evaluate_batch, name, arr, order, first_steps, proj, y0, batch_bytes,
     Evaluations go through ``evaluate_batch`` in chunks where given, else
     ``arr`` is moved in place; they are counted on ``proj``.
     """
-    x = np.ascontiguousarray(arr).reshape(-1).astype(np.float64)
     idx_all = np.asarray(order, dtype=np.int64)
-    h = np.array([first_steps[int(i)] for i in order]) / SCREEN_STEP_DIVISOR
+    flat_arr = arr.reshape(-1) if arr.flags.c_contiguous else np.ravel(arr)
+    x0 = flat_arr[idx_all].astype(np.float64)
+    h = (first_steps[idx_all] if isinstance(first_steps, np.ndarray) else
+         np.array([first_steps[int(i)] for i in order])) / SCREEN_STEP_DIVISOR
     if arr.dtype.kind == "f":
-        h = np.fmax(h, 8.0 * np.spacing(np.abs(x[idx_all]).astype(arr.dtype)).astype(np.float64))  # inf: no spacing
-    x0 = x[idx_all]
+        h = np.fmax(h, 8.0 * np.spacing(np.abs(x0).astype(arr.dtype)).astype(np.float64))  # inf: no spacing
     values = np.stack([x0 + h, x0 - h], axis=1).astype(arr.dtype)  # (n, 2) as stored
     actual = values.astype(np.float64) - x0[:, None]
     out_size = int(np.prod(y0.shape))
@@ -129,8 +130,11 @@ def screen(evaluate_batch, name, arr, order, first_steps, proj, y0, batch_bytes,
     u = proj.u.reshape(-1)
     out = {k: np.empty(len(order)) for k in ("value", "noise", "left", "right", "sensitivity")}
     out["flat"] = np.zeros(len(order), dtype=bool)  # no output moved on either side
-    # a chunk of outputs at a time (at most batch_bytes), reduced before the next
-    chunk = max(1, batch_bytes // max(1, 8 * out_size * 2))
+    # a chunk of outputs at a time (at most batch_bytes), reduced before the next; evaluated one by one, a
+    # chunk gains nothing from size: a few rows, at most a 64th of the tensor's bytes in outputs
+    row = 8 * out_size * 2
+    chunk = max(1, batch_bytes // max(1, row)) if evaluate_batch is not None else \
+        max(1, min(64, batch_bytes // max(1, row), (8 * arr.size) // (64 * max(1, row))))
     for start in range(0, len(order), chunk):
         sl = slice(start, start + chunk)
         n = len(idx_all[sl])
@@ -172,7 +176,7 @@ def first_pass_batched(evaluate_batch, name, arr, order, first_steps, out_shape,
     per_element = 4
     out_size = int(np.prod(out_shape))
     chunk = max(1, batch_bytes // max(1, 8 * out_size * per_element))
-    x = np.ascontiguousarray(arr).reshape(-1).astype(np.float64)
+    flat_arr = arr.reshape(-1) if arr.flags.c_contiguous else np.ravel(arr)
     u = proj.u.reshape(-1)
     absu = proj.absu.reshape(-1)
     signs = np.array([1.0, -1.0, 0.5, -0.5])
@@ -182,8 +186,9 @@ def first_pass_batched(evaluate_batch, name, arr, order, first_steps, out_shape,
         part = np.asarray(order[start:start + chunk], dtype=np.int64)
         n = len(part)
         idx = np.repeat(part, per_element)
-        x0 = x[idx]
-        h = np.repeat([first_steps[int(i)] for i in part], per_element)
+        x0 = flat_arr[idx].astype(np.float64)
+        h = np.repeat(first_steps[part] if isinstance(first_steps, np.ndarray) else
+                      [first_steps[int(i)] for i in part], per_element)
         values = (x0 + np.tile(signs, n) * h).astype(arr.dtype)
         actual = (values.astype(np.float64) - x0).reshape(n, per_element)
         ys = np.asarray(evaluate_batch(name, idx, values), dtype=np.float64).reshape(n, per_element, out_size)
