@@ -28,7 +28,7 @@ SAFETY = 0.5
 
 #: Working memory a stage may take whatever the inputs' size (below it, memory is not worth time): rows
 #: evaluated together, chunks of outputs. Above it, such buffers are bounded by the inputs' size too.
-WORKING_FLOOR = 4 * 2**20
+WORKING_FLOOR = 8 * 2**20
 
 
 def available_bytes() -> int | None:
@@ -73,8 +73,10 @@ def budget(want: int, *, least: int = 0, what: str = "this stage", instead: str 
 def chunk_for(size: int) -> int:
     """Elements per chunk of a chunked pass over a tensor of ``size`` elements.
 
-    A 64th of the tensor, between 1024 and 65536 elements: each temporary
-    of a pass is at most 1/64 of the tensor (or 8 KiB), and a pass over a
-    large tensor takes at most a few thousand numpy calls.
+    A 64th of the tensor, between 8192 and 65536 elements: each temporary
+    of a pass is at most 1/64 of the tensor (or 64 KiB), and a pass over a
+    large tensor takes at most a few thousand numpy calls. (A floor of 1024
+    made a pass over a 20,000-weight matrix 20 rounds of numpy calls: the
+    noise table alone cost more than the rest of a fast check.)
     """
-    return int(min(1 << 16, max(1 << 10, size // 64)))
+    return int(min(1 << 16, max(1 << 13, size // 64)))
