@@ -15,6 +15,13 @@ JAX), the finite differences run in the caller's dtype, with a warning.
 
 Output trees (tuples, dicts, any pytree) are flattened in JAX's own leaf
 order; integer leaves get ``float0`` cotangents.
+
+Everything is evaluated under ``jax.jit`` (batches under ``jax.jit(jax.vmap)``),
+and the compiled callables are kept per function across checks
+(:data:`_COMPILED`): a second check of the same function with inputs of the
+same shapes traces and compiles nothing (``docs/frameworks.md``, "JAX code
+under test: compilation"; JAX's persistent compilation cache, where the
+caller set one, carries them across processes).
 """
 
 from __future__ import annotations
