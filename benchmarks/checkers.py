@@ -16,8 +16,10 @@ Run by hand from the repository root (no timed assertions anywhere in the tests)
 A thin command line over :mod:`gradverify.checkers` (the library the report
 calls): the same tanh MLP (batch 8, float64) as a torch and a JAX function,
 timed with every checker (median / min / max wall time of repeated runs
-after a warm-up, and the median process CPU time, which other load on the
-machine disturbs less), then the detection table (a 0.1% error in one
+after a warm-up, the median process CPU time, which other load on the
+machine disturbs less, and the warm-up itself: the first check of a fresh
+function, compilations included; later checks of the same function reuse
+them), then the detection table (a 0.1% error in one
 weight element; a ~1e-3 approximation mismatch in the tanh derivative) and
 the localisation of one wrong element among ~20,000 parameters by fast
 mode. Threads are pinned to one before numpy, torch or jax is imported; the
@@ -50,25 +52,26 @@ def _fmt(v, spec=".4g"):
 
 
 def timing_table(rows) -> str:
-    head = f"{'method':<26}{'P':>7}{'median s':>11}{'min s':>10}{'max s':>10}{'cpu s':>10}{'runs':>5}" \
-           f"{'evals':>8}{'passed':>8}  note"
+    head = f"{'method':<26}{'P':>7}{'median s':>11}{'min s':>10}{'max s':>10}{'cpu s':>10}{'first s':>10}" \
+           f"{'runs':>5}{'evals':>8}{'passed':>8}  note"
     out = [head, "-" * len(head)]
     for r in rows:
         if r["status"] != "measured":
-            out.append(f"{r['method']:<26}{r['params']:>7}{r['status']:>11}{'':>43}  {r['note']}")
+            out.append(f"{r['method']:<26}{r['params']:>7}{r['status']:>11}{'':>53}  {r['note']}")
             continue
         out.append(f"{r['method']:<26}{r['params']:>7}{_fmt(r['seconds']):>11}{_fmt(r['min']):>10}"
-                   f"{_fmt(r['max']):>10}{_fmt(r['cpu_seconds']):>10}{r['runs']:>5}{_fmt(r['evaluations'], 'd'):>8}"
+                   f"{_fmt(r['max']):>10}{_fmt(r['cpu_seconds']):>10}{_fmt(r.get('first')):>10}{r['runs']:>5}"
+                   f"{_fmt(r['evaluations'], 'd'):>8}"
                    f"{str(r['passed']):>8}  {r['note']}")
     return "\n".join(out)
 
 
 def ratio_table(rows) -> str:
-    """gradverify / torch per size: full vs gradcheck slow, fast vs gradcheck fast."""
+    """Ratios per size: gradverify against gradcheck and check_grads, and full mode on JAX against torch."""
     by = {(r["method"], r["params"]): r for r in rows if r["status"] == "measured"}
     sizes = sorted({r["params"] for r in rows})
     pairs = (("gradverify full (torch)", "torch gradcheck"), ("gradverify fast (torch)", "torch gradcheck fast"),
-             ("gradverify fast (jax)", "jax check_grads"))
+             ("gradverify fast (jax)", "jax check_grads"), ("gradverify full (jax)", "gradverify full (torch)"))
     out = [f"{'ratio (median wall; cpu)':<50}" + "".join(f"{p:>16}" for p in sizes)]
     for a, b in pairs:
         cells = []

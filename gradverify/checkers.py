@@ -695,7 +695,7 @@ def time_checkers(params: Sequence[int] = DEFAULT_PARAMS, methods: Sequence[str]
     ``params``, ``width``, ``status`` (``"measured"``/``"not measured"``/
     ``"skipped"``), ``seconds`` (median wall time), ``min``, ``max``,
     ``cpu_seconds`` (median process CPU time, less disturbed by other load),
-    ``runs``, ``evaluations`` (of the last run; what it counts is in
+    ``first`` (the warm-up: the first, cold check of a fresh function, compilations included), ``runs``, ``evaluations`` (of the last run; what it counts is in
     ``evaluations_are``), ``passed`` (every run's verdict on this correct
     MLP), ``note``. Cost: about ``len(params) * len(methods) * budget_s``
     at most.
@@ -710,7 +710,7 @@ def time_checkers(params: Sequence[int] = DEFAULT_PARAMS, methods: Sequence[str]
         live = []
         for m in chosen:
             row = {"method": m.name, "framework": m.framework, "params": mlp.size, "width": mlp.width,
-                   "status": "measured", "seconds": None, "min": None, "max": None, "cpu_seconds": None,
+                   "status": "measured", "seconds": None, "min": None, "max": None, "cpu_seconds": None, "first": None,
                    "runs": 0, "evaluations": None, "evaluations_are": m.evaluations, "passed": None, "note": ""}
             rows.append(row)
             if not _available(m.framework):
@@ -729,6 +729,7 @@ def time_checkers(params: Sequence[int] = DEFAULT_PARAMS, methods: Sequence[str]
             say(f"P={mlp.size:>6} {m.name}: warm-up")
             run = m.prepare(mlp, None, seed)
             wall, _, passed, evals = _timed(run)
+            row["first"] = wall
             if wall > budget_s:
                 stopped[m.name] = f"warm-up took {wall:.3g} s > budget {budget_s:g} s"
                 row.update(status="not measured", note=stopped[m.name], passed=passed, evaluations=evals)

@@ -351,3 +351,128 @@ def test_code_that_cannot_be_jitted_falls_back_with_a_warning():
     result = gv.check(branchy, (jnp.linspace(0.1, 1.0, 5),), vjp=lambda g, x: (g * jnp.cos(x),))
     assert result.passed and result.reference == "fd"
     assert any("could not be compiled with jax.jit" in w and "ran eagerly" in w for w in result.warnings)
+
+
+# ---------------------------------------------------------------------------
+# issue 16: compiled callables shared by the checks of one function (no timing here: benchmarks/checkers.py)
+# ---------------------------------------------------------------------------
+
+def _traced(c=1.0):
+    """A plain JAX function that counts its traces: its Python body runs only when JAX traces it.
+
+    ``traces`` records, per trace, whether the argument was a batch (a
+    ``jax.vmap`` inside the compiled call) or not.
+    """
+    traces = []
+
+    def f(x):
+        traces.append(type(x).__name__ == "BatchTracer")
+        return c * jnp.sin(x) * x
+
+    return f, traces
+
+
+@pytest.fixture
+def fresh_cache(monkeypatch):
+    """An empty cache of compiled callables for this test (the module's own left as it was)."""
+    import collections
+
+    from gradverify.frameworks import _jax as J
+
+    monkeypatch.setattr(J, "_COMPILED", collections.OrderedDict())
+    return J
+
+
+def test_a_second_check_of_the_same_function_traces_nothing(fresh_cache, monkeypatch):
+    # (small requests stay loops on later checks too: only the compiled callables of the first are reused)
+    monkeypatch.setattr(fresh_cache.JaxFunctionTarget, "warm_batch_min_rows", 10**9)
+    f, traces = _traced()
+    x = jnp.asarray(_np(50, 2500), dtype=jnp.float32)   # 2500 elements: a full check batches from the start
+    first = gv.check(f, (x,), mode="full")
+    assert first.passed and first.mode == "full", str(first)
+    n = len(traces)
+    assert n > 0 and any(traces), "the first check traced no batched call"
+    again = gv.check(f, (x,), mode="full")
+    assert again.passed and len(traces) == n, f"{len(traces) - n} new trace(s) on the second check"
+
+
+def test_small_requests_are_batched_once_the_function_was_checked(fresh_cache):
+    f, traces = _traced()
+    x = jnp.asarray(_np(51, 3, 4), dtype=jnp.float32)
+    gv.check(f, (x,), mode="fast")
+    assert traces and not any(traces), "a first check compiled a batch call for 16 rows"
+    n = len(traces)
+    second = gv.check(f, (x,), mode="fast")         # seen before: its 16-row probe requests are vmapped
+    assert second.passed and any(traces[n:]) and not any(not b for b in traces[n:])
+    n = len(traces)
+    third = gv.check(f, (x,), mode="fast")
+    assert third.passed and len(traces) == n, "the third check traced again"
+    assert third.evaluations == second.evaluations
+
+
+def test_each_input_shape_compiles_once(fresh_cache, monkeypatch):
+    monkeypatch.setattr(fresh_cache.JaxFunctionTarget, "warm_batch_min_rows", 10**9)  # loops only: one trace each
+    f, traces = _traced()
+    seen = set()
+    for shape in ((5,), (7,), (5,), (7,)):
+        before = len(traces)
+        assert gv.check(f, (jnp.asarray(_np(52, *shape)),), mode="full").passed
+        assert (len(traces) > before) == (shape not in seen), f"shape {shape}: {len(traces) - before} trace(s)"
+        seen.add(shape)
+
+
+def test_closures_over_different_values_are_kept_apart(fresh_cache):
+    # same code, different captured constant: each function object gets its own compiled callables (the
+    # finite differences, against a correct vjp -- one vjp object for all -- would fail on another's evaluations)
+    x = jnp.asarray(_np(53, 6))
+    current = []
+
+    def vjp(g, x):
+        return (g * current[-1] * (jnp.cos(x) * x + jnp.sin(x)),)
+
+    for c in (1.0, 3.0, -2.0):
+        current.append(c)
+        f, _ = _traced(c)
+        r = gv.check(f, (x,), vjp=vjp, mode="full", against="fd")
+        assert r.passed, f"c={c}: {r}"
+
+    # one function, a pass-through argument baked into the trace: another value is another compilation
+    def scaled(x, c):
+        return c * jnp.sin(x)
+
+    def scaled_vjp(g, x, c):
+        return g * c * jnp.cos(x), None
+
+    for c in (2.0, 5.0, 2.0):
+        r = gv.check(scaled, (x, c), vjp=scaled_vjp, mode="full", against="fd")
+        assert r.passed, f"c={c}: {r}"
+
+
+def test_the_cache_keeps_no_input_alive_and_is_bounded(fresh_cache):
+    import gc
+    import weakref
+
+    f, _ = _traced()
+    params = {"W": jnp.asarray(_np(54, 4, 3)), "b": jnp.asarray(_np(55, 3))}
+    refs = [weakref.ref(v) for v in params.values()]
+    assert gv.check(lambda p: f(p["W"]) + p["b"], (params,)).passed
+    del params
+    gc.collect()
+    assert all(r() is None for r in refs), "the cache of compiled callables holds the caller's arrays"
+
+    n = fresh_cache.COMPILED_CACHE_SIZE
+    for _ in range(n + 3):
+        g, _ = _traced()
+        gv.check(g, (jnp.asarray(_np(56, 3)),), mode="fast")
+    assert len(fresh_cache._COMPILED) == n
+
+
+def test_code_that_cannot_be_jitted_still_runs_eagerly_on_later_checks(fresh_cache):
+    def branchy(x):
+        if float(jnp.sum(x)) > 0:
+            return jnp.sin(x)
+        return jnp.cos(x)
+
+    for _ in range(2):
+        result = gv.check(branchy, (jnp.linspace(0.1, 1.0, 5),), vjp=lambda g, x: (g * jnp.cos(x),))
+        assert result.passed and any("could not be compiled with jax.jit" in w for w in result.warnings)

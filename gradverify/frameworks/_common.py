@@ -189,7 +189,7 @@ class BatchedEvaluation:
 
     def _batched(self, name: str, n: int, vectorised, loop) -> np.ndarray:
         status, fallbacks = self._batch_memo()
-        if status.get(name) is not False and n >= max(1, self.batch_min_rows):
+        if status.get(name) is not False and n >= max(1, self._min_rows(name)):
             try:
                 step = self._rows_per_call(name)
                 parts = [np.asarray(vectorised(slice(s, s + step))) for s in range(0, n, step)]
@@ -208,6 +208,10 @@ class BatchedEvaluation:
                 status[name] = False
                 fallbacks[name] = why
         return loop(slice(None))
+
+    def _min_rows(self, name: str) -> int:
+        """Requests for ``name`` of fewer rows run as a loop: :attr:`batch_min_rows` (JAX: lower once compiled)."""
+        return self.batch_min_rows
 
     def _rows_per_call(self, name: str) -> int:
         """Rows of one vectorised call: copies of ``point[name]`` within :attr:`batch_input_bytes`."""

@@ -15,6 +15,13 @@ JAX), the finite differences run in the caller's dtype, with a warning.
 
 Output trees (tuples, dicts, any pytree) are flattened in JAX's own leaf
 order; integer leaves get ``float0`` cotangents.
+
+Everything is evaluated under ``jax.jit`` (batches under ``jax.jit(jax.vmap)``),
+and the compiled callables are kept per function across checks
+(:data:`_COMPILED`): a second check of the same function with inputs of the
+same shapes traces and compiles nothing (``docs/frameworks.md``, "JAX code
+under test: compilation"; JAX's persistent compilation cache, where the
+caller set one, carries them across processes).
 """
 
 from __future__ import annotations
@@ -22,25 +29,79 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ..errors import ShapeMismatch
 from ..layers import call_user
-from ._common import BatchedEvaluation, FrameworkFunctionTarget
+from ._common import Arg, BatchedEvaluation, FrameworkFunctionTarget
 
 __all__ = ["JaxFunctionTarget", "is_jax_array", "x64_context"]
 
 
-#: Compiled callables shared by the checks of one process: (role, code, argument layout) -> the
-#: ``jax.jit`` object (its own cache holds one executable per shape and dtype), or the reason the code
-#: cannot be jitted. Repeated checks of the same function (``examples=``, a test suite) compile once.
-_COMPILED: "collections.OrderedDict[tuple, Any]" = collections.OrderedDict()
-#: Entries kept in :data:`_COMPILED` (least recently used dropped first).
-COMPILED_CACHE_SIZE = 32
+#: Compiled callables shared by the checks of one process, per function: the code's key (see
+#: :meth:`JaxFunctionTarget._code_key`) -> :class:`_Compiled`, least recently used first. Repeated checks
+#: of the same function (``examples=``, a test suite) trace and compile nothing again.
+_COMPILED: collections.OrderedDict[tuple, _Compiled] = collections.OrderedDict()
+#: Functions kept in :data:`_COMPILED` (the least recently checked dropped first): the cache holds these
+#: functions, their pass-through arguments and XLA's executables alive, never a check's arrays.
+COMPILED_CACHE_SIZE = 16
+
+
+class _Code:
+    """The code under test and its argument layout, holding no array of a check: what compiled callables close over.
+
+    A compiled callable outlives its check in :data:`_COMPILED`; closing
+    over this rather than the target keeps the check's copies of the inputs
+    (and the caller's arrays in its argument trees) out of the cache. Its
+    pass-through arguments and non-array tree leaves are held, so the ids
+    in the cache key stay theirs.
+    """
+
+    build_call = FrameworkFunctionTarget.build_call
+    call_user = FrameworkFunctionTarget.call_user
+
+    def __init__(self, target: JaxFunctionTarget):
+        self.user_fn = target.user_fn
+        self.args = [Arg(a.name, a.keyword, a.kind, obj=a.obj, flat=a.flat, rebuild=a.rebuild,
+                         leaves=[None if f is not None else leaf for f, leaf in zip(a.flat, a.leaves)])
+                     for a in target.args]
+        self.complex_inputs = frozenset(target.complex_inputs)
+
+    def framework_values(self, values: dict) -> dict:
+        """Arrays by input name as the code gets them: complex inputs from their real views (traceable)."""
+        return {n: (_complex_of(v) if n in self.complex_inputs else v) for n, v in values.items()}
+
+
+class _Compiled:
+    """What one function's checks share: compiled callables by role, and which input signatures were checked.
+
+    Attributes:
+        code: the :class:`_Code` the callables close over.
+        roles: role -> the ``jax.jit`` object (its own cache holds one
+            executable per shape and dtype), or the reason the code cannot
+            be jitted (a str): ``"call"``, ``"autodiff"``, ``("element",
+            name)``, ``("rows", name)``.
+        seen: the input signatures (names, shapes, dtypes) checked so far.
+        random: input signature -> :meth:`JaxFunctionTarget.random_draws`'s answer.
+        custom: input signature -> whether the code calls a ``custom_vjp``/``custom_jvp``.
+        inlined: the :class:`~gradverify.frameworks._jax_primal.InlinedPrimal` of the
+            function (one object across checks, so its own compiled callables are reused).
+    """
+
+    __slots__ = ("code", "custom", "inlined", "random", "roles", "seen")
+
+    def __init__(self, code: _Code):
+        self.code = code
+        self.roles: dict = {}
+        self.seen: set = set()
+        self.random: dict = {}
+        self.custom: dict = {}
+        self.inlined: Any = None
 
 
 def _real_view(a: np.ndarray) -> np.ndarray:
@@ -111,24 +172,41 @@ class JaxFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
     """A JAX function (see the module docstring).
 
     Cost per evaluation: one call of ``fn`` on float64 arrays, compiled with
-    ``jax.jit`` (once per dtype) whether or not the caller jitted it: run
-    eagerly, every primitive of ``fn`` compiles on its first use in each
-    dtype (~0.1 s each), so a small custom_vjp attention took ~9 s per check
-    eagerly and 0.6 s jitted. The analytic pass is one ``jax.vjp`` in the
-    caller's dtype, jitted likewise. Code that cannot be traced (Python
-    control flow on values, numpy calls on traced arrays) runs eagerly, with
-    a warning. Full checks evaluate the
-    perturbations of an input in batches, ``jax.jit(jax.vmap(fn))`` under
-    the same scoped 64-bit mode (one compilation per input: batches are
-    padded to one power-of-two size), falling back to a plain loop where
-    ``fn`` cannot be traced (:class:`~gradverify.frameworks._common.BatchedEvaluation`).
+    ``jax.jit`` whether or not the caller jitted it (run eagerly, every
+    primitive of ``fn`` compiles on its first use in each dtype, ~0.1 s
+    each: a small custom_vjp attention took ~9 s per check eagerly and 0.6 s
+    jitted), the numpy arguments handed to the compiled call as they are (no
+    per-array conversion). The analytic pass is one ``jax.vjp`` in the
+    caller's dtype, forward, cotangent and backward in one compiled call.
+    Compiled callables are kept per function across checks
+    (:data:`_COMPILED`): a second check of the same function with inputs of
+    the same shapes traces and compiles nothing. Code that cannot be traced
+    (Python control flow on values, numpy calls on traced arrays) runs
+    eagerly, with a warning.
+
+    Batched requests (:class:`~gradverify.frameworks._common.BatchedEvaluation`:
+    a full check's perturbations, fast mode's probes) run as one call of
+    ``jax.jit(jax.vmap(fn))`` per tensor under the same scoped 64-bit mode,
+    batches padded to a power of two (about one compilation per tensor),
+    falling back to a plain loop where ``fn`` cannot be traced. A
+    compilation costs about as much as 1000-2000 plain evaluations, so on a
+    function's first check only requests of :attr:`batch_min_rows` rows and
+    more are vectorised; once the same function has been checked with
+    inputs of the same shapes (:attr:`warm_batch_min_rows`), every request
+    of that many rows is.
     """
 
     framework = "jax"
 
+    #: On a function's first check, requests of fewer rows run as a loop (a
+    #: compilation, ~0.1-0.3 s, costs about 2000 plain evaluations).
+    batch_min_rows = 2048
+    #: Once the function was checked before with inputs of these shapes
+    #: (its compiled batch calls cached, or worth compiling for the checks to
+    #: come), requests of this many rows and more are vectorised.
+    warm_batch_min_rows = 16
+
     def __init__(self, fn: Callable, inputs: Any, vjp: Callable | None, constants: Any = ()):
-        #: compiled callables by role (see :meth:`_jitted`); a str: why the code cannot be jitted
-        self._jit: dict[str, Any] = {}
         self.complex_inputs: set[str] = set()
         super().__init__(fn, inputs, vjp, constants=constants)
         self._x64 = x64_context()
@@ -142,27 +220,135 @@ class JaxFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
         else:
             self.faithful_float64()
 
+    # -- compiled callables, shared by the checks of one function --------------
     def forget_compiled(self) -> None:
-        """A fresh cache of compiled callables (the copy computing the primal's autodiff needs its own)."""
-        self._jit = {}
+        """Look the compiled callables up afresh (the copy computing the primal's autodiff has another function)."""
+        self.__dict__.pop("_entry", None)
+        self.__dict__.pop("_repeat", None)
+
+    def _compiled_entry(self) -> _Compiled:
+        """This function's :class:`_Compiled`: from :data:`_COMPILED` where an earlier check left it, else new."""
+        entry = self.__dict__.get("_entry")
+        if entry is None:
+            key = self._code_key()
+            entry = None if key is None else _COMPILED.get(key)
+            if entry is None:
+                entry = _Compiled(_Code(self))
+                if key is not None:
+                    _COMPILED[key] = entry
+                    while len(_COMPILED) > COMPILED_CACHE_SIZE:
+                        _COMPILED.popitem(last=False)
+            else:
+                _COMPILED.move_to_end(key)
+            self._entry = entry
+        return entry
+
+    def _code_key(self) -> tuple | None:
+        """What compiled callables depend on beyond their array arguments, or None (not shareable).
+
+        The code (function, vjp), which inputs are differentiated and which
+        are complex, and the layout of the arguments: names, keyword or not,
+        kind, and the identity of every non-array argument and tree leaf
+        (they are baked into the compiled function as constants; the cache
+        entry holds them, so their ids stay theirs). What ``jax.jit`` itself
+        keys on beyond that (shapes, dtypes, 64-bit mode) its own cache sees.
+        """
+        layout = []
+        for a in self.args:
+            if a.kind == "opaque":
+                layout.append((a.name, a.keyword, a.kind, id(a.obj)))
+            elif a.kind == "tree":
+                layout.append((a.name, a.keyword, a.kind, tuple(map(str, a.flat)),
+                               tuple(id(leaf) for leaf, f in zip(a.leaves, a.flat) if f is None)))
+            else:
+                layout.append((a.name, a.keyword, a.kind))
+        try:
+            key = (self.user_fn, self.user_vjp, tuple(self.point), tuple(sorted(self.complex_inputs)), tuple(layout))
+            hash(key)
+        except TypeError:
+            return None
+        return key
+
+    def _signature(self, source: dict) -> tuple:
+        """Names, shapes and dtypes of the call's arrays (``source`` for the inputs, constants as they are)."""
+        return tuple((n, a.shape, a.dtype.str) for n, a in zip(self.order, self._arrays(source)))
+
+    def _arrays(self, source: dict) -> list:
+        """The call's arrays by position in ``self.order``, not copied (a compiled call only reads them)."""
+        return [source[n] if n in source else self.constants[n] for n in self.order]
+
+    def _checked_before(self) -> bool:
+        """Whether this function was checked earlier in this process with inputs of the same shapes and dtypes."""
+        known = self.__dict__.get("_repeat")
+        if known is None:
+            entry = self._compiled_entry()
+            sig = self._signature(self.point)
+            known = self._repeat = sig in entry.seen
+            entry.seen.add(sig)
+        return known
+
+    def _min_rows(self, name: str) -> int:
+        """:attr:`batch_min_rows` on a function's first check; :attr:`warm_batch_min_rows` (if lower) after."""
+        if self.warm_batch_min_rows < self.batch_min_rows and self._checked_before():
+            return self.warm_batch_min_rows
+        return self.batch_min_rows
+
+    def _jitted(self, role: str, build: Callable[[_Code], Callable], eager: Callable, *args) -> Any:
+        """``jax.jit(build(code))(*args)``, compiled once per function and role; ``eager(*args)`` where it cannot be.
+
+        A failure under ``jit`` is retried eagerly: if the eager call fails
+        too, that error (the code's own) is raised; if it succeeds, the code
+        cannot be traced (value-dependent Python control flow, numpy calls on
+        traced arrays...) and runs eagerly for the rest of the check and
+        later checks of the function, with a warning saying why.
+        """
+        __tracebackhide__ = True
+        entry = self._compiled_entry()
+        compiled = entry.roles.get(role)
+        if isinstance(compiled, str):
+            self._warn(compiled)
+            return eager(*args)
+        try:
+            if compiled is None:
+                compiled = entry.roles[role] = jax.jit(build(entry.code))
+            return compiled(*args)
+        except Exception as exc:  # noqa: BLE001 - retried eagerly below
+            out = eager(*args)
+            self._not_jittable(role, exc)
+            return out
+
+    def _not_jittable(self, role: str, exc: BaseException) -> None:
+        """Remember (for this check and later ones) and say that ``role`` runs eagerly, and why."""
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        why = (f"{self.what if role == 'autodiff' else 'the function'} could not be compiled with jax.jit "
+               f"({type(cause).__name__}: {first[:200]}), so it ran eagerly: every primitive compiles on its "
+               "first use, which is much slower -- make it traceable (jax.lax.cond/where instead of Python "
+               "branches on values, jnp instead of np)")
+        self._compiled_entry().roles[role] = why
+        self._warn(why)
 
     def random_draws(self) -> str | None:
         """Does ``fn`` draw ``jax.random`` numbers (whose values change in 64-bit mode)?
 
         One trace (``jax.make_jaxpr``) with every input -- integer keys and
         PRNG key arrays included -- as a traced argument, searched for
-        random-number primitives. Keys built from constants inside ``fn``
-        are not traced; the output comparison of :meth:`faithful_float64`
-        is the net for those.
+        random-number primitives; the answer is kept per function and input
+        signature. Keys built from constants inside ``fn`` are not traced;
+        the output comparison of :meth:`faithful_float64` is the net for those.
         """
-        if _draws_random(self._jaxpr()):
-            return "draws jax.random numbers, whose values change in 64-bit mode"
-        return None
+        entry = self._compiled_entry()
+        keys = {a.name: a.obj for a in self.args if a.kind == "opaque" and isinstance(a.obj, jax.Array)}
+        sig = self._signature(self.originals) + tuple((n, k.shape, str(k.dtype)) for n, k in keys.items())
+        if sig not in entry.random:
+            entry.random[sig] = ("draws jax.random numbers, whose values change in 64-bit mode"
+                                 if _draws_random(self._jaxpr()) else None)
+        return entry.random[sig]
 
     def _jaxpr(self):
         """The jaxpr of one call at the caller's values (traced once per target; raises where it cannot be)."""
         if "_traced" not in self.__dict__:
-            flat = {n: (self.originals[n] if n in self.originals else self.constants[n]) for n in self.order}
+            flat = dict(zip(self.order, self._arrays(self.originals)))
             keys = {a.name: a.obj for a in self.args if a.kind == "opaque" and isinstance(a.obj, jax.Array)}
             self.__dict__["_traced"] = jax.make_jaxpr(lambda v, k: self.call_user(v, k))(self.convert(flat), keys).jaxpr
         return self.__dict__["_traced"]
@@ -182,7 +368,13 @@ class JaxFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
         from ._jax_primal import InlinedPrimal
 
         # custom_vjp/custom_jvp calls *inside* the code (a layer, an activation): each runs its primal
-        return InlinedPrimal(fn, require_custom=self.user_vjp is None), (
+        entry = self._compiled_entry() if fn is self.user_fn else None
+        primal = None if entry is None else entry.inlined
+        if primal is None or primal.fn is not fn:
+            primal = InlinedPrimal(fn, require_custom=self.user_vjp is None)
+            if entry is not None:
+                entry.inlined = primal
+        return primal, (
             f"jax.vjp of {getattr(fn, '__name__', type(fn).__name__)} with each custom_vjp/custom_jvp inside "
             "differentiated through its primal")
 
@@ -202,17 +394,18 @@ class JaxFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
         return super().primal_gradients(cotangent, dtype=dtype)
 
     def _calls_custom(self) -> bool:
-        """Whether the code calls a custom-derivative function (traced once per target; True if it cannot be)."""
-        known = self.__dict__.get("_custom_calls")
-        if known is None:
+        """Whether the code calls a custom-derivative function (traced once per function and input signature;
+        True where it cannot be traced: the reference run itself decides then)."""
+        entry = self._compiled_entry()
+        sig = self._signature(self.originals)
+        if sig not in entry.custom:
             from ._jax_primal import calls_custom
 
             try:
-                known = calls_custom(self._jaxpr())
+                entry.custom[sig] = calls_custom(self._jaxpr())
             except Exception:  # noqa: BLE001 - untraceable code: the reference run itself decides
-                known = True
-            self.__dict__["_custom_calls"] = known
-        return known
+                entry.custom[sig] = True
+        return entry.custom[sig]
 
     # -- framework specifics ----------------------------------------------------
     def is_array(self, value: Any) -> bool:
@@ -239,8 +432,7 @@ class JaxFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
                 lambda new: jax.tree_util.tree_unflatten(treedef, list(new)))
 
     def float_leaf(self, value: Any) -> bool:
-        return is_jax_array(value) and (jnp.issubdtype(value.dtype, jnp.floating)
-                                        or jnp.issubdtype(value.dtype, jnp.complexfloating))
+        return _float_leaf(value)
 
     def leaf_to_numpy(self, value: Any) -> np.ndarray:
         return _real_view(np.array(value, copy=True))
@@ -262,86 +454,15 @@ class JaxFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
             return self._x64(True)
         return contextlib.nullcontext()
 
-    def _jitted(self, role: str, build: Callable[[], Callable], eager: Callable, *args) -> Any:
-        """``jax.jit(build())(*args)``, compiled once per role; ``eager(*args)`` where the code cannot be jitted.
-
-        A failure under ``jit`` is retried eagerly: if the eager call fails
-        too, that error (the code's own) is raised; if it succeeds, the code
-        cannot be traced (value-dependent Python control flow, numpy calls on
-        traced arrays...) and runs eagerly for the rest of the check, with a
-        warning saying why.
-        """
-        __tracebackhide__ = True
-        key = self._compile_key(role)
-        compiled = self._jit.get(role)
-        if compiled is None and key is not None:
-            compiled = _COMPILED.get(key)
-            if compiled is not None:
-                _COMPILED.move_to_end(key)
-        if isinstance(compiled, str):
-            self._jit[role] = compiled
-            self._warn(compiled)
-            return eager(*args)
-        try:
-            if compiled is None:
-                compiled = jax.jit(build())
-                if key is not None:
-                    _COMPILED[key] = compiled
-                    while len(_COMPILED) > COMPILED_CACHE_SIZE:
-                        _COMPILED.popitem(last=False)
-            self._jit[role] = compiled
-            return compiled(*args)
-        except Exception as exc:  # noqa: BLE001 - retried eagerly below
-            out = eager(*args)
-            self._not_jittable(role, exc)
-            return out
-
-    def _not_jittable(self, role: str, exc: BaseException) -> None:
-        """Remember (for this check and later ones) and say that ``role`` runs eagerly, and why."""
-        cause = exc.__cause__ if exc.__cause__ is not None else exc
-        first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
-        why = (f"{self.what if role == 'autodiff' else 'the function'} could not be compiled with jax.jit "
-               f"({type(cause).__name__}: {first[:200]}), so it ran eagerly: every primitive compiles on its "
-               "first use, which is much slower -- make it traceable (jax.lax.cond/where instead of Python "
-               "branches on values, jnp instead of np)")
-        self._jit[role] = why
-        key = self._compile_key(role)
-        if key is not None:
-            _COMPILED[key] = why
-        self._warn(why)
-
-    def _compile_key(self, role: str) -> tuple | None:
-        """What a compiled callable of ``role`` depends on beyond its array arguments, or None (not shareable).
-
-        The code (function, vjp), which inputs are differentiated, and the
-        layout of the arguments: names, keyword or not, kind, and the
-        identity of every non-array argument and tree leaf (they are baked
-        into the compiled function as constants).
-        """
-        layout = []
-        for a in self.args:
-            if a.kind == "opaque":
-                layout.append((a.name, a.keyword, a.kind, id(a.obj)))
-            elif a.kind == "tree":
-                layout.append((a.name, a.keyword, a.kind, tuple(map(str, a.flat)),
-                               tuple(id(leaf) for leaf, f in zip(a.leaves, a.flat) if f is None)))
-            else:
-                layout.append((a.name, a.keyword, a.kind))
-        try:
-            key = (role, self.user_fn, self.user_vjp, tuple(self.point), tuple(layout))
-            hash(key)
-        except TypeError:
-            return None
-        return key
-
+    # -- evaluations ---------------------------------------------------------------
     def run(self, flat):
-        """Evaluate ``fn`` on numpy arguments, under ``jax.jit`` (see :meth:`_jitted`)."""
-        values = self.convert(flat)
-        return self._jitted("call", lambda: self.call_user, self.call_user, values)
+        """Evaluate ``fn`` on numpy arguments, under ``jax.jit`` (see :meth:`_jitted`).
 
-    #: A compilation costs ~0.1-0.3 s, about 2000 plain evaluations: smaller
-    #: requests run as a loop.
-    batch_min_rows = 2048
+        The numpy arrays go to the compiled call as they are (its C++ path
+        transfers them in one step; ``jnp.asarray`` per array cost ~50 us
+        each); only an eager call converts them first.
+        """
+        return self._jitted("call", _call_of, lambda v: self.call_user(self.convert(v)), dict(flat))
 
     def _rows_per_call(self, name: str) -> int:
         """A power of two (every call of an input is padded to one size: one compilation)."""
@@ -352,15 +473,15 @@ class JaxFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
 
         Rows are padded (with copies of the first) to a power of two, at
         least the largest batch seen for ``name``, so a check compiles about
-        once per input.
+        once per input (and a later check of the function not at all).
         """
         (idx_p, vals_p), n = self._padded(("element", name), idx.astype(np.int32), vals)
-        return self._compiled(("element", name), self._element_fn, idx_p, vals_p)[:n]
+        return self._vmapped(("element", name), _element_fn, idx_p, vals_p)[:n]
 
     def _vectorised_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
         """One call of the compiled ``vmap`` of ``fn`` over whole values of input ``name`` (padded likewise)."""
         (rows_p,), n = self._padded(("rows", name), rows)
-        return self._compiled(("rows", name), self._rows_fn, rows_p)[:n]
+        return self._vmapped(("rows", name), _rows_fn, rows_p)[:n]
 
     def _padded(self, key, *arrays):
         sizes = self.__dict__.setdefault("_vmapped_rows", {})
@@ -375,104 +496,127 @@ class JaxFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
             out.append(p)
         return out, n
 
-    def _compiled(self, key, build, *batched):
-        fns = self.__dict__.setdefault("_vmapped", {})
+    def _vmapped(self, role, build, *batched):
+        """The compiled batch call of ``role`` (built once per function and role) on the point and ``batched``."""
+        entry = self._compiled_entry()
+        fn = entry.roles.get(role)
+        if fn is None:
+            fn = entry.roles[role] = build(entry.code, role[1])
         with self.context(self.point):
-            if key not in fns:
-                fns[key] = build(key[1])
-            base = self.convert(dict(zip(self.order, self._args(self.point))))
-            return np.asarray(fns[key](base, *[jnp.asarray(b) for b in batched]))
-
-    def _output(self, out):
-        if self.float_leaf(out):
-            return _real_view_jnp(out)
-        leaves = [leaf for leaf in self.leaves_of(out) if self.float_leaf(leaf)]
-        if not leaves:
-            raise TypeError(f"the function returned {type(out).__name__} with no floating-point array")
-        return jnp.concatenate([jnp.reshape(_real_view_jnp(leaf), -1) for leaf in leaves])
-
-    def _element_fn(self, name: str):
-        shape = self.point[name].shape
-
-        def one(base, i, v):
-            values = dict(base)
-            values[name] = _real_view_jnp(base[name]).reshape(-1).at[i].set(v).reshape(shape)
-            if name in self.complex_inputs:
-                values[name] = _complex_of(values[name])
-            return self._output(self.call_user(values))
-
-        return jax.jit(jax.vmap(one, in_axes=(None, 0, 0)))
-
-    def _rows_fn(self, name: str):
-        def one(base, row):
-            values = dict(base)
-            values[name] = _complex_of(row) if name in self.complex_inputs else row
-            return self._output(self.call_user(values))
-
-        return jax.jit(jax.vmap(one, in_axes=(None, 0)))
+            return np.asarray(fn(dict(zip(self.order, self._arrays(self.point))), *batched))
 
     def autodiff(self, pieces, flat):
         """``jax.vjp`` of ``fn`` at ``flat`` against the cotangent ``pieces``: forward and backward in one jit.
 
-        The output's structure comes from one abstract evaluation
-        (``jax.eval_shape``, no computation); integer output leaves get
-        ``float0`` cotangents.
+        The cotangent is built inside the compiled call from the output's
+        structure (integer output leaves get ``float0`` cotangents), so the
+        call traces once per function, dtype and shape.
         """
-        values = self.convert(flat)
         diff = list(self.point)
 
-        def closed(base, *dv):
-            full = dict(base)
-            full.update(zip(diff, dv))
-            return self.call_user(full)
+        def eager(base, cts):
+            return _vjp_at(self.call_user, diff, self.convert(base), cts, self.what)
 
-        def cotangent(out):  # arrays or shape/dtype structs
-            leaves, treedef = jax.tree_util.tree_flatten(out)
-            it = iter(pieces)
-            cts = []
-            for leaf in leaves:
-                if jnp.issubdtype(leaf.dtype, jnp.complexfloating):
-                    # JAX's vjp is the transpose of the R-linear map (no conjugation): the cotangent of the real
-                    # loss sum(Re u Re y + Im u Im y) is conj(u) (see _complex_of)
-                    cts.append(jnp.conj(_complex_of(jnp.asarray(next(it)))).astype(leaf.dtype))
-                elif jnp.issubdtype(leaf.dtype, jnp.floating):
-                    cts.append(jnp.asarray(next(it), dtype=leaf.dtype))
-                else:
-                    cts.append(np.zeros(np.shape(leaf), dtype=jax.dtypes.float0))
-            return jax.tree_util.tree_unflatten(treedef, cts)
+        def backward(base, cts):
+            return self._jitted("autodiff", lambda code: _autodiff_of(code, diff, self.what), eager, base, cts)
 
-        def pull(f_vjp, ct):
-            try:
-                return f_vjp(ct)
-            except ValueError as exc:
-                if "bwd rule must produce" in str(exc):
-                    raise ShapeMismatch(f"{self.what}: the custom_vjp bwd rule returned a gradient of the wrong shape "
-                                        f"({exc}); sum over broadcast axes?") from exc
-                raise
-
-        def vjp(base, ct):
-            out, f_vjp = jax.vjp(lambda *dv: closed(base, *dv), *[base[n] for n in diff])
-            return out, pull(f_vjp, ct)
-
-        def eager(base):
-            out, f_vjp = jax.vjp(lambda *dv: closed(base, *dv), *[base[n] for n in diff])
-            return out, pull(f_vjp, cotangent(out))
-
-        def backward(base):
-            if not isinstance(self._jit.get("autodiff"), str):
-                try:  # the output's structure, abstractly (a trace, no computation)
-                    ct = cotangent(jax.eval_shape(closed, base, *[base[n] for n in diff]))
-                except Exception as exc:  # noqa: BLE001 - not traceable: eager below (which raises a real error)
-                    out = eager(base)
-                    self._not_jittable("autodiff", exc)
-                    return out
-                return self._jitted("autodiff", lambda: vjp, vjp, base, ct)
-            self._warn(self._jit["autodiff"])
-            return eager(base)
-
-        out, grads = call_user(self.what, "backward", backward, (values,), names=("inputs",))
+        cts = [np.asarray(p) for p in pieces]
+        out, grads = call_user(self.what, "backward", backward, (dict(flat), cts), names=("inputs", "cotangent"))
         self._record_output(out)
         # JAX returns dL/dRe - i dL/dIm for a complex input; its conjugate's real view is what finite
         # differences of the real and imaginary parts measure (torch's convention)
         return {n: _real_view(np.conj(np.array(g)) if n in self.complex_inputs else np.array(g))
                 for n, g in zip(diff, grads)}
+
+
+# -- the compiled callables: functions of a _Code, never of a target (see _COMPILED) -----------------
+
+def _float_leaf(value: Any) -> bool:
+    return is_jax_array(value) and (jnp.issubdtype(value.dtype, jnp.floating)
+                                    or jnp.issubdtype(value.dtype, jnp.complexfloating))
+
+
+def _flat_output(out):
+    """The floating leaves of an output, real views, as one array (one leaf: its real view as is)."""
+    if _float_leaf(out):
+        return _real_view_jnp(out)
+    leaves = [leaf for leaf in jax.tree_util.tree_leaves(out) if _float_leaf(leaf)]
+    if not leaves:
+        raise TypeError(f"the function returned {type(out).__name__} with no floating-point array")
+    return jnp.concatenate([jnp.reshape(_real_view_jnp(leaf), -1) for leaf in leaves])
+
+
+def _call_of(code: _Code) -> Callable:
+    """``values -> fn(...)`` on numpy/traced arrays by input name (complex inputs as real views)."""
+    def call(values):
+        return code.call_user(code.framework_values(values))
+
+    return call
+
+
+def _element_fn(code: _Code, name: str) -> Callable:
+    """``jit(vmap(...))``: the outputs with element ``i`` of input ``name`` (its real view, flattened) set to ``v``."""
+    def one(base, i, v):
+        values = dict(base)
+        arr = base[name]
+        values[name] = arr.reshape(-1).at[i].set(v).reshape(arr.shape)
+        return _flat_output(code.call_user(code.framework_values(values)))
+
+    return jax.jit(jax.vmap(one, in_axes=(None, 0, 0)))
+
+
+def _rows_fn(code: _Code, name: str) -> Callable:
+    """``jit(vmap(...))``: the outputs with input ``name`` replaced by each row."""
+    def one(base, row):
+        values = dict(base)
+        values[name] = row
+        return _flat_output(code.call_user(code.framework_values(values)))
+
+    return jax.jit(jax.vmap(one, in_axes=(None, 0)))
+
+
+def _cotangent(out, pieces):
+    """The cotangent tree of ``out`` from the pieces of the joined cotangent (one per floating leaf).
+
+    A complex leaf's piece is the real view of ``u``: JAX's vjp is the
+    transpose of the R-linear map (no conjugation), so the cotangent of the
+    real loss ``sum(Re u Re y + Im u Im y)`` is ``conj(u)`` (see
+    :func:`_complex_of`); integer leaves get ``float0`` zeros.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(out)
+    it = iter(pieces)
+    cts = []
+    for leaf in leaves:
+        dtype = leaf.dtype if hasattr(leaf, "dtype") else jnp.asarray(leaf).dtype
+        if jnp.issubdtype(dtype, jnp.complexfloating):
+            cts.append(jnp.conj(_complex_of(jnp.asarray(next(it)))).astype(dtype))
+        elif jnp.issubdtype(dtype, jnp.floating):
+            cts.append(jnp.asarray(next(it), dtype=dtype))
+        else:
+            cts.append(np.zeros(np.shape(leaf), dtype=jax.dtypes.float0))
+    return jax.tree_util.tree_unflatten(treedef, cts)
+
+
+def _vjp_at(call: Callable, diff: list, values: dict, pieces: list, what: str):
+    """``(fn(values), vjp against the cotangent pieces)`` for the inputs ``diff`` (framework values)."""
+    def closed(*dv):
+        full = dict(values)
+        full.update(zip(diff, dv))
+        return call(full)
+
+    out, f_vjp = jax.vjp(closed, *[values[n] for n in diff])
+    try:
+        return out, f_vjp(_cotangent(out, pieces))
+    except ValueError as exc:
+        if "bwd rule must produce" in str(exc):
+            raise ShapeMismatch(f"{what}: the custom_vjp bwd rule returned a gradient of the wrong shape "
+                                f"({exc}); sum over broadcast axes?") from exc
+        raise
+
+
+def _autodiff_of(code: _Code, diff: list, what: str) -> Callable:
+    """``(base, pieces) -> (output, gradients)``: :func:`_vjp_at` on numpy/traced arrays, to be jitted."""
+    def vjp(base, pieces):
+        return _vjp_at(code.call_user, diff, code.framework_values(base), pieces, what)
+
+    return vjp
