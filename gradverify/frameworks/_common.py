@@ -301,6 +301,14 @@ class Arg:
         self.leaves, self.flat, self.rebuild = list(leaves), list(flat), rebuild
 
 
+def _wider(piece: np.dtype, framework_dtype: Any) -> bool:
+    """Whether a real numpy ``piece`` dtype is wider than a real framework dtype (torch, JAX, TF or numpy)."""
+    size = getattr(framework_dtype, "itemsize", None) or getattr(framework_dtype, "size", None)
+    complex_ = bool(getattr(framework_dtype, "is_complex", False)) or getattr(framework_dtype, "kind", "") == "c"
+    return (not complex_ and isinstance(size, int) and np.dtype(piece).kind == "f"
+            and np.dtype(piece).itemsize > size)
+
+
 class FrameworkFunctionTarget(FunctionTarget):
     """A framework callable seen as a numpy function with a numpy vjp (see the module docstring).
 
@@ -614,8 +622,10 @@ class FrameworkFunctionTarget(FunctionTarget):
         values = self.convert(flat)
         dts = [leaf.dtype for leaf in ([self._out_tree] if self._out_single else
                                        [v for v in self.leaves_of(self._out_tree) if self.float_leaf(v)])]
-        # (ascontiguousarray makes 0-d pieces 1-d: keep each piece's shape)
-        ts = [self.to_framework(np.ascontiguousarray(p).reshape(np.shape(p)), None, dtype=dt)
+        # (ascontiguousarray makes 0-d pieces 1-d: keep each piece's shape; a float64 cotangent of the
+        # float64 analytic pass is not cast to the float32 of an output recorded by an earlier call)
+        ts = [self.to_framework(np.ascontiguousarray(p).reshape(np.shape(p)), None,
+                                dtype=None if _wider(np.asarray(p).dtype, dt) else dt)
               for p, dt in zip(pieces, dts)]
         dout = ts[0] if self._out_single else self.rebuild(self._out_tree, ts)
         pos, kw = self.build_call(values)

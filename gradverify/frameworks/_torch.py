@@ -495,17 +495,23 @@ def _calls_custom_function(outs) -> bool:
 class _Intercepting:
     """A torch callable whose reference runs in :meth:`scope`; ``intercepted`` lists the Functions it called."""
 
-    def __init__(self, fn: Callable):
+    def __init__(self, fn: Callable, *, require_custom: bool = True):
         self.fn = fn
-        self.intercepted: list = []
+        self._seen: list = []
+        self._require = require_custom
         self.__name__ = getattr(fn, "__name__", type(fn).__name__)
+
+    @property
+    def intercepted(self) -> list | None:
+        """The Functions met; None where calling none is fine (a user ``vjp=``: autograd of ``fn`` is the reference)."""
+        return self._seen if self._require else None
 
     def __call__(self, *args, **kwargs):
         return self.fn(*args, **kwargs)
 
     def scope(self):
         """The context the forward *and* the backward of the reference run in (:func:`primal_functions`)."""
-        return primal_functions(self.intercepted)
+        return primal_functions(self._seen)
 
 
 class TorchFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
@@ -604,7 +610,7 @@ class TorchFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
         owner = getattr(fn, "__self__", None)
         if isinstance(owner, type) and issubclass(owner, torch.autograd.Function):
             return _Intercepting(fn), f"torch autograd of {owner.__name__}.forward"
-        return _Intercepting(fn), f"torch autograd of {getattr(fn, '__name__', type(fn).__name__)} with each custom " \
+        return _Intercepting(fn, require_custom=self.user_vjp is None), f"torch autograd of {getattr(fn, '__name__', type(fn).__name__)} with each custom " \
             "autograd.Function differentiated through its forward"
 
     def primal_gradients(self, cotangent: np.ndarray, dtype: Any = np.float64):
