@@ -11,7 +11,7 @@ Run by hand from the repository root (no timed assertions anywhere in the tests)
     python benchmarks/checkers.py --narrow --params 5000 20000   # the narrow-input MLP 4 -> H -> H -> 2
     python benchmarks/checkers.py --scale               # P 2e4 .. 8e6: time and peak memory (fast modes)
 
-(``python`` is the project's virtual environment's, e.g. after ``. /work/venv/bin/activate``.)
+(``python`` is the one of the environment gradverify is installed in.)
 
 A thin command line over :mod:`gradverify.checkers` (the library the report
 calls): the same tanh MLP (batch 8, float64) as a torch and a JAX function,

@@ -2,7 +2,7 @@
 
 Run by hand from the repository root::
 
-    /work/venv/bin/python benchmarks/corpus_vs_torch_gradcheck.py [--json out.json]
+    python benchmarks/corpus_vs_torch_gradcheck.py [--json out.json]
 
 Every corpus entry (``tests/corpus/mutants.py``: realistic backward bugs and
 their correct twins) is checked four ways:

@@ -2,9 +2,9 @@
 
 Run by hand (no timed assertions anywhere in the tests)::
 
-    /work/venv/bin/python benchmarks/engine_speed.py                  # P ~ 1k, 5k, 20k
-    /work/venv/bin/python benchmarks/engine_speed.py --params 1000 20000 50000 --repeat 31
-    /work/venv/bin/python benchmarks/engine_speed.py --json out.json  # also write the rows
+    python benchmarks/engine_speed.py                  # P ~ 1k, 5k, 20k
+    python benchmarks/engine_speed.py --params 1000 20000 50000 --repeat 31
+    python benchmarks/engine_speed.py --json out.json  # also write the rows
 
 The function: a tanh MLP with two hidden layers of width ``h`` (input width ``h``,
 one output) on a batch of 8, float64, loss ``mean((y - target)**2)``; ``h`` is
