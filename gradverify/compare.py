@@ -267,7 +267,7 @@ class Comparison:
                 lo = np.minimum(left, right) - tk
                 hi = np.maximum(left, right) + tk
                 inside = (a64 >= lo) & (a64 <= hi)
-                for idx in zip(*np.nonzero(kink_mask)):
+                for idx in map(tuple, np.argwhere(kink_mask)):  # (np.nonzero refuses a 0-d mask)
                     locations.append(
                         Location(name, tuple(int(i) for i in idx), float(left[idx]), float(right[idx]), float(a64[idx]))
                     )

@@ -29,8 +29,9 @@ class ElementDerivative:
     Attributes:
         value: numerical gradient of ``<u, f>`` (float64, the tensor's shape).
         error: estimated absolute error of ``value``.
-        left, right: one-sided derivatives at the smallest step tried
-            (NaN where not computed); they differ at a kink.
+        left, right: one-sided derivatives from the two smallest steps tried
+            (first-order Richardson extrapolation where a kink is diagnosed;
+            NaN where not computed); they differ at a kink.
         kink: True where one-sided differences disagree at every step tried.
         sensitivity: ``sum_k |u_k| |y_k| / scale`` over the outputs the
             element moves (all outputs if it moves none), ``scale`` being the
@@ -45,6 +46,9 @@ class ElementDerivative:
     right: np.ndarray
     kink: np.ndarray
     sensitivity: np.ndarray
+    #: estimated error of ``left``/``right`` where a kink was diagnosed (the one-sided differences,
+    #: extrapolated from two steps, still carry truncation error); None where not estimated
+    side_error: np.ndarray | None = None
 
 
 def projected_gradients(
@@ -158,6 +162,7 @@ def projected_gradients(
             sensitivity, value, error = (_Chosen(chosen, scale, 0.0) for _ in range(3))
             left, right = _Chosen(chosen, scale, np.nan), _Chosen(chosen, scale, np.nan)
             kink = _Chosen(chosen, scale, False, dtype=bool)
+            side_error = _Chosen(chosen, scale, 0.0)
         else:
             sensitivity = np.zeros(arr.size)
             value = np.zeros(arr.size)
@@ -165,6 +170,7 @@ def projected_gradients(
             left = np.full(arr.size, np.nan)
             right = np.full(arr.size, np.nan)
             kink = np.zeros(arr.size, dtype=bool)
+            side_error = np.zeros(arr.size)
         order = range(arr.size) if chosen is None else chosen
         if arr.dtype.kind == "f" and not all(bool(np.isfinite(arr.reshape(-1)[sl]).all())
                                              for sl in _slices(arr.size)):
@@ -192,7 +198,7 @@ def projected_gradients(
                                               proj, scale, many, y0)
                 for i, (v, e, sens, levels, one_sided) in settled.items():
                     value[i], error[i], sensitivity[i] = v, e, sens
-                    left[i], right[i], kink[i] = one_sided
+                    left[i], right[i], kink[i], side_error[i] = one_sided
                     if levels is not None:
                         batched[i] = levels
                 order = list(batched)
@@ -255,6 +261,9 @@ def projected_gradients(
                     g1, g2 = abs(r1 - l1), abs(r2 - l2)
                     stable = abs(r1 - r2) <= 0.1 * g2 + 4 * n2 and abs(l1 - l2) <= 0.1 * g2 + 4 * n2
                     kink[i] = g2 > 4 * n2 and g2 > 0.75 * g1 and stable
+                    if kink[i]:
+                        q = abs(levels[-2][1] / levels[-1][1]) if levels[-1][1] else 2.0
+                        left[i], right[i], side_error[i] = _screens.one_sided_extrapolated(l1, l2, r1, r2, q, n2)
 
                 h = first_steps[i]
                 levels = batched.pop(i, None)
@@ -329,12 +338,13 @@ def projected_gradients(
                 order = [int(i) for i in np.concatenate(unsettled)] if unsettled else []
         run_standard(order)
         if small:
-            out[name] = ElementDerivative(value.data, error.data, left.data, right.data, kink.data, sensitivity.data)
+            out[name] = ElementDerivative(value.data, error.data, left.data, right.data, kink.data, sensitivity.data,
+                                          side_error.data)
             continue
         shape = arr.shape
         out[name] = ElementDerivative(
             value.reshape(shape), error.reshape(shape), left.reshape(shape), right.reshape(shape),
-            kink.reshape(shape), sensitivity.reshape(shape)
+            kink.reshape(shape), sensitivity.reshape(shape), side_error.reshape(shape)
         )
     return out, proj.evaluations
 

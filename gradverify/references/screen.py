@@ -162,6 +162,21 @@ def screen(evaluate_batch, name, arr, order, first_steps, proj, y0, batch_bytes,
     return out
 
 
+def one_sided_extrapolated(l1, l2, r1, r2, q, noise):
+    """One-sided derivatives at a kink from steps ``h`` and ``h / q``: first-order Richardson, and their error.
+
+    A one-sided difference ``(f(x + h) - f(x)) / h`` errs by ``c h + O(h^2)``,
+    so ``(q d(h/q) - d(h)) / (q - 1)`` removes the first-order term; what
+    remains is bounded here by the change the extrapolation made plus the
+    differences' rounding ``noise`` (conservative: it is the error of the
+    finer difference itself). Works elementwise on arrays.
+    """
+    left = (q * l2 - l1) / (q - 1.0)
+    right = (q * r2 - r1) / (q - 1.0)
+    err = np.maximum(np.abs(left - l2), np.abs(right - r2)) + 4.0 * noise
+    return left, right, err
+
+
 def first_pass_batched(evaluate_batch, name, arr, order, first_steps, out_shape, batch_bytes, proj, scale, judge,
                         y0):
     """The first two levels of every element from batched evaluations, as array arithmetic.
@@ -219,6 +234,11 @@ def first_pass_batched(evaluate_batch, name, arr, order, first_steps, out_shape,
         # are no derivative. The element is a non-differentiable point, settled without a walk.
         jr, jl = jumps(ys[:, 0], ys[:, 1], ys[:, 2], ys[:, 3], base, proj)
         jumped = jr | jl
+        # at a kink the one-sided differences are first order in the step: extrapolated from h and h/2,
+        # with what remains of their error (a jump keeps its own interval, below)
+        le, re_, side_err = one_sided_extrapolated(l1, l2, r1, r2, 2.0, n2)
+        l2, r2 = np.where(kinks, le, l2), np.where(kinks, re_, r2)
+        side_err = np.where(kinks & ~jumped, side_err, 0.0)
         l2, r2 = jump_interval(l2, r2, jl, jr)
         kinks = kinks | jumped
         # Locally constant (a step function away from its thresholds): no output moved at any of the four
@@ -236,6 +256,7 @@ def first_pass_batched(evaluate_batch, name, arr, order, first_steps, out_shape,
                      quot[lv][k], noise[lv][k], mags[lv][k], bool(np.any(ys[k, a] != ys[k, b])))
                     for lv, (a, b) in enumerate(((0, 1), (2, 3)))
                 ]
-            out[i] = (float(val[k]), float(err[k]), float(sens[k]), levels, (float(l2[k]), float(r2[k]), bool(kinks[k])))
+            out[i] = (float(val[k]), float(err[k]), float(sens[k]), levels,
+                      (float(l2[k]), float(r2[k]), bool(kinks[k]), float(side_err[k])))
     return out
 
