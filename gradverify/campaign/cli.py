@@ -15,7 +15,7 @@ import sys
 
 __all__ = ["HELP", "add_arguments", "run"]
 
-HELP = ("differential campaign (reference, finite differences, PyTorch, JAX) or a property campaign of your "
+HELP = ("differential campaign (reference, finite differences, PyTorch, JAX, TensorFlow, PyTensor) or a property campaign of your "
         "layer, on Dask (exit 0 all agree, 1 disagreement, 2 bad usage)")
 
 EPILOG = """\

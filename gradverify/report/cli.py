@@ -24,7 +24,8 @@ from typing import Any
 __all__ = ["HELP", "add_arguments", "run", "write", "command_line"]
 
 HELP = ("measure and plot the cost of reverse mode vs forward mode vs finite differences, and the agreement "
-        "of the reference engine, finite differences, PyTorch and JAX (writes index.html, report.md, report.json)")
+        "of the reference engine, finite differences, PyTorch, JAX, TensorFlow and PyTensor (writes index.html, "
+        "report.md, report.json)")
 
 _EPILOG = """\
 exit status: 0 report written, all references agree; 1 report written, disagreements
@@ -53,7 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"random cases in the agreement section (default: {d['cases']}; --quick: {q['cases']})")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of every random draw (default: 0)")
     p.add_argument("--backends", nargs="+", default=None, metavar="NAME",
-                   help="backends for the agreement section: reference, torch, jax (default: every installed one)")
+                   help="backends for the agreement section: reference, torch, jax, tensorflow, pytensor "
+                        "(default: every installed one)")
     p.add_argument("--sizes", nargs="+", type=int, default=None, metavar="P",
                    help="approximate parameter counts of the scaling section (default: 10 ... 1,000,000; "
                         "--quick: 10 ... 10,000)")
