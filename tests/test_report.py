@@ -482,3 +482,16 @@ def test_cli_help_lists_report():
     assert out.returncode == 0
     for flag in ("--out", "--quick", "--cases", "--seed", "--backends"):
         assert flag in out.stdout
+
+
+def test_every_checker_of_the_benchmark_has_a_style_of_its_own():
+    """Each method of the checker comparison is told apart in the figure: its (colour, marker, dash) is unique.
+
+    (The TensorFlow and PyTensor checkers fell back to one black style: three solid black lines with
+    the same marker, which no reader could tell apart.)
+    """
+    from gradverify import checkers
+
+    styles = {m: plots._checker_style(m) for m in checkers.METHODS}
+    assert len(set(styles.values())) == len(styles), styles
+    assert all(s[0] != "#777777" for s in styles.values()), styles  # none falls back to the unstyled grey

@@ -59,7 +59,10 @@ _MARKERS = {"reverse": "o", "forward_mode": "s", "forward_diff": "^", "central_d
 
 #: Checker name fragment -> (colour, marker): colour by tool, line style by mode (fast: dashed).
 CHECKER_STYLE = (("gradverify", "torch", OKABE_ITO["blue"], "o"), ("gradverify", "jax", OKABE_ITO["sky"], "s"),
-                 ("torch gradcheck", "", OKABE_ITO["orange"], "^"), ("check_grads", "", OKABE_ITO["purple"], "D"))
+                 ("gradverify", "tensorflow", OKABE_ITO["green"], "P"),
+                 ("gradverify", "pytensor", OKABE_ITO["yellow"], "h"),
+                 ("torch gradcheck", "", OKABE_ITO["orange"], "^"), ("check_grads", "", OKABE_ITO["purple"], "D"),
+                 ("compute_gradient", "", OKABE_ITO["vermillion"], "X"), ("verify_grad", "", OKABE_ITO["black"], "v"))
 
 _RC = {"svg.fonttype": "none", "font.family": "sans-serif",
        "font.sans-serif": ["DejaVu Sans", "Helvetica", "Arial", "Liberation Sans"], "font.size": 11,
@@ -248,7 +251,7 @@ def _checker_style(method: str) -> tuple[str, str, Any]:
     for a, b, color, marker in CHECKER_STYLE:
         if a in low and b in low:
             return color, marker, dash
-    return OKABE_ITO["black"], "v", dash
+    return "#777777", "*", dash  # a method without a style of its own: grey, never a tool's colour
 
 
 @_in_rc

@@ -153,8 +153,9 @@ def checkers_explanation(ch: dict[str, Any]) -> str:
     if not ch.get("available"):
         return f"Not available in this run: {ch.get('reason')}."
     return ("The same tanh MLP (float64, the function of every row) checked by gradverify in full and fast "
-            "mode -- on the PyTorch function and on the JAX function -- by torch.autograd.gradcheck (slow and "
-            "fast mode) and by jax.test_util.check_grads, side by side in one run: median seconds per check "
+            "mode -- on the PyTorch, JAX and TensorFlow functions of it -- by torch.autograd.gradcheck (slow and "
+            "fast mode), jax.test_util.check_grads, tf.test.compute_gradient and pytensor.gradient.verify_grad "
+            "(each where its framework is installed), side by side in one run: median seconds per check "
             f"({ch.get('clock', 'wall')} time; report.json keeps wall and CPU time), with the number of "
             "function evaluations it made. Each checker had "
             f"{ch.get('budget_seconds', 0):g} s per size; one over it is marked not measured at that size and "
