@@ -628,9 +628,16 @@ def _check_reference(c: _Check, name: str, ref: dict, result: CheckResult) -> Ch
     if why is not None and c._noise is None and c.noise().sigma > 0:
         why = refutation(c.noise().sigma)  # what looked like a disagreement may be the function's own noise
     if why is not None:
+        primal = getattr(target, "primal", None)
+        if getattr(primal()[0] if callable(primal) else None, "nested", False):
+            # the reference ran the primals of custom-derivative functions the code calls: such a primal need
+            # not be differentiable where its custom rule is defined (the reason the rule exists)
+            cause = ("the primal of a custom-derivative function inside the code may not be differentiable at this "
+                     "point (a tie in max, |x| at 0: what its custom rule is for)")
+        else:
+            cause = "please report this (a wrong derivative rule, or a forward the reference follows only in part)"
         target._warn(f"the exact reference ({name}) disagrees with finite differences {why}; the reference was not "
-                     "trusted and finite differences gave the verdict -- please report this (a wrong derivative "
-                     "rule, or a forward the reference follows only in part)")
+                     f"trusted and finite differences gave the verdict -- {cause}")
         return None
     result = dataclasses.replace(result, warnings=c.warnings() + tuple(w for w in result.warnings
                                                                         if w not in c.warnings()),

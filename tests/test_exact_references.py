@@ -264,6 +264,23 @@ def test_jax_code_calling_a_custom_vjp_is_checked_against_jax_of_the_primal(kind
     assert gv.check(_jax_nested(kind, 1.0 + 1e-7), (W, x), against="fd").passed  # what fd alone would say
 
 
+def test_a_library_custom_jvp_whose_primal_has_a_kink_falls_back_to_finite_differences_and_says_why():
+    """jax.nn.softplus at exactly 0: its primal (logaddexp's max and |x|) is not differentiable there.
+
+    The custom rule is right, the inlined primal's autodiff is not: the
+    reference's own finite-difference check refutes it, the verdict rests
+    on finite differences (a pass), and the warning names that cause
+    rather than asking for a bug report.
+    """
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    r = gv.check(lambda x: jnp.sum(jnp.sin(jax.nn.softplus(x)) * 1.3), (np.zeros((3, 5)),))
+    assert r.passed and r.reference == "fd", r
+    assert any("custom-derivative function inside the code may not be differentiable" in w for w in r.warnings), \
+        r.warnings
+
+
 def test_jax_custom_jvp_inside_code_is_checked_and_plain_jax_keeps_finite_differences():
     jax = pytest.importorskip("jax")
     import jax.numpy as jnp

@@ -38,6 +38,9 @@ class InlinedPrimal:
     held static, as ``jax.jit(static_argnums=...)`` would.
     """
 
+    #: the reference runs the primals of custom-derivative functions *inside* the code
+    nested = True
+
     def __init__(self, fn: Callable, *, require_custom: bool = True):
         self.fn = fn
         self._seen: list[str] = []

@@ -161,6 +161,9 @@ class PyTensorFunctionTarget(FrameworkFunctionTarget):
 class _Inlined:
     """A graph-building function whose graph the reference inlines (``intercepted``: the OpFromGraphs met)."""
 
+    #: the reference runs the primals of custom-gradient functions *inside* the code
+    nested = True
+
     def __init__(self, fn: Callable, *, require_custom: bool = True):
         self.fn = fn
         self._seen: list[str] = []

@@ -112,6 +112,9 @@ class _Inlined:
     code has a user ``vjp=``: its own autodiff is the reference then).
     """
 
+    #: the reference runs the primals of custom-gradient functions *inside* the code
+    nested = True
+
     def __init__(self, fn: Callable, *, require_custom: bool = True):
         self.fn = fn
         self._seen: list[str] = []
