@@ -301,6 +301,38 @@ class Arg:
         self.leaves, self.flat, self.rebuild = list(leaves), list(flat), rebuild
 
 
+class NestedPrimal:
+    """The code under test, run for the exact reference with each custom-gradient function *inside* it as its primal.
+
+    Each framework says how (:mod:`~gradverify.frameworks._jax_primal`
+    interprets the jaxpr, TensorFlow patches ``tf.custom_gradient`` in
+    :meth:`scope`, PyTensor inlines ``OpFromGraph`` when its graph is
+    built); this is what they share. ``intercepted`` lists the custom
+    functions met so far, or is None where meeting none is fine (a user
+    ``vjp=``: the framework's autodiff of the code is the reference then);
+    :meth:`FrameworkFunctionTarget.primal_gradients` declines when it stays
+    empty.
+    """
+
+    #: the reference runs the primals of custom-gradient functions *inside* the code (a refutation by
+    #: finite differences may mean such a primal is not differentiable at the point: see api._check_reference)
+    nested = True
+
+    def __init__(self, fn: Callable, *, require_custom: bool = True):
+        self.fn = fn
+        self._seen: list[str] = []
+        self._require = require_custom
+        self.__name__ = getattr(fn, "__name__", type(fn).__name__)
+
+    @property
+    def intercepted(self) -> list | None:
+        """The custom functions met so far; None where calling none is fine."""
+        return self._seen if self._require else None
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+
 def _wider(piece: np.dtype, framework_dtype: Any) -> bool:
     """Whether a real numpy ``piece`` dtype is wider than a real framework dtype (torch, JAX, TF or numpy)."""
     size = getattr(framework_dtype, "itemsize", None) or getattr(framework_dtype, "size", None)

@@ -16,11 +16,13 @@ independent reference exists) from code that does.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import numpy as np
 from jax.extend import core as jcore
+
+from ._common import NestedPrimal
 
 __all__ = ["InlinedPrimal", "CUSTOM_CALLS", "calls_custom"]
 
@@ -30,27 +32,13 @@ CUSTOM_CALLS = frozenset({"custom_vjp_call", "custom_vjp_call_jaxpr", "custom_jv
 _CALLS = frozenset({"jit", "pjit", "closed_call", "core_call", "remat", "remat2", "checkpoint"})
 
 
-class InlinedPrimal:
+class InlinedPrimal(NestedPrimal):
     """``fn`` with every custom-derivative call inside it run through its primal (see the module docstring).
 
     ``intercepted`` lists the names of the custom functions replaced so far
     (over every call). Non-array arguments (Python numbers, strings) are
     held static, as ``jax.jit(static_argnums=...)`` would.
     """
-
-    #: the reference runs the primals of custom-derivative functions *inside* the code
-    nested = True
-
-    def __init__(self, fn: Callable, *, require_custom: bool = True):
-        self.fn = fn
-        self._seen: list[str] = []
-        self._require = require_custom
-        self.__name__ = getattr(fn, "__name__", type(fn).__name__)
-
-    @property
-    def intercepted(self) -> list[str] | None:
-        """The custom functions replaced so far; None where calling none is fine (the code has a user ``vjp=``)."""
-        return self._seen if self._require else None
 
     def __call__(self, *args, **kwargs):
         leaves, tree = jax.tree_util.tree_flatten((args, kwargs))

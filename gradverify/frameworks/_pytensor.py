@@ -41,7 +41,7 @@ from pytensor.graph.basic import Variable  # noqa: E402
 from pytensor.graph.op import Op  # noqa: E402
 
 from ..errors import ProtocolError  # noqa: E402
-from ._common import FrameworkFunctionTarget, flatten_tree  # noqa: E402
+from ._common import FrameworkFunctionTarget, NestedPrimal, flatten_tree  # noqa: E402
 
 __all__ = ["PyTensorFunctionTarget", "is_pytensor_variable", "MODE"]
 
@@ -158,24 +158,8 @@ class PyTensorFunctionTarget(FrameworkFunctionTarget):
         return {n: np.array(r, copy=True) for n, r in zip(names, res[len(leaves):])}
 
 
-class _Inlined:
+class _Inlined(NestedPrimal):
     """A graph-building function whose graph the reference inlines (``intercepted``: the OpFromGraphs met)."""
-
-    #: the reference runs the primals of custom-gradient functions *inside* the code
-    nested = True
-
-    def __init__(self, fn: Callable, *, require_custom: bool = True):
-        self.fn = fn
-        self._seen: list[str] = []
-        self._require = require_custom
-        self.__name__ = getattr(fn, "__name__", type(fn).__name__)
-
-    @property
-    def intercepted(self) -> list[str] | None:
-        return self._seen if self._require else None
-
-    def __call__(self, *args, **kwargs):
-        return self.fn(*args, **kwargs)
 
 
 def inline_op_from_graph(outputs: list, seen: list[str]) -> list:

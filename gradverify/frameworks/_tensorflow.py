@@ -37,7 +37,7 @@ import numpy as np
 from ..backends.tensorflow import import_tensorflow
 from ..errors import ProtocolError, SpecError
 from ..layers import draw_input
-from ._common import BatchedEvaluation, FrameworkFunctionTarget
+from ._common import BatchedEvaluation, FrameworkFunctionTarget, NestedPrimal
 
 tf = import_tensorflow()
 
@@ -105,28 +105,8 @@ def _custom_gradients_as_primals(seen: list):
         tf.config.run_functions_eagerly(eager)
 
 
-class _Inlined:
-    """TensorFlow code whose reference runs in :meth:`scope`: each ``tf.custom_gradient`` inside as its primal.
-
-    ``intercepted`` lists the custom-gradient functions met (None where the
-    code has a user ``vjp=``: its own autodiff is the reference then).
-    """
-
-    #: the reference runs the primals of custom-gradient functions *inside* the code
-    nested = True
-
-    def __init__(self, fn: Callable, *, require_custom: bool = True):
-        self.fn = fn
-        self._seen: list[str] = []
-        self._require = require_custom
-        self.__name__ = getattr(fn, "__name__", type(fn).__name__)
-
-    @property
-    def intercepted(self) -> list[str] | None:
-        return self._seen if self._require else None
-
-    def __call__(self, *args, **kwargs):
-        return self.fn(*args, **kwargs)
+class _Inlined(NestedPrimal):
+    """TensorFlow code whose reference runs in :meth:`scope`: each ``tf.custom_gradient`` inside as its primal."""
 
     def scope(self):
         return _custom_gradients_as_primals(self._seen)

@@ -62,8 +62,8 @@ import torch
 from ..errors import NoDifferentiableInputs, ProtocolError, ShapeMismatch, SpecError
 from ..layers import Target, _signature_names, _to_array, call_user, draw_input, validate_gradients
 from ._common import (
-    BatchedEvaluation, FrameworkFunctionTarget, _name, dtype_dependence, flatten_tree, join_outputs, split_cotangent,
-    split_inputs,
+    BatchedEvaluation, FrameworkFunctionTarget, NestedPrimal, _name, dtype_dependence, flatten_tree, join_outputs,
+    split_cotangent, split_inputs,
 )
 
 __all__ = ["TorchFunctionTarget", "TorchModuleTarget", "is_tensor", "names_source"]
@@ -492,22 +492,15 @@ def _calls_custom_function(outs) -> bool:
     return False
 
 
-class _Intercepting:
-    """A torch callable whose reference runs in :meth:`scope`; ``intercepted`` lists the Functions it called."""
+class _Intercepting(NestedPrimal):
+    """A torch callable whose reference runs in :meth:`scope`; ``intercepted`` lists the Functions it called.
 
-    def __init__(self, fn: Callable, *, require_custom: bool = True):
-        self.fn = fn
-        self._seen: list = []
-        self._require = require_custom
-        self.__name__ = getattr(fn, "__name__", type(fn).__name__)
+    Not ``nested`` in the sense of the message a refutation gives: a custom
+    Function's forward is the user's own code, so a disagreement there is
+    worth a report.
+    """
 
-    @property
-    def intercepted(self) -> list | None:
-        """The Functions met; None where calling none is fine (a user ``vjp=``: autograd of ``fn`` is the reference)."""
-        return self._seen if self._require else None
-
-    def __call__(self, *args, **kwargs):
-        return self.fn(*args, **kwargs)
+    nested = False
 
     def scope(self):
         """The context the forward *and* the backward of the reference run in (:func:`primal_functions`)."""
