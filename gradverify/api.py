@@ -148,9 +148,12 @@ class _Check:
     def noise(self) -> Noise:
         """The function's measured noise along a random direction (:mod:`gradverify.references.noise`), once."""
         if self._noise is None:
+            size = sum(a.nbytes for a in self.target.point.values())
             self._noise = function_noise(self.target.evaluate, self.target.point, self.u64,
                                          rng=np.random.default_rng([self.seed, 0x6E6F6973]),
-                                         significant=NOISY * self.eps)
+                                         significant=NOISY * self.eps,
+                                         evaluate_points=getattr(self.target, "evaluate_points", None),
+                                         rows_bytes=_rows_budget(size))
             self.evaluations += self._noise.evaluations
             if self.noisy:
                 self.target._warn(

@@ -21,7 +21,6 @@ import pytest
 
 from tests.corpus.framework_mutants_tf_pt import BUGS, ENTRIES, TWINS, by_name
 
-import gradverify as gv
 
 RUNS = [("full", 0), ("fast", 0), ("auto", 1)]
 

@@ -204,7 +204,7 @@ class JaxFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
     #: Once the function was checked before with inputs of these shapes
     #: (its compiled batch calls cached, or worth compiling for the checks to
     #: come), requests of this many rows and more are vectorised.
-    warm_batch_min_rows = 16
+    warm_batch_min_rows = 8
 
     def __init__(self, fn: Callable, inputs: Any, vjp: Callable | None, constants: Any = ()):
         self.complex_inputs: set[str] = set()
@@ -464,9 +464,9 @@ class JaxFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
         """
         return self._jitted("call", _call_of, lambda v: self.call_user(self.convert(v)), dict(flat))
 
-    def _rows_per_call(self, name: str) -> int:
+    def _rows_per_call(self, name: str, given: bool = False) -> int:
         """A power of two (every call of an input is padded to one size: one compilation)."""
-        return 1 << (super()._rows_per_call(name).bit_length() - 1)
+        return 1 << (super()._rows_per_call(name, given).bit_length() - 1)
 
     def _vectorised(self, name: str, idx: np.ndarray, vals: np.ndarray) -> np.ndarray:
         """One call of the compiled ``vmap`` of ``fn`` over single-element perturbations of input ``name``.
@@ -478,10 +478,11 @@ class JaxFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
         (idx_p, vals_p), n = self._padded(("element", name), idx.astype(np.int32), vals)
         return self._vmapped(("element", name), _element_fn, idx_p, vals_p)[:n]
 
-    def _vectorised_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
-        """One call of the compiled ``vmap`` of ``fn`` over whole values of input ``name`` (padded likewise)."""
-        (rows_p,), n = self._padded(("rows", name), rows)
-        return self._vmapped(("rows", name), _rows_fn, rows_p)[:n]
+    def _vectorised_rows(self, rows: dict[str, np.ndarray]) -> np.ndarray:
+        """One call of the compiled ``vmap`` of ``fn`` over whole values of the inputs ``rows`` names (padded likewise)."""
+        names = tuple(rows)
+        padded, n = self._padded(("rows", names), *rows.values())
+        return self._vmapped(("rows", names), _rows_fn, dict(zip(names, padded)))[:n]
 
     def _padded(self, key, *arrays):
         sizes = self.__dict__.setdefault("_vmapped_rows", {})
@@ -565,11 +566,11 @@ def _element_fn(code: _Code, name: str) -> Callable:
     return jax.jit(jax.vmap(one, in_axes=(None, 0, 0)))
 
 
-def _rows_fn(code: _Code, name: str) -> Callable:
-    """``jit(vmap(...))``: the outputs with input ``name`` replaced by each row."""
-    def one(base, row):
+def _rows_fn(code: _Code, names: tuple) -> Callable:
+    """``jit(vmap(...))``: the outputs with the inputs ``names`` replaced by each row of theirs together."""
+    def one(base, rows):
         values = dict(base)
-        values[name] = row
+        values.update(rows)
         return _flat_output(code.call_user(code.framework_values(values)))
 
     return jax.jit(jax.vmap(one, in_axes=(None, 0)))

@@ -204,23 +204,25 @@ class TensorFlowFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
         base = self.point[name]
         rows = np.repeat(base.reshape(1, -1), len(idx), axis=0)
         rows[np.arange(len(idx)), idx] = vals
-        return self._vectorised_rows(name, rows.reshape((len(idx),) + base.shape))
+        return self._vectorised_rows({name: rows.reshape((len(idx),) + base.shape)})
 
-    def _vectorised_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
-        """One ``tf.vectorized_map`` call of ``fn`` over whole values of input ``name``."""
+    def _vectorised_rows(self, rows: dict[str, np.ndarray]) -> np.ndarray:
+        """One ``tf.vectorized_map`` call of ``fn`` over whole values of the inputs ``rows`` names."""
         self.random.restore()
         base = self.convert(dict(zip(self.order, self._args(self.point))))
+        names = list(rows)
 
-        def one(row):
+        def one(xs):
             values = dict(base)
-            values[name] = row
+            values.update(zip(names, xs))
             out = self.call_user(values)
             leaves = [out] if self.float_leaf(out) else [v for v in self.leaves_of(out) if self.float_leaf(v)]
             if len(leaves) == 1 and self.float_leaf(out):
                 return leaves[0]
             return tf.concat([tf.reshape(v, [-1]) for v in leaves], axis=0)
 
-        return np.asarray(tf.vectorized_map(one, tf.constant(rows), fallback_to_while_loop=False))
+        return np.asarray(tf.vectorized_map(one, tuple(tf.constant(rows[k]) for k in names),
+                                            fallback_to_while_loop=False))
 
 
 def _names_source(fn: Callable) -> Callable:

@@ -325,8 +325,8 @@ def _joined(out: Any, kept: list[bool] | None = None) -> torch.Tensor:
     return torch.cat([v.reshape(-1) for v in leaves])
 
 
-def _vmap(fn: Callable, rows: torch.Tensor) -> np.ndarray:
-    """``torch.func.vmap(fn)(rows)`` as numpy.
+def _vmap(fn: Callable, *rows: torch.Tensor) -> np.ndarray:
+    """``torch.func.vmap(fn)(*rows)`` as numpy (every argument batched along its first axis).
 
     Random draws raise (``randomness="error"``), so code that draws (dropout)
     falls back to the loop, whose every call replays the pinned random state.
@@ -340,7 +340,7 @@ def _vmap(fn: Callable, rows: torch.Tensor) -> np.ndarray:
         warnings.filterwarnings("ignore", message="There is a performance drop", category=UserWarning)
         warnings.filterwarnings("ignore", message="An output with one or more elements was resized",
                                 category=UserWarning)
-        return vmap(fn, randomness="error")(rows).detach().cpu().numpy()
+        return vmap(fn, randomness="error")(*rows).detach().cpu().numpy()
 
 
 class _RecordingCtx:
@@ -664,26 +664,29 @@ class TorchFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
         """One ``vmap`` call of ``fn`` over single-element perturbations of input ``name``."""
         base = self.convert(dict(zip(self.order, self._args(self.point))))
         b = base[name]
-        return self._vmap_over(name, base, _perturbed_rows(torch.view_as_real(b) if b.is_complex() else b, idx, vals))
+        return self._vmap_over(base, {name: _perturbed_rows(torch.view_as_real(b) if b.is_complex() else b, idx,
+                                                            vals)})
 
-    def _vectorised_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
-        """One ``vmap`` call of ``fn`` over whole values of input ``name``."""
+    def _vectorised_rows(self, rows: dict[str, np.ndarray]) -> np.ndarray:
+        """One ``vmap`` call of ``fn`` over whole values of the inputs ``rows`` names."""
         base = self.convert(dict(zip(self.order, self._args(self.point))))
-        return self._vmap_over(name, base, torch.from_numpy(rows).to(base[name].device))
+        return self._vmap_over(base, {k: torch.from_numpy(r).to(base[k].device) for k, r in rows.items()})
 
-    def _vmap_over(self, name: str, base: dict, rows: torch.Tensor) -> np.ndarray:
-        if self.layouts or name in self.storages:
+    def _vmap_over(self, base: dict, rows: dict[str, torch.Tensor]) -> np.ndarray:
+        if self.layouts or any(k in self.storages for k in rows):
             # vmap batches plain tensors only: sparse inputs keep their layout, views their storage, in the loop
             raise NotImplementedError("sparse inputs and views with a storage offset are evaluated one by one")
         self.random.restore()
+        names = list(rows)
 
-        def one(xn):
+        def one(*xs):
             values = dict(base)
-            values[name] = _as_complex(xn) if name in self.complex_inputs else xn
+            for k, xk in zip(names, xs):
+                values[k] = _as_complex(xk) if k in self.complex_inputs else xk
             return _joined(self.call_user(values), self.kept_outputs)
 
         # No random state to pin: vmap refuses random draws (randomness="error"), and code that draws falls back.
-        return _vmap(one, rows)
+        return _vmap(one, *rows.values())
 
     def autodiff(self, pieces, flat):
         with torch.enable_grad(), self.rng():
@@ -928,36 +931,38 @@ class TorchModuleTarget(BatchedEvaluation, Target):
 
     def _vectorised(self, name: str, idx: np.ndarray, vals: np.ndarray) -> np.ndarray:
         """One ``vmap`` call of the float64 copy over single-element perturbations of parameter or input ``name``."""
-        return self._vmap_over(name, lambda base: _perturbed_rows(base, idx, vals))
+        return self._vmap_over({name: lambda base: _perturbed_rows(base, idx, vals)})
 
-    def _vectorised_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
-        """One ``vmap`` call of the float64 copy over whole values of parameter or input ``name``."""
-        return self._vmap_over(name, lambda base: torch.from_numpy(rows).to(base.device))
+    def _vectorised_rows(self, rows: dict[str, np.ndarray]) -> np.ndarray:
+        """One ``vmap`` call of the float64 copy over whole values of the parameters or inputs ``rows`` names."""
+        return self._vmap_over({k: (lambda base, r=r: torch.from_numpy(r).to(base.device)) for k, r in rows.items()})
 
-    def _vmap_over(self, name: str, make_rows: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
+    def _vmap_over(self, makers: dict[str, Callable[[torch.Tensor], torch.Tensor]]) -> np.ndarray:
+        """``vmap`` over the rows ``makers[name](its value at the point)`` of each parameter or input named."""
         from torch.func import functional_call
 
         use64 = self._use64 and all(v.dtype == np.float64 for v in self.point.values())
         c = self._copy(use64)
         c.load(self.point)
         args, kwargs, _ = self._inputs(self.point, grad=False)
-        if name in c.params:
-            rows = make_rows(c.params[name].detach())
+        names = list(makers)
+        rows = [makers[k](c.params[k].detach() if k in c.params else
+                          kwargs[k] if self.by_keyword else args[self.order.index(k)]) for k in names]
 
-            def one(p):
-                return _joined(functional_call(c.module, {name: p}, tuple(args), kwargs), self.kept_outputs)
-        else:
-            rows = make_rows(kwargs[name] if self.by_keyword else args[self.order.index(name)])
-
-            def one(xn):
-                if self.by_keyword:
-                    return _joined(c.module(*args, **{**kwargs, name: xn}), self.kept_outputs)
-                a = list(args)
-                a[self.order.index(name)] = xn
-                return _joined(c.module(*a, **kwargs), self.kept_outputs)
+        def one(*xs):
+            a, kw, params = list(args), dict(kwargs), {}
+            for k, xk in zip(names, xs):
+                if k in c.params:
+                    params[k] = xk
+                elif self.by_keyword:
+                    kw[k] = xk
+                else:
+                    a[self.order.index(k)] = xk
+            out = functional_call(c.module, params, tuple(a), kw) if params else c.module(*a, **kw)
+            return _joined(out, self.kept_outputs)
 
         with torch.no_grad():
-            return _vmap(one, rows)
+            return _vmap(one, *rows)
 
     def exact_references(self) -> tuple[str, ...]:
         return ("torch",)

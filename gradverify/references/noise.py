@@ -84,11 +84,16 @@ def estimate_noise(values) -> tuple[float, int]:
 
 def function_noise(evaluate: Callable[[], np.ndarray], point: Mapping[str, np.ndarray], cotangent: np.ndarray, *,
                    rng: np.random.Generator, step: float = NOISE_STEP, points: int = NOISE_POINTS,
-                   significant: float = 0.0) -> Noise:
+                   significant: float = 0.0,
+                   evaluate_points: Callable[[Mapping[str, np.ndarray]], np.ndarray] | None = None,
+                   rows_bytes: int = 0) -> Noise:
     """The noise of ``<u, evaluate()>`` at ``point`` along one random direction over every input.
 
     Each element moves by ``t * step * max(|x_i|, rms / 10)`` for ``t`` in
-    ``-(points // 2) .. points // 2``, in place, restored bit for bit.
+    ``-(points // 2) .. points // 2``, in place, restored bit for bit; or,
+    where ``evaluate_points`` is given and the table's points of every input
+    take at most ``rows_bytes``, all of them in one vectorised call (the
+    same points, bit for bit).
     Noise keeps its size whatever the spacing, while a kink inside the
     table (``relu`` at 0) makes differences that shrink with it: where the
     first table shows relative noise above ``significant``, a second one at
@@ -97,10 +102,12 @@ def function_noise(evaluate: Callable[[], np.ndarray], point: Mapping[str, np.nd
     """
     # (as int8: the table's memory stays about one copy of the point, its saved values, whatever its size)
     signs = {k: _signs(rng, a.shape) for k, a in point.items()}
-    first = _table(evaluate, point, cotangent, signs, step, points)
+    together = evaluate_points is not None and points * sum(a.nbytes for a in point.values()) <= rows_bytes
+    table = _table_together if together else _table
+    first = table(evaluate_points if together else evaluate, point, cotangent, signs, step, points)
     if first.relative <= significant or first.sigma == 0.0:
         return first
-    again = _table(evaluate, point, cotangent, signs, step / 16.0, points)
+    again = table(evaluate_points if together else evaluate, point, cotangent, signs, step / 16.0, points)
     n = first.evaluations + again.evaluations
     if again.sigma < first.sigma / 4.0:
         return Noise(0.0, 0.0, 0, n)  # shrinks with the spacing: a kink or curvature, not noise
@@ -121,6 +128,59 @@ def _signs(rng: np.random.Generator, shape: tuple) -> np.ndarray:
     return out
 
 
+def _floors(point) -> dict:
+    """Name -> the floor of each element's scale in the table (a tenth of the rms), None for a tensor with
+    non-finite entries (those move by :func:`~gradverify.references.stencils.coordinate_scale`)."""
+    scales = {}
+    for k, a in point.items():
+        if np.isfinite(a).all():
+            x = a if a.dtype == np.float64 else a.astype(np.float64)
+            rms = float(np.sqrt(np.vdot(x, x) / x.size)) if x.size else 0.0
+            scales[k] = 0.1 * rms if rms > 0 else 1.0
+            del x
+        else:  # non-finite entries (a -inf mask) do not move
+            scales[k] = None
+    return scales
+
+
+def _noise_of(values, mags, points) -> Noise:
+    sigma, level = estimate_noise(values)
+    mag = max(mags) if mags else 0.0
+    return Noise(sigma, sigma / mag if mag > 0 else 0.0, level, points)
+
+
+def _table_together(evaluate_points, point, cotangent, signs, step, points) -> Noise:
+    """:func:`_table` with every point of the table evaluated in one vectorised call (``evaluate_points``).
+
+    The rows are the values :func:`_table` stores, computed with the same
+    float64 operations in the same order, so the table is the same.
+    """
+    u = np.asarray(cotangent, dtype=np.float64)
+    half = points // 2
+    ts = range(-half, points - half)
+    rows = {}
+    for k, a in point.items():
+        x = a.astype(np.float64)
+        floor = _floors({k: a})[k]
+        r = np.empty((points,) + a.shape)  # (one allocation: fresh pages cost more than the arithmetic)
+        if floor is None:
+            d = signs[k] * coordinate_scale(a) * step
+            for i, t in enumerate(ts):
+                np.multiply(d, t, out=r[i])
+        else:
+            d = np.abs(x)
+            np.maximum(d, floor, out=d)
+            np.multiply(d, signs[k], out=d)
+            np.multiply(d, step, out=d)
+            for i, t in enumerate(ts):
+                np.multiply(d, t, out=r[i])
+        np.add(r, x, out=r)
+        rows[k] = r.astype(a.dtype, copy=False)
+    ys = np.asarray(evaluate_points(rows), dtype=np.float64).reshape((points,) + u.shape)
+    # (the sums of _table, row by row)
+    return _noise_of([float(np.sum(u * y)) for y in ys], [float(np.sum(np.abs(u) * np.abs(y))) for y in ys], points)
+
+
 def _table(evaluate, point, cotangent, signs, step, points) -> Noise:
     """One difference table along the direction ``signs * step * scale``.
 
@@ -130,15 +190,7 @@ def _table(evaluate, point, cotangent, signs, step, points) -> Noise:
     """
     u = np.asarray(cotangent, dtype=np.float64)
     saved = {k: a.copy() for k, a in point.items()}
-    scales = {}  # name -> the floor of each element's scale (finite tensors), None for coordinate_scale
-    for k, a in point.items():
-        if np.isfinite(a).all():
-            x = a if a.dtype == np.float64 else a.astype(np.float64)
-            rms = float(np.sqrt(np.vdot(x, x) / x.size)) if x.size else 0.0
-            scales[k] = 0.1 * rms if rms > 0 else 1.0
-            del x
-        else:  # non-finite entries (a -inf mask) do not move
-            scales[k] = None
+    scales = _floors(point)  # name -> the floor of each element's scale (finite tensors), None for coordinate_scale
 
     def move(k, a, t):
         """``a`` set to ``saved + t * signs * step * max(|saved|, floor)`` (float64 arithmetic), chunk by chunk."""
@@ -174,7 +226,5 @@ def _table(evaluate, point, cotangent, signs, step, points) -> Noise:
     finally:
         for k, a in point.items():
             a[...] = saved[k]
-    sigma, level = estimate_noise(values)
-    mag = max(mags) if mags else 0.0
-    return Noise(sigma, sigma / mag if mag > 0 else 0.0, level, points)
+    return _noise_of(values, mags, points)
 
