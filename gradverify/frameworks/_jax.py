@@ -38,7 +38,7 @@ import numpy as np
 
 from ..errors import ShapeMismatch
 from ..layers import call_user
-from ._common import Arg, BatchedEvaluation, FrameworkFunctionTarget
+from ._common import Arg, FrameworkFunctionTarget
 
 __all__ = ["JaxFunctionTarget", "is_jax_array", "x64_context"]
 
@@ -168,7 +168,7 @@ def _draws_random(jaxpr, depth: int = 0) -> bool:
     return False
 
 
-class JaxFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
+class JaxFunctionTarget(FrameworkFunctionTarget):
     """A JAX function (see the module docstring).
 
     Cost per evaluation: one call of ``fn`` on float64 arrays, compiled with

@@ -507,7 +507,7 @@ class _Intercepting(NestedPrimal):
         return primal_functions(self._seen)
 
 
-class TorchFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
+class TorchFunctionTarget(FrameworkFunctionTarget):
     """A torch callable (see the module docstring).
 
     Cost per evaluation: one call of ``fn`` on float64 tensors (plus a copy
@@ -520,6 +520,8 @@ class TorchFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
     """
 
     framework = "torch"
+    #: vmap first; where it refuses the code, the batch axis the code accepts (see :mod:`gradverify.batching`)
+    batch_strategies = ("vmap", "batch axis")
 
     def __init__(self, fn: Callable, inputs: Any, vjp: Callable | None, constants: Any = ()):
         self.devices: dict[str, Any] = {}
@@ -684,6 +686,34 @@ class TorchFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
 
         # No random state to pin: vmap refuses random draws (randomness="error"), and code that draws falls back.
         return _vmap(one, rows)
+
+    def _output_row_shapes(self, want: np.ndarray) -> list[tuple]:
+        return list(self._out_shapes)
+
+    def _batch_axis(self, name: str, rows: np.ndarray, *, owned: bool) -> list:
+        """``fn`` once with input ``name`` given a leading batch axis (``rows``), under ``torch.no_grad()``.
+
+        What vmap refuses runs here where its code broadcasts: an
+        ``autograd.Function`` without a vmap rule (its ``apply`` on a
+        batched tensor runs its ``forward`` on it), code calling
+        ``.item()``. Under the pinned random state, like every evaluation.
+        Returns the output's floating leaves as numpy (the real view of a
+        complex one).
+        """
+        if self.layouts or name in self.storages or name in self.complex_inputs:
+            raise NotImplementedError("sparse, complex and storage-offset inputs are evaluated one by one")
+        self.random.restore()
+        values = self.convert(dict(zip(self.order, self._args(self.point))))
+        values[name] = torch.from_numpy(rows if owned else rows.copy()).to(values[name].device)
+        with torch.no_grad(), self.rng():
+            out = self.call_user(values)
+        if self.float_leaf(out):
+            leaves = [out]
+        else:
+            leaves = [v for v in self.leaves_of(out) if self.float_leaf(v)]
+            if self.kept_outputs is not None and self.user_vjp is None and len(self.kept_outputs) == len(leaves):
+                leaves = [v for v, k in zip(leaves, self.kept_outputs) if k]
+        return [self.leaf_to_numpy(v) for v in leaves]
 
     def autodiff(self, pieces, flat):
         with torch.enable_grad(), self.rng():
