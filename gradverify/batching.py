@@ -41,6 +41,8 @@ returned are the outputs ``evaluate`` would give (within
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 __all__ = ["BATCH_AGREEMENT", "TRIAL_ROWS", "BatchedEvaluation", "rows_disagree"]
@@ -317,7 +319,11 @@ class BatchedEvaluation:
         b = len(batch)
         arr = self.point[name]
         shaped = batch.reshape((b,) + (1,) * pad + arr.shape)
-        leaves = self._batch_axis(name, shaped, owned=owned)
+        with warnings.catch_warnings():
+            # what the code says about a shape it was not written for (torch: x.T of a 3-d tensor) is not the
+            # user's concern; what it says about its values, the one-by-one evaluations beside say too
+            warnings.simplefilter("ignore")
+            leaves = self._batch_axis(name, shaped, owned=owned)
         shapes = self._output_row_shapes(want)
         if len(leaves) != len(shapes):
             raise _Refused(f"the code returned {len(leaves)} outputs on a batch, {len(shapes)} one by one")
