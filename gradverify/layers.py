@@ -687,7 +687,8 @@ class Target:
     #: Optional: ``evaluate_batch(name, flat_indices, values) -> stacked outputs``
     #: evaluates many single-element perturbations of ``point[name]`` in one
     #: call (see :func:`gradverify.numeric.projected_gradients`). Targets
-    #: that can vectorise (torch.func.vmap, jax.vmap) define it.
+    #: that batch evaluations (:class:`gradverify.batching.BatchedEvaluation`:
+    #: torch, JAX, TensorFlow and numpy functions) define it.
     evaluate_batch = None
 
     def analytic(self, cotangent: np.ndarray) -> dict[str, np.ndarray]:  # pragma: no cover - abstract

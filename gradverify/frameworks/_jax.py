@@ -184,7 +184,7 @@ class JaxFunctionTarget(FrameworkFunctionTarget):
     (Python control flow on values, numpy calls on traced arrays) runs
     eagerly, with a warning.
 
-    Batched requests (:class:`~gradverify.frameworks._common.BatchedEvaluation`:
+    Batched requests (:class:`~gradverify.batching.BatchedEvaluation`:
     a full check's perturbations, fast mode's probes) run as one call of
     ``jax.jit(jax.vmap(fn))`` per tensor under the same scoped 64-bit mode,
     batches padded to a power of two (about one compilation per tensor),

@@ -22,7 +22,7 @@ gradverify`` never imports tensorflow.
   where two names clash (nested layers).
 
 Full checks evaluate perturbations in batches with ``tf.vectorized_map``
-(:class:`~gradverify.frameworks._common.BatchedEvaluation`), falling back to
+(:class:`~gradverify.batching.BatchedEvaluation`), falling back to
 a loop where the code cannot be vectorised.
 """
 

@@ -539,10 +539,11 @@ class TorchFunctionTarget(FrameworkFunctionTarget):
     Cost per evaluation: one call of ``fn`` on float64 tensors (plus a copy
     of each input); the analytic pass is one forward and one
     ``torch.autograd.grad`` in the caller's dtype. Full checks evaluate the
-    perturbations of a tensor in batches through ``torch.func.vmap``
-    (:class:`~gradverify.frameworks._common.BatchedEvaluation`; a plain loop
-    where the code cannot be vmapped, e.g. an ``autograd.Function``
-    without ``setup_context``/``generate_vmap_rule``).
+    perturbations of a tensor in batches (:class:`~gradverify.batching.BatchedEvaluation`)
+    through ``torch.func.vmap``; where the code cannot be vmapped (an
+    ``autograd.Function`` without ``setup_context``/``generate_vmap_rule``,
+    ``.item()`` control flow), along the batch axis its forward accepts
+    (:meth:`_batch_axis`); else a plain loop.
     """
 
     framework = "torch"
