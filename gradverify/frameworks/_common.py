@@ -36,7 +36,6 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..batching import BATCH_AGREEMENT, BatchedEvaluation
-from ..batching import rows_disagree as _rows_disagree  # noqa: F401 - the name tests and subclasses used
 from ..errors import NoDifferentiableInputs, ProtocolError, SpecError
 from ..layers import FunctionTarget, _signature_names, call_user
 
