@@ -152,7 +152,8 @@ class _Check:
             self._noise = function_noise(self.target.evaluate, self.target.point, self.u64,
                                          rng=np.random.default_rng([self.seed, 0x6E6F6973]),
                                          significant=NOISY * self.eps,
-                                         evaluate_points=getattr(self.target, "evaluate_points", None),
+                                         evaluate_points=self.target.evaluate_points
+                                         if getattr(self.target, "points_batched", False) else None,
                                          rows_bytes=_rows_budget(size))
             self.evaluations += self._noise.evaluations
             if self.noisy:
@@ -790,9 +791,11 @@ def _fd_run(c: _Check, noise: float, used: str) -> tuple[CheckResult, dict | Non
 
     from .memory import budget
 
-    # a batched call's rows of outputs: at most 64 MiB, fewer where the memory available is short
+    # a batched call's rows of outputs: at most 64 MiB, or what the target asks (numpy code: about its inputs'
+    # size, see FunctionTarget.batch_output_bytes), fewer where the memory available is short
     row = 8 * 4 * max(1, int(np.size(c.y0)))
-    batch_bytes = budget(64 * 2**20, least=row, what="one batched row of outputs")
+    batch_bytes = budget(min(64 * 2**20, getattr(target, "batch_output_bytes", None) or 64 * 2**20), least=row,
+                         what="one batched row of outputs")
     with _progress_of(c, size) as (evaluate, evaluate_batch):
         fd, n_fd = projected_gradients(evaluate, target.point, u64, eval_dtype=eval_dtype, judge=judge,
                                        evaluate_batch=evaluate_batch, judge_many=judge_many,

@@ -971,7 +971,9 @@ def _as_function(fn, arity):
     """``fn`` wrapped in an old-style ``torch.autograd.Function`` (``forward(ctx, ...)``, no vmap rule).
 
     Its backward differentiates ``fn`` with torch autograd, so the gradient is
-    right; vmap refuses the Function, so a check runs without vectorisation.
+    right; vmap refuses the Function, so a check's batched evaluations run
+    along the batch axis where ``fn`` broadcasts over a leading axis, else
+    one by one (:mod:`gradverify.batching`).
     """
     import torch
 
@@ -997,7 +999,7 @@ def small_sweep(*, repeats: int = 5, wrapped: bool = True, seed: int = 0,
 
     For every sample of :func:`_small_ops` (and, with ``wrapped``, the same
     operators wrapped in an old-style ``autograd.Function`` without a vmap
-    rule: a check's loop path), one warm-up of each checker, then
+    rule: no vmap, the batch axis or the loop), one warm-up of each checker, then
     ``repeats`` rounds taking the three checkers in turn. Returns one row
     per sample: ``name``, ``kind`` (``"op"``/``"Function"``), ``size``
     (elements checked), median seconds of ``gradverify`` (the default

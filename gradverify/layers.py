@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from .batching import BatchedEvaluation
 from .errors import (
     CodeUnderTestError,
     GradVerifyError,
@@ -686,7 +687,8 @@ class Target:
     #: Optional: ``evaluate_batch(name, flat_indices, values) -> stacked outputs``
     #: evaluates many single-element perturbations of ``point[name]`` in one
     #: call (see :func:`gradverify.numeric.projected_gradients`). Targets
-    #: that can vectorise (torch.func.vmap, jax.vmap) define it.
+    #: that batch evaluations (:class:`gradverify.batching.BatchedEvaluation`:
+    #: torch, JAX, TensorFlow and numpy functions) define it.
     evaluate_batch = None
 
     def analytic(self, cotangent: np.ndarray) -> dict[str, np.ndarray]:  # pragma: no cover - abstract
@@ -938,7 +940,7 @@ def _signature_names(fn: Callable, count: int) -> list[str] | None:
     return names if len(names) >= count else None
 
 
-class FunctionTarget(Target):
+class FunctionTarget(BatchedEvaluation, Target):
     """A numpy callable ``fn(*inputs) -> out`` with ``vjp(dout, *inputs) -> grads``.
 
     Function pairs are the same shape: ``fn = forward(*xs)[0]`` and
@@ -961,6 +963,15 @@ class FunctionTarget(Target):
     says "assignment destination is read-only") runs again on copies, and
     that callable gets copies for the rest of the check, with the usual
     warning if its copies came back changed.
+
+    Batched evaluation (:mod:`gradverify.batching`): a full check's
+    perturbations of a tensor go to ``fn`` in batches along the batch axis
+    the code accepts (the tensor given a leading axis of rows, the other
+    inputs as one evaluation gets them), each call verified against
+    one-by-one evaluations, else one by one. The rows and outputs of a
+    batch take about the inputs' size (at least :attr:`batch_memory_floor`):
+    a full check of numpy code holds its per-element results and nothing
+    much larger. Fast mode's probes run one at a time.
     """
 
     kind = "function"
@@ -1172,6 +1183,70 @@ class FunctionTarget(Target):
             grads = dict(zip(self.order, result))
         grads = validate_gradients({k: grads.get(k) for k in self.point}, self.originals, what=self.what)
         return {k: self._unaliased(g, {**self.point, **self.originals}) for k, g in grads.items()}
+
+    # -- batched evaluation (gradverify.batching) --------------------------------
+    #: numpy code has no vmap: its batches run along the batch axis the code accepts, else as a loop
+    batch_strategies = ("batch axis",)
+    #: Fast mode's probes run one at a time, in place: holding a tensor's 16 displaced points together (which
+    #: the probes do for a target with ``evaluate_rows``) costs more memory than a fast check of numpy code
+    #: keeps to (about three copies of its inputs), for at most 16 calls saved.
+    evaluate_rows = None
+    #: Bytes a batch may take whatever the inputs' size (see :attr:`batch_output_bytes`).
+    batch_memory_floor = 128 * 2**10
+
+    @property
+    def batch_output_bytes(self) -> int:
+        """Bytes of outputs a full check's batched request holds: the inputs' size, at least :attr:`batch_memory_floor`.
+
+        A full check of numpy code holds its per-element results (about 17
+        float64 per element, ``tests/test_memory.py`` holds it under 20) and
+        otherwise nothing the size of the point; its batches keep to the
+        inputs' size, so they add about one or two copies of it (a floor of
+        a few hundred KiB already costs a 10,000-element check several).
+        """
+        return max(self.batch_memory_floor, sum(a.nbytes for a in self.point.values()))
+
+    def _axis_rows_per_call(self, name: str) -> int:
+        """Rows of one call along the batch axis: its copies of the tensor and outputs within :attr:`batch_output_bytes`."""
+        cap = self.batch_output_bytes
+        rows = min(cap // max(1, self.point[name].nbytes), cap // max(1, getattr(self, "_batch_row_bytes", 1)))
+        return int(min(self.batch_max_rows, max(1, rows)))
+
+    def _output_row_shapes(self, want: np.ndarray) -> list[tuple]:
+        return list(self.structure.shapes) if self.structure is not None else [tuple(want.shape[1:])]
+
+    def _batch_axis(self, name: str, rows: np.ndarray, *, owned: bool) -> list:
+        """``fn`` once with ``rows`` in place of input ``name``, the other inputs as :meth:`evaluate` hands them over.
+
+        The code gets what one evaluation would: read-only views of the
+        inputs once the mutation probe has shown it writes nothing into
+        them, copies otherwise (and of the inputs it writes into); the rows
+        as a read-only view, or, where it writes into that input, an array
+        of its own (a copy unless ``owned``). Random state is replayed
+        first, as before every call. Returns the output's floating leaves.
+        """
+        __tracebackhide__ = True
+        self.random.restore()
+        views, written = self._views["fn"], self._written["fn"]
+        args = []
+        for n in self.order:
+            c = rows if n == name else self.point[n] if n in self.point else self.constants[n]
+            if isinstance(c, Opaque):
+                args.append(c.get())
+            elif views and n not in written:
+                v = c.view()
+                v.flags.writeable = False
+                args.append(v)
+            else:
+                args.append(rows if n == name and owned else c.copy())
+        out = self._call(self.fn, args)
+        if self.structure is None:
+            if OutputStructure.is_structured(out) and not isinstance(out, np.ndarray):
+                raise ProtocolError(f"{self.fn_name} returned {type(out).__name__} on a batch, one array one by one")
+            return [_numpy_output(out, self.fn_name)]
+        if not OutputStructure.is_structured(out) or isinstance(out, np.ndarray):
+            raise ProtocolError(f"{self.fn_name} returned {type(out).__name__} on a batch, several outputs one by one")
+        return self.structure.leaves(out)
 
     def check_forward_mutation(self) -> Any:
         """Run ``fn`` once on copies of the caller's inputs, warn if it wrote into them; return its output.

@@ -35,11 +35,12 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from ..batching import BATCH_AGREEMENT, BatchedEvaluation
 from ..errors import NoDifferentiableInputs, ProtocolError, SpecError
 from ..layers import FunctionTarget, _signature_names, call_user
 
-__all__ = ["Arg", "BatchedEvaluation", "FrameworkFunctionTarget", "split_inputs", "flatten_tree", "unflatten_tree",
-           "join_outputs", "split_cotangent", "dtype_dependence"]
+__all__ = ["Arg", "BATCH_AGREEMENT", "BatchedEvaluation", "FrameworkFunctionTarget", "split_inputs", "flatten_tree",
+           "unflatten_tree", "join_outputs", "split_cotangent", "dtype_dependence"]
 
 
 def split_inputs(inputs: Any, is_array: Callable[[Any], bool]) -> tuple[list | dict, bool]:
@@ -112,202 +113,6 @@ def split_cotangent(dout: np.ndarray, shapes: Sequence[tuple], single: bool) -> 
         raise ProtocolError(f"the output has {at} elements on this call but {dout.size} before; "
                             "the function must return outputs of the same shapes every call")
     return pieces
-
-
-class BatchedEvaluation:
-    """Batched evaluation for targets whose framework can vectorise a call (``torch.func.vmap``, ``jax.vmap``).
-
-    Two requests, each about one tensor ``point[name]`` (everything else at
-    the base point), each returning the stacked outputs:
-
-    * :meth:`evaluate_batch` -- many single-element perturbations (row
-      ``b``: element ``flat_indices[b]`` set to ``values[b]``), what
-      :func:`~gradverify.numeric.projected_gradients` hands over;
-    * :meth:`evaluate_rows` -- many whole values of the tensor (row ``b``:
-      ``point[name]`` replaced by ``rows[b]``), e.g. the points ``x + t v``
-      of several directional probes.
-
-    A subclass implements :meth:`_vectorised` and :meth:`_vectorised_rows`
-    (one framework call each). This class splits a request into calls
-    whose copies of the tensor stay under :attr:`batch_input_bytes`, and
-    trusts the vectorised call only once it has been verified, per tensor,
-    on the first request it serves: its last row is re-evaluated through
-    ``evaluate`` and must agree to rounding (:data:`BATCH_AGREEMENT` ulps
-    of the row's largest output; the last row, since a batching error that
-    leaves some row right typically leaves the first one right). Code that
-    cannot be vectorised -- Python control flow on values,
-    ``.item()``/``.numpy()`` calls, in-place writes into captured tensors,
-    random draws, an ``autograd.Function`` without a vmap rule -- raises in
-    the vectorised call or disagrees, and that tensor is
-    evaluated by a plain loop over ``evaluate`` from then on (why is kept
-    in :attr:`batch_fallbacks`). Either way the rows returned are the
-    outputs ``evaluate`` would give, and ``point`` is left bit for bit as
-    it was.
-
-    Cost: the verification re-runs one row once per tensor (not in the
-    check's count); a vectorised call costs one framework call on ``rows x
-    tensor size`` elements. Requests of fewer than
-    :attr:`batch_min_rows` rows run as a loop.
-    """
-
-    #: Cap, in bytes, on the copies of a tensor in one vectorised call
-    #: (calls of a few MiB stay in cache; the check's ``batch_bytes``
-    #: bounds the outputs).
-    batch_input_bytes = 2 * 2**20
-    #: Cap, in bytes, on the rows of one vectorised call of :meth:`evaluate_rows`: the caller formed them
-    #: already (within its own budget), so splitting bounds only the framework's intermediates; a larger
-    #: share than :attr:`batch_input_bytes` keeps a fast-mode probe's 16 rows of a 20,000-weight matrix in one
-    #: call (two calls cost 1.7x one on the benchmark MLP).
-    batch_rows_bytes = 8 * 2**20
-    #: Cap on the rows of one vectorised call.
-    batch_max_rows = 4096
-    #: Requests of fewer rows run as a loop (a vectorised call's fixed cost,
-    #: and the verification, would not pay for themselves).
-    batch_min_rows = 8
-
-    def _batch_memo(self) -> tuple[dict, dict]:
-        memo = getattr(self, "_batch_state", None)
-        if memo is None:
-            memo = self._batch_state = ({}, {})
-        return memo
-
-    @property
-    def batch_fallbacks(self) -> dict:
-        """Tensor name -> why its evaluations run one by one (empty while all vectorise)."""
-        return self._batch_memo()[1]
-
-    def evaluate_batch(self, name: str, flat_indices, values) -> np.ndarray:
-        """Outputs of many single-element perturbations of ``point[name]``, stacked (see the class docstring)."""
-        idx = np.asarray(flat_indices, dtype=np.int64).reshape(-1)
-        vals = np.asarray(values).astype(self.point[name].dtype, copy=False).reshape(-1)
-        return self._batched(name, idx.size, lambda s: self._vectorised(name, idx[s], vals[s]),
-                             lambda sel: self._loop_batch(name, idx[sel], vals[sel]), self._rows_per_call(name))
-
-    def evaluate_rows(self, name: str, rows) -> np.ndarray:
-        """Outputs with ``point[name]`` replaced by each of ``rows`` (shape ``(B, *point[name].shape)``), stacked."""
-        return self.evaluate_points({name: rows})
-
-    def evaluate_points(self, rows: Mapping[str, Any]) -> np.ndarray:
-        """Outputs with every ``point[name]`` of ``rows`` replaced by its row ``b`` at once (row ``b`` of the result).
-
-        ``rows[name]`` has shape ``(B, *point[name].shape)``, one ``B`` for all;
-        the inputs ``rows`` does not name stay at the point. One vectorised
-        call moves several tensors together (a noise table's points along a
-        direction over every input); verified and memoised per set of names.
-        """
-        given = {}
-        for name, r in rows.items():
-            arr = self.point[name]
-            r = np.ascontiguousarray(np.asarray(r).astype(arr.dtype, copy=False))
-            if r.shape[1:] != arr.shape:
-                raise ValueError(f"rows for {name!r} have shape {r.shape[1:]}, the tensor {arr.shape}")
-            given[name] = r
-        counts = {len(r) for r in given.values()}
-        if len(counts) != 1:
-            raise ValueError(f"rows of different lengths: {sorted(counts)}")
-        key = next(iter(given)) if len(given) == 1 else tuple(given)
-        size = max(1, sum(self.point[k].size * self.point[k].itemsize for k in given))
-        step = int(min(self.batch_max_rows, max(1, self.batch_rows_bytes // size)))
-        if len(given) == 1:
-            step = self._rows_per_call(key, given=True)
-        return self._batched(key, counts.pop(), lambda s: self._vectorised_rows({k: r[s] for k, r in given.items()}),
-                             lambda sel: self._loop_rows({k: r[sel] for k, r in given.items()}), step)
-
-    def _batched(self, name: str, n: int, vectorised, loop, step: int) -> np.ndarray:
-        status, fallbacks = self._batch_memo()
-        if status.get(name) is not False and n >= max(1, self._min_rows(name)):
-            try:
-                parts = [np.asarray(vectorised(slice(s, s + step))) for s in range(0, n, step)]
-                out = parts[0] if len(parts) == 1 else np.concatenate(parts)
-            except Exception as exc:  # noqa: BLE001 - not vectorisable: loop from now on
-                status[name] = False
-                fallbacks[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            else:
-                if status.get(name):
-                    return out
-                check = np.array([n - 1])
-                why = _rows_disagree(out[check], loop(check))
-                if why is None:
-                    status[name] = True
-                    return out
-                status[name] = False
-                fallbacks[name] = why
-        return loop(slice(None))
-
-    def _min_rows(self, name: str) -> int:
-        """Requests for ``name`` of fewer rows run as a loop: :attr:`batch_min_rows` (JAX: lower once compiled)."""
-        return self.batch_min_rows
-
-    def _rows_per_call(self, name: str, given: bool = False) -> int:
-        """Rows of one vectorised call: copies of ``point[name]`` within :attr:`batch_input_bytes`
-        (:attr:`batch_rows_bytes` for rows the caller ``given``)."""
-        size = max(1, self.point[name].size * self.point[name].itemsize)
-        cap = self.batch_rows_bytes if given else self.batch_input_bytes
-        return int(min(self.batch_max_rows, max(1, cap // size)))
-
-    def _vectorised(self, name: str, idx: np.ndarray, vals: np.ndarray) -> np.ndarray:  # pragma: no cover
-        """One vectorised call over single-element perturbations: outputs shaped ``(len(idx), *output)``."""
-        raise NotImplementedError
-
-    def _vectorised_rows(self, rows: dict[str, np.ndarray]) -> np.ndarray:  # pragma: no cover
-        """One vectorised call over whole values of the tensors ``rows`` names (row ``b`` of each together):
-        outputs shaped ``(B, *output)``."""
-        raise NotImplementedError
-
-    def _loop_batch(self, name: str, idx: np.ndarray, vals: np.ndarray) -> np.ndarray:
-        """The perturbations one by one: ``point[name]`` changed in place, ``evaluate()``, restored bit for bit."""
-        arr = self.point[name]
-        out = []
-        for i, v in zip(idx, vals):
-            at = np.unravel_index(int(i), arr.shape)
-            old = arr[at].copy()
-            arr[at] = v
-            try:
-                out.append(np.asarray(self.evaluate()))
-            finally:
-                arr[at] = old
-        return np.stack(out)
-
-    def _loop_rows(self, rows: dict[str, np.ndarray]) -> np.ndarray:
-        """The rows one by one: each ``point[name]`` overwritten in place, ``evaluate()``, restored bit for bit."""
-        saved = {k: self.point[k].copy() for k in rows}
-        out = []
-        try:
-            for b in range(len(next(iter(rows.values())))):
-                for k, r in rows.items():
-                    self.point[k][...] = r[b]
-                out.append(np.asarray(self.evaluate()))
-        finally:
-            for k, v in saved.items():
-                self.point[k][...] = v
-        return np.stack(out)
-
-
-#: Vectorised and one-by-one evaluations of a row must agree within this many
-#: ulps of the row's largest output (summation order may differ between a
-#: batched and a plain kernel; anything else is a different function).
-BATCH_AGREEMENT = 64
-
-
-def _rows_disagree(batched: np.ndarray, single: np.ndarray) -> str | None:
-    """Why vectorised rows are not the one-by-one outputs, or None when they agree to rounding."""
-    batched = np.asarray(batched)
-    if batched.shape != single.shape:
-        return f"vectorised outputs have shape {batched.shape[1:]}, one-by-one {single.shape[1:]}"
-    a = batched.astype(np.float64)
-    b = single.astype(np.float64)
-    if not np.array_equal(np.isfinite(a), np.isfinite(b)):
-        return "vectorised and one-by-one outputs differ in which values are finite"
-    fin = np.isfinite(b)
-    eps = float(np.finfo(single.dtype if single.dtype.kind == "f" else np.float64).eps)
-    axes = tuple(range(1, b.ndim))
-    scale = np.max(np.abs(np.where(fin, b, 0.0)), axis=axes, keepdims=True) if b.ndim > 1 else np.abs(b)
-    gap = np.abs(np.where(fin, a - b, 0.0))
-    if np.any(gap > BATCH_AGREEMENT * eps * np.maximum(scale, np.finfo(np.float64).tiny)) or \
-            not np.array_equal(a[~fin], b[~fin], equal_nan=True):
-        return (f"vectorised outputs differ from one-by-one evaluations by up to {float(np.max(gap)):.3g} "
-                "(random draws, state or value-dependent code?)")
-    return None
 
 
 class Arg:
@@ -394,6 +199,16 @@ class FrameworkFunctionTarget(FunctionTarget):
     #: tensors with inf/NaN elements (a ``-inf`` attention mask), whose non-finite elements never move.
     allow_empty = True
     allow_nonfinite = True
+    #: Batched evaluation (:mod:`gradverify.batching`) by the framework's vmap, where a subclass implements it;
+    #: the batch axis of numpy code (:class:`~gradverify.layers.FunctionTarget`) would call the converted
+    #: function, so a framework adds it itself (torch does).
+    batch_strategies = ("vmap",)
+    # Framework code keeps the BatchedEvaluation defaults that FunctionTarget narrows for numpy code (whose
+    # memory tracemalloc sees and a check of numpy code keeps to a few copies of its inputs): fast mode's
+    # probes batched too, requests of the check's own size, calls within batch_input_bytes.
+    evaluate_rows = BatchedEvaluation.evaluate_rows
+    batch_output_bytes = None
+    _axis_rows_per_call = BatchedEvaluation._axis_rows_per_call
 
     def __init__(self, fn: Callable, inputs: Any, vjp: Callable | None, *, names_from: Callable | None = None,
                  constants: Any = ()):

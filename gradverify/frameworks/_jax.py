@@ -38,7 +38,7 @@ import numpy as np
 
 from ..errors import ShapeMismatch
 from ..layers import call_user
-from ._common import Arg, BatchedEvaluation, FrameworkFunctionTarget
+from ._common import Arg, FrameworkFunctionTarget
 
 __all__ = ["JaxFunctionTarget", "is_jax_array", "x64_context"]
 
@@ -168,7 +168,7 @@ def _draws_random(jaxpr, depth: int = 0) -> bool:
     return False
 
 
-class JaxFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
+class JaxFunctionTarget(FrameworkFunctionTarget):
     """A JAX function (see the module docstring).
 
     Cost per evaluation: one call of ``fn`` on float64 arrays, compiled with
@@ -184,7 +184,7 @@ class JaxFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
     (Python control flow on values, numpy calls on traced arrays) runs
     eagerly, with a warning.
 
-    Batched requests (:class:`~gradverify.frameworks._common.BatchedEvaluation`:
+    Batched requests (:class:`~gradverify.batching.BatchedEvaluation`:
     a full check's perturbations, fast mode's probes) run as one call of
     ``jax.jit(jax.vmap(fn))`` per tensor under the same scoped 64-bit mode,
     batches padded to a power of two (about one compilation per tensor),

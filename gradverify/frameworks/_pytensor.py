@@ -67,6 +67,10 @@ class PyTensorFunctionTarget(FrameworkFunctionTarget):
     """
 
     framework = "pytensor"
+    #: No batched evaluation: a compiled graph has no vmap here, and a batch axis would build and compile
+    #: a graph per batch shape (each costlier than the evaluations it would save); the checks loop.
+    evaluate_batch = None
+    evaluate_rows = None
 
     def __init__(self, fn: Callable, inputs: Any, vjp: Callable | None, constants: Any = ()):
         self._graphs: dict = {}

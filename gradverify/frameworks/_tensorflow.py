@@ -22,7 +22,7 @@ gradverify`` never imports tensorflow.
   where two names clash (nested layers).
 
 Full checks evaluate perturbations in batches with ``tf.vectorized_map``
-(:class:`~gradverify.frameworks._common.BatchedEvaluation`), falling back to
+(:class:`~gradverify.batching.BatchedEvaluation`), falling back to
 a loop where the code cannot be vectorised.
 """
 
@@ -37,7 +37,7 @@ import numpy as np
 from ..backends.tensorflow import import_tensorflow
 from ..errors import ProtocolError, SpecError
 from ..layers import draw_input
-from ._common import BatchedEvaluation, FrameworkFunctionTarget, NestedPrimal
+from ._common import FrameworkFunctionTarget, NestedPrimal
 
 tf = import_tensorflow()
 
@@ -126,7 +126,7 @@ class _Primal:
         return out[0]
 
 
-class TensorFlowFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
+class TensorFlowFunctionTarget(FrameworkFunctionTarget):
     """A TensorFlow callable (see the module docstring).
 
     Cost per evaluation: one call of ``fn`` on float64 tensors (plus a copy

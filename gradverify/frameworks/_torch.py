@@ -210,7 +210,9 @@ class _Storage:
 class RngPin:
     """torch's random state, captured once and restored around every run.
 
-    Runs happen inside ``torch.random.fork_rng``, so the caller's generator
+    Runs happen inside ``torch.random.fork_rng`` (on the CPU alone, its
+    equivalent on the default generator: the fixed cost of every
+    evaluation, a third of it for small code), so the caller's generator
     state is untouched. ``used`` says whether any run drew random numbers.
     """
 
@@ -221,8 +223,11 @@ class RngPin:
         self.cuda = {d: torch.cuda.get_rng_state(d) for d in self.devices}
         self.used = False
 
-    @contextlib.contextmanager
     def __call__(self):
+        return _CpuPin(self) if not self.devices else self._forked()
+
+    @contextlib.contextmanager
+    def _forked(self):
         with torch.random.fork_rng(devices=self.devices):
             torch.set_rng_state(self.cpu)
             for d, s in self.cuda.items():
@@ -232,6 +237,27 @@ class RngPin:
                 self.used = not torch.equal(torch.get_rng_state(), self.cpu) or any(
                     not torch.equal(torch.cuda.get_rng_state(d), s) for d, s in self.cuda.items()
                 )
+
+
+class _CpuPin:
+    """``RngPin()`` without CUDA devices: the default generator's state saved, pinned, compared and put back."""
+
+    __slots__ = ("pin", "saved")
+
+    def __init__(self, pin: RngPin):
+        self.pin = pin
+
+    def __enter__(self):
+        gen = torch.default_generator
+        self.saved = gen.get_state()
+        gen.set_state(self.pin.cpu)
+
+    def __exit__(self, *exc):
+        gen = torch.default_generator
+        if not self.pin.used and exc[0] is None:
+            self.pin.used = not torch.equal(gen.get_state(), self.pin.cpu)
+        gen.set_state(self.saved)
+        return False
 
 
 def _to_tensor(value: Any, device) -> Any:
@@ -507,19 +533,22 @@ class _Intercepting(NestedPrimal):
         return primal_functions(self._seen)
 
 
-class TorchFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
+class TorchFunctionTarget(FrameworkFunctionTarget):
     """A torch callable (see the module docstring).
 
     Cost per evaluation: one call of ``fn`` on float64 tensors (plus a copy
     of each input); the analytic pass is one forward and one
     ``torch.autograd.grad`` in the caller's dtype. Full checks evaluate the
-    perturbations of a tensor in batches through ``torch.func.vmap``
-    (:class:`~gradverify.frameworks._common.BatchedEvaluation`; a plain loop
-    where the code cannot be vmapped, e.g. an ``autograd.Function``
-    without ``setup_context``/``generate_vmap_rule``).
+    perturbations of a tensor in batches (:class:`~gradverify.batching.BatchedEvaluation`)
+    through ``torch.func.vmap``; where the code cannot be vmapped (an
+    ``autograd.Function`` without ``setup_context``/``generate_vmap_rule``,
+    ``.item()`` control flow), along the batch axis its forward accepts
+    (:meth:`_batch_axis`); else a plain loop.
     """
 
     framework = "torch"
+    #: vmap first; where it refuses the code, the batch axis the code accepts (see :mod:`gradverify.batching`)
+    batch_strategies = ("vmap", "batch axis")
 
     def __init__(self, fn: Callable, inputs: Any, vjp: Callable | None, constants: Any = ()):
         self.devices: dict[str, Any] = {}
@@ -687,6 +716,34 @@ class TorchFunctionTarget(BatchedEvaluation, FrameworkFunctionTarget):
 
         # No random state to pin: vmap refuses random draws (randomness="error"), and code that draws falls back.
         return _vmap(one, *rows.values())
+
+    def _output_row_shapes(self, want: np.ndarray) -> list[tuple]:
+        return list(self._out_shapes)
+
+    def _batch_axis(self, name: str, rows: np.ndarray, *, owned: bool) -> list:
+        """``fn`` once with input ``name`` given a leading batch axis (``rows``), under ``torch.no_grad()``.
+
+        What vmap refuses runs here where its code broadcasts: an
+        ``autograd.Function`` without a vmap rule (its ``apply`` on a
+        batched tensor runs its ``forward`` on it), code calling
+        ``.item()``. Under the pinned random state, like every evaluation.
+        Returns the output's floating leaves as numpy (the real view of a
+        complex one).
+        """
+        if self.layouts or name in self.storages or name in self.complex_inputs:
+            raise NotImplementedError("sparse, complex and storage-offset inputs are evaluated one by one")
+        self.random.restore()
+        values = self.convert(dict(zip(self.order, self._args(self.point))))
+        values[name] = torch.from_numpy(rows if owned else rows.copy()).to(values[name].device)
+        with torch.no_grad(), self.rng():
+            out = self.call_user(values)
+        if self.float_leaf(out):
+            leaves = [out]
+        else:
+            leaves = [v for v in self.leaves_of(out) if self.float_leaf(v)]
+            if self.kept_outputs is not None and self.user_vjp is None and len(self.kept_outputs) == len(leaves):
+                leaves = [v for v, k in zip(leaves, self.kept_outputs) if k]
+        return [self.leaf_to_numpy(v) for v in leaves]
 
     def autodiff(self, pieces, flat):
         with torch.enable_grad(), self.rng():
