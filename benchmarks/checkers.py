@@ -8,6 +8,7 @@ Run by hand from the repository root (no timed assertions anywhere in the tests)
     python benchmarks/checkers.py --params 5000 20000 --repeats 9 --budget 20
     python benchmarks/checkers.py --methods "gradverify full (torch)" "torch gradcheck"
     python benchmarks/checkers.py --small --repeats 5    # small-operator sweep and per-stage breakdown only
+    python benchmarks/checkers.py --small --full-fd      # the sweep with every element by finite differences
     python benchmarks/checkers.py --narrow --params 5000 20000   # the narrow-input MLP 4 -> H -> H -> 2
     python benchmarks/checkers.py --scale               # P 2e4 .. 8e6: time and peak memory (fast modes)
 
@@ -110,6 +111,9 @@ def main(argv=None) -> int:
     ap.add_argument("--quiet", action="store_true", help="no progress lines")
     ap.add_argument("--small", action="store_true",
                     help="only the small-operator sweep against gradcheck and the per-stage breakdown of small checks")
+    ap.add_argument("--full-fd", action="store_true",
+                    help="--small with gradverify's mode='full', against='fd' (every element by finite differences: "
+                         "where batched evaluation shows) instead of the default check")
     ap.add_argument("--no-wrapped", action="store_true",
                     help="--small without the operators wrapped in an autograd.Function")
     ap.add_argument("--narrow", action="store_true", help="the narrow-input MLP 4 -> H -> H -> 2 instead")
@@ -165,9 +169,10 @@ def small_main(a, argv) -> int:
 
     say = None if a.quiet else (lambda s: print("  ..", s, file=sys.stderr, flush=True))
     reps = 5 if a.repeats is None else a.repeats
-    rows = C.small_sweep(repeats=reps, wrapped=not a.no_wrapped, progress=say)
+    options = {"mode": "full", "against": "fd"} if a.full_fd else None
+    rows = C.small_sweep(repeats=reps, wrapped=not a.no_wrapped, progress=say, options=options)
     print(f"\nsmall-operator sweep: {len(rows)} samples, float64, one thread; per sample the median of {reps} "
-          "interleaved runs")
+          f"interleaved runs{'; gradverify with ' + str(options) if options else ''}")
     head = f"{'kind':<10}{'samples':>8}{'median ratio':>14}{'min':>8}{'max':>8}{'total ratio':>13}" \
            f"{'vs fast':>9}{'gv s':>8}{'gc s':>8}  passed"
     print(head)

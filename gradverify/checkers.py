@@ -994,7 +994,7 @@ def _as_function(fn, arity):
 
 
 def small_sweep(*, repeats: int = 5, wrapped: bool = True, seed: int = 0,
-                progress: Callable[[str], None] | None = None) -> list[dict]:
+                progress: Callable[[str], None] | None = None, options: dict | None = None) -> list[dict]:
     """The default check against ``gradcheck`` (slow and fast) on each small operator sample, side by side.
 
     For every sample of :func:`_small_ops` (and, with ``wrapped``, the same
@@ -1003,8 +1003,10 @@ def small_sweep(*, repeats: int = 5, wrapped: bool = True, seed: int = 0,
     ``repeats`` rounds taking the three checkers in turn. Returns one row
     per sample: ``name``, ``kind`` (``"op"``/``"Function"``), ``size``
     (elements checked), median seconds of ``gradverify`` (the default
-    ``check``), ``gradcheck`` and ``gradcheck_fast``, gradverify's
-    ``evaluations``, ``passed`` and ``reference``. Cost: a few seconds.
+    ``check``, or with ``options``: ``{"mode": "full", "against": "fd"}``
+    times finite differences of every element, where batching shows),
+    ``gradcheck`` and ``gradcheck_fast``, gradverify's ``evaluations``,
+    ``passed`` and ``reference``. Cost: a few seconds.
     """
     import torch
 
@@ -1018,7 +1020,7 @@ def small_sweep(*, repeats: int = 5, wrapped: bool = True, seed: int = 0,
         samples += [(n, _as_function(f, len(s)), s, "Function") for n, f, s in _small_ops() if "100" not in n]
     for name, fn, shapes, kind in samples:
         xs = [torch.tensor(rng.standard_normal(s) * 0.8, requires_grad=True) for s in shapes]
-        runs = {"gradverify": lambda: gv.check(fn, xs),
+        runs = {"gradverify": lambda: gv.check(fn, xs, **(options or {})),
                 "gradcheck": lambda: torch.autograd.gradcheck(fn, xs, raise_exception=False),
                 "gradcheck_fast": lambda: torch.autograd.gradcheck(fn, xs, fast_mode=True, raise_exception=False)}
         times = {k: [] for k in runs}
