@@ -171,7 +171,7 @@ class BatchedEvaluation:
     @property
     def points_batched(self) -> bool:
         """Whether :meth:`evaluate_points` may vectorise (vmap: the batch axis serves one tensor at a time)."""
-        return "vmap" in self.batch_strategies
+        return "vmap" in self.batch_strategies and getattr(self, "evaluate_rows", None) is not None
 
     def evaluate_points(self, rows) -> np.ndarray:
         """Outputs with every ``point[name]`` of ``rows`` replaced by its row ``b`` at once (row ``b`` of the result).

@@ -71,6 +71,7 @@ class PyTensorFunctionTarget(FrameworkFunctionTarget):
     #: a graph per batch shape (each costlier than the evaluations it would save); the checks loop.
     evaluate_batch = None
     evaluate_rows = None
+    batch_strategies = ()
 
     def __init__(self, fn: Callable, inputs: Any, vjp: Callable | None, constants: Any = ()):
         self._graphs: dict = {}
