@@ -166,14 +166,14 @@ def _table_together(evaluate_points, point, cotangent, signs, step, points) -> N
         if floor is None:
             d = signs[k] * coordinate_scale(a) * step
             for i, t in enumerate(ts):
-                np.multiply(d, t, out=r[i])
+                np.multiply(d, t, out=r[i, ...])  # (a view, also of a 0-d tensor)
         else:
-            d = np.abs(x)
+            d = np.abs(x, out=np.empty(a.shape))  # (an array, also for a 0-d tensor)
             np.maximum(d, floor, out=d)
             np.multiply(d, signs[k], out=d)
             np.multiply(d, step, out=d)
             for i, t in enumerate(ts):
-                np.multiply(d, t, out=r[i])
+                np.multiply(d, t, out=r[i, ...])  # (a view, also of a 0-d tensor)
         np.add(r, x, out=r)
         rows[k] = r.astype(a.dtype, copy=False)
     ys = np.asarray(evaluate_points(rows), dtype=np.float64).reshape((points,) + u.shape)
