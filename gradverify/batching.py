@@ -237,6 +237,12 @@ class BatchedEvaluation:
                     return out
                 reasons.append(f"vmap: {why}")
             elif strategy == "batch axis" and rows is not None:
+                if self._axis_rows_per_call(name) <= 2:
+                    # (each call's last row is verified one by one: calls of two rows save nothing, and a trial
+                    # of more would hold more copies of the tensor than the memory allowed to a batch)
+                    reasons.append("batch axis: the memory allowed to a batch holds at most two copies of the "
+                                   "tensor")
+                    continue
                 out = self._axis_trial(name, n, rows, loop, reasons)
                 if out is not None:
                     self._note(name, reasons)
