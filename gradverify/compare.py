@@ -246,7 +246,9 @@ class Comparison:
                 mask, left, right = kinks[name]
                 kink = (mask, left, right, None if kink_slack is None or name not in kink_slack else kink_slack[name])
             el = self._elements(name, a64, n, e, sens, scales[name], glob, kink)
-            tally.tensor(name, a, None, a64, e, el, kink, lost=(nlost, first_lost))
+            tt = _TensorTally(name, a)
+            tt.part(None, a64, e, el, None if kink is None else kink[1:3])
+            tally.tensor(tt, lost=(nlost, first_lost))
         return tally.result(self.tol, constants, warnings, kind=kind, reference=reference, **meta)
 
     def stream(self, *, sensitivity: bool = True, kink_slack: bool = False) -> "ComparisonStream":
@@ -474,9 +476,69 @@ class Comparison:
 
 
 
+class _TensorTally:
+    """One tensor's share of a verdict, from :meth:`Comparison._elements` over its elements, a part at a time.
+
+    Parts may come in any order: the worst element is the largest ratio,
+    ties (and NaN, which ``np.argmax`` takes first) going to the lowest
+    flat index, as ``np.argmax`` over the whole tensor has it.
+    """
+
+    def __init__(self, name: str, a: np.ndarray):
+        self.name, self.a = name, a
+        self.nbad = self.weak = 0
+        self.gap_max = self.rel_max = 0.0
+        self.gap_nan = self.rel_nan = False
+        self.locations: list[tuple] = []  # (flat index, left, right, analytic)
+        self.best: tuple | None = None     # (ratio, is_nan, flat index, Worst fields)
+
+    def part(self, idx, a64, e, el, kink=None, *, counts: bool = True) -> None:
+        """Elements ``idx`` (flat indices; None: the whole tensor in order) with ``el`` from ``_elements``.
+
+        ``counts``: whether they count towards failures, agreement within
+        noise and kinks (each element counted once; parts that only
+        compete for the worst element or the largest errors do not).
+        """
+        flat = {k: np.reshape(v, -1) for k, v in el.items()}
+        gap = flat["gap"]
+        if not gap.size:
+            return
+        where = np.arange(gap.size) if idx is None else np.asarray(idx).reshape(-1)
+        a64, e = np.reshape(a64, -1), np.reshape(np.broadcast_to(e, np.shape(el["gap"])), -1)
+        ok, kink_mask = flat["ok"], flat["kink"]
+        if counts:
+            if kink is not None:
+                left, right = (np.reshape(np.broadcast_to(v, np.shape(el["gap"])), -1) for v in kink)
+                for k in np.flatnonzero(kink_mask):
+                    self.locations.append((int(where[k]), float(left[k]), float(right[k]), float(a64[k])))
+            self.nbad += int(np.count_nonzero(~ok))
+            self.weak += int(np.count_nonzero(ok & (gap > flat["tb"]) & ~kink_mask))  # a kink is named as such
+        for attr, v in (("gap", gap), ("rel", flat["rel"])):
+            m = float(np.max(v))
+            if np.isnan(m):
+                setattr(self, attr + "_nan", True)
+            else:
+                setattr(self, attr + "_max", max(getattr(self, attr + "_max"), m))
+        ratio = flat["ratio"]
+        nan = np.isnan(ratio)
+        if nan.any():
+            top, is_nan = np.flatnonzero(nan), True
+        else:
+            top, is_nan = np.flatnonzero(ratio == np.max(ratio)), False
+        k = int(top[np.argmin(where[top])])
+        r, i = float(ratio[k]), int(where[k])
+        b = self.best
+        if b is None or (is_nan and (not b[1] or i < b[2])) or (not is_nan and not b[1] and (r > b[0] or (
+                r == b[0] and i < b[2]))):
+            self.best = (r, is_nan, i, (float(a64[k]), float(flat["n"][k]), float(gap[k]), float(flat["rel"][k]),
+                                        float(flat["tol"][k]), float(e[k])))
+
+    def index(self, i: int) -> tuple:
+        return tuple(int(j) for j in np.unravel_index(i, self.a.shape))
+
+
 class _Tally:
-    """The verdict assembled tensor by tensor from :meth:`Comparison._elements` (whole tensors, or the elements a
-    :class:`ComparisonStream` kept)."""
+    """The verdict assembled tensor by tensor (:class:`_TensorTally`)."""
 
     def __init__(self):
         self.failures = self.weak = self.unverified = 0
@@ -485,43 +547,26 @@ class _Tally:
         self.locations: list = []
         self.first_lost = None
 
-    def tensor(self, name, a, idx, a64, e, el, kink, *, lost=(0, None), gap_seen=(0.0, False)) -> None:
-        """Add tensor ``name``: ``el`` over its elements ``idx`` (flat indices; None: all of them, in order).
-
-        ``gap_seen``: the largest gap and whether one was NaN among
-        elements not in ``el`` (a stream's elements it did not keep).
-        """
+    def tensor(self, tt: _TensorTally, *, lost=(0, None), gap_seen=(0.0, False)) -> None:
+        """Add a tensor's share; ``gap_seen``: the largest gap (and whether one was NaN) of elements not in it."""
+        name, a = tt.name, tt.a
         nlost, first_lost = lost
         if nlost:
             self.unverified += nlost
             if self.first_lost is None:
-                self.first_lost = (name, tuple(int(i) for i in np.unravel_index(first_lost, a.shape)))
-
-        def where(k):  # the element's index in the tensor
-            return tuple(int(i) for i in np.unravel_index(int(k if idx is None else idx[k]), a.shape))
-
-        flat = {k: np.reshape(v, -1) for k, v in el.items()}
-        a64, e = np.reshape(a64, -1), np.reshape(e, -1)
-        gap, ok, kink_mask = flat["gap"], flat["ok"], flat["kink"]
-        if kink is not None:
-            left, right = (np.reshape(np.broadcast_to(v, np.shape(el["gap"])), -1) for v in kink[1:3])
-            for k in np.flatnonzero(kink_mask):
-                self.locations.append(Location(name, where(k), float(left[k]), float(right[k]), float(a64[k])))
-        nbad = int(np.count_nonzero(~ok))
-        self.failures += nbad
-        self.weak += int(np.count_nonzero(ok & (gap > flat["tb"]) & ~kink_mask))  # a kink is named as such
-        gap_max = float(gap.max()) if gap.size else 0.0
-        if gap_seen[1]:
-            gap_max = float("nan")
-        elif gap.size and not np.isnan(gap_max):
-            gap_max = max(gap_max, gap_seen[0])
-        self.summaries.append(InputSummary(name, tuple(a.shape), a.dtype.name, True, nbad, gap_max,
-                                           float(flat["rel"].max()) if gap.size else 0.0))
-        if gap.size:
-            k = int(np.argmax(flat["ratio"]))
-            w = Worst(name, where(k), float(a64[k]), float(flat["n"][k]), float(gap[k]), float(flat["rel"][k]),
-                      float(flat["tol"][k]), float(e[k]))
-            r = float(flat["ratio"][k])
+                self.first_lost = (name, tt.index(first_lost))
+        for i, left, right, av in sorted(tt.locations):  # in index order, as the whole tensor has them
+            self.locations.append(Location(name, tt.index(i), left, right, av))
+        self.failures += tt.nbad
+        self.weak += tt.weak
+        gap_max = float("nan") if tt.gap_nan or gap_seen[1] else max(tt.gap_max, gap_seen[0])
+        if not a.size:
+            gap_max = 0.0
+        self.summaries.append(InputSummary(name, tuple(a.shape), a.dtype.name, True, tt.nbad, gap_max,
+                                           float("nan") if tt.rel_nan else tt.rel_max))
+        if tt.best is not None:
+            r, _, i, fields = tt.best
+            w = Worst(name, tt.index(i), *fields)
             if self.best is None or r > self.best[0]:
                 self.best = (r, w)
 
@@ -627,26 +672,39 @@ def _not_matched(g: np.ndarray, q: np.ndarray, idx: np.ndarray) -> np.ndarray:
 
 
 class _Held:
-    """Elements of one tensor a stream holds, as columns (flat index, reference, error, sensitivity, ...)."""
+    """Elements of one tensor a stream holds, as parts of columns (flat index, reference, error, sensitivity, ...).
 
-    def __init__(self, columns: int = 4):
-        self.columns = columns
+    Small additions are merged into the last part until it holds ``block``
+    elements, so a merge copies at most that many and the parts stay few.
+    """
+
+    def __init__(self, columns: int = 4, block: int = 1 << 10):
+        self.columns, self.block = columns, block
         self.parts: list[tuple] = []
         self.count = 0
 
     def append(self, *arrays) -> None:
         if len(arrays[0]):
-            self.parts.append(arrays)
             self.count += len(arrays[0])
-            if len(self.parts) > 64:
-                self.parts = [self.arrays()]
+            last = self.parts[-1] if self.parts else None
+            if last is not None and len(last[0]) + len(arrays[0]) <= self.block:
+                self.parts[-1] = tuple(np.concatenate(c) for c in zip(last, arrays))
+            else:
+                self.parts.append(arrays)
 
     def arrays(self) -> tuple:
+        """Every element held, as whole columns (for the few a candidate list holds)."""
         if not self.parts:
             return (np.empty(0, dtype=np.int64),) + tuple(np.empty(0) for _ in range(self.columns - 1))
         if len(self.parts) == 1:
             return self.parts[0]
         return tuple(np.concatenate(cols) for cols in zip(*self.parts))
+
+    def chunks(self):
+        """The elements held, at most ``block`` at a time (no copy of them all)."""
+        for p in self.parts:
+            for i in range(0, len(p[0]), self.block):
+                yield tuple(c[i:i + self.block] for c in p)
 
     def replace(self, *arrays) -> None:
         self.parts = [arrays] if len(arrays[0]) else []
@@ -662,10 +720,12 @@ class _TensorStream:
         self.raw_max, self.raw_nonfinite = 0.0, False  # max |n| as given (S_T; 0 where one is not finite)
         self.lost, self.lost_first = 0, None
         self.gap_max, self.gap_nan = 0.0, False  # over elements that are not kinks (their gap is final)
-        self.must = _Held()   # elements whose verdict (fail, or pass within noise only) may turn on S_T and S
-        self.worst = _Held()  # elements that may be the worst (largest ratio) at the scales still possible
-        self.rel = _Held()    # elements that may have the largest relative error
-        self.kinks = _Held(7)  # ... + left, right, slack
+        # a 64th of the tensor (at least 256 elements) at a time: what a part holds, what a pass reads
+        self.block = block = max(1 << 8, self.size // 64)
+        self.must = _Held(4, block)   # elements whose verdict (fail, or pass within noise only) may turn on S_T, S
+        self.worst = _Held(4, block)  # elements that may be the worst (largest ratio) at the scales still possible
+        self.rel = _Held(4, block)    # elements that may have the largest relative error
+        self.kinks = _Held(7, block)  # ... + left, right, slack
         self.has_slack = False
         self.scale: float | None = None  # S_T, once every element arrived
 
@@ -755,11 +815,12 @@ class ComparisonStream:
                 if not idx.size:
                     return
         gap = np.abs(a64 - n)
+        del a64
         if np.isnan(gap).any():
             t.gap_nan = True
         else:
             t.gap_max = max(t.gap_max, float(np.max(gap)))
-        self._sift(t, idx, n, e, sens, a64)
+        self._sift(t, idx, n, e, sens, gap)
 
     def _lowest(self, t: _TensorStream) -> tuple[float, float]:
         """The lowest ``S_T`` and ``S`` still possible for tensor ``t``."""
@@ -773,46 +834,58 @@ class ComparisonStream:
         tb = comp.base_tolerance(t.name, n, s, g, sens if self.use_sensitivity else 0.0)
         return tb, tb + comp.tol.noise_factor * e
 
-    def _sift(self, t: _TensorStream, idx, n, e, sens, a64) -> None:
+    def _sift(self, t: _TensorStream, idx, n, e, sens, gap) -> None:
         """Keep, of these elements, those a verdict may turn on at the scales still possible (see the class)."""
-        gap = np.abs(a64 - n)
         tb, tol = self._tolerances(t, n, e, sens)
         finite = np.isfinite(gap) & np.isfinite(n) & np.isfinite(tol)
         with np.errstate(invalid="ignore"):
             must = ~finite | (gap > tb) | (idx == 0)
-        t.must.append(idx[must], n[must], e[must], sens[must])
-        rank = finite & (gap > 0)
-        if rank.any():
-            self._candidates(t, idx[rank], n[rank], e[rank], sens[rank])
+        if must.any():
+            t.must.append(idx[must], n[must], e[must], sens[must])
+        rank = np.flatnonzero(finite & (gap > 0))
+        if rank.size:
+            idx, n, e, sens, gap, tol = (x[rank] for x in (idx, n, e, sens, gap, tol))
+            self._worst(t, idx, n, e, sens, gap, tol)
+            self._rel(t, idx, n, e, sens, gap)
 
-    def _candidates(self, t: _TensorStream, idx, n, e, sens) -> None:
-        """Merge elements into the tensor's candidates for the worst element and for the largest relative error."""
-        for held in (t.worst, t.rel):
-            ai, an, ae, asn = (np.concatenate((o, x)) for o, x in zip(held.arrays(), (idx, n, e, sens)))
-            if not ai.size:
-                continue
+    def _worst(self, t: _TensorStream, idx, n, e, sens, gap, tol) -> None:
+        """Merge elements (finite, gap > 0) into the tensor's candidates for the worst element."""
+        lg = np.log2(gap)
+        lr = lg - np.log2(tol)
+        fi, fn, fe, fs = t.worst.arrays()
+        if fi.size:
+            # first what the strongest candidates so far beat (arrays), then a sweep over the rest and them
             with np.errstate(divide="ignore"):
-                gap = np.abs(_take(t.a, ai).astype(np.float64) - an)
-                lg = np.log2(gap)
-                if held is t.worst:
-                    _, tol = self._tolerances(t, an, ae, asn)
-                    lr = lg - np.log2(tol)
-                    old = held.count
-                    keep = np.ones(ai.size, dtype=bool)
-                    if old:  # first what an earlier kept element beats (arrays), then a sweep over the rest
-                        fi, fg, fr = ai[:old], lg[:old], lr[:old]
-                        step = max(1, 2**20 // old)  # (at most a million pairs at a time)
-                        for s0 in range(old, ai.size, step):
-                            s1 = min(s0 + step, ai.size)
-                            beaten = ((fi[:, None] < ai[None, s0:s1]) & (fg[:, None] >= lg[None, s0:s1] + _MARGIN_LOG2)
-                                      & (fr[:, None] >= lr[None, s0:s1] + _MARGIN_LOG2)).any(axis=0)
-                            keep[s0:s1] = ~beaten
-                    sub = np.flatnonzero(keep)
-                    keep[sub] = _not_beaten_earlier(ai[sub], lg[sub], lr[sub])
-                else:
-                    absn = np.abs(an)
-                    keep = _not_matched(gap, np.where(absn > 0, gap / np.where(absn > 0, absn, 1.0), np.inf), ai)
-            held.replace(ai[keep], an[keep], ae[keep], asn[keep])
+                fg = np.log2(np.abs(_take(t.a, fi).astype(np.float64) - fn))
+                fr = fg - np.log2(self._tolerances(t, fn, fe, fs)[1])
+            keep = np.ones(idx.size, dtype=bool)
+            for p in set(np.argsort(fr)[-4:].tolist() + np.argsort(fg)[-4:].tolist()):
+                keep &= ~((fi[p] < idx) & (fg[p] >= lg + _MARGIN_LOG2) & (fr[p] >= lr + _MARGIN_LOG2))
+            sub = np.flatnonzero(keep)
+            idx, n, e, sens = (np.concatenate((f, x[sub])) for f, x in ((fi, idx), (fn, n), (fe, e), (fs, sens)))
+            lg, lr = np.concatenate((fg, lg[sub])), np.concatenate((fr, lr[sub]))
+        keep = _not_beaten_earlier(idx, lg, lr)
+        t.worst.replace(idx[keep], n[keep], e[keep], sens[keep])
+
+    def _rel(self, t: _TensorStream, idx, n, e, sens, gap) -> None:
+        """Merge elements (finite, gap > 0) into the tensor's candidates for the largest relative error."""
+        absn = np.abs(n)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            q = np.where(absn > 0, gap / absn, np.inf)
+        fi, fn, fe, fs = t.rel.arrays()
+        if fi.size:
+            fg = np.abs(_take(t.a, fi).astype(np.float64) - fn)
+            fa = np.abs(fn)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                fq = np.where(fa > 0, fg / fa, np.inf)
+            keep = np.ones(idx.size, dtype=bool)
+            for p in set(np.argsort(fq)[-4:].tolist() + np.argsort(fg)[-4:].tolist()):
+                keep &= ~((fg[p] >= gap) & (fq[p] >= q))  # matched or beaten: never the largest alone
+            sub = np.flatnonzero(keep)
+            idx, n, e, sens = (np.concatenate((f, x[sub])) for f, x in ((fi, idx), (fn, n), (fe, e), (fs, sens)))
+            gap, q = np.concatenate((fg, gap[sub])), np.concatenate((fq, q[sub]))
+        keep = _not_matched(gap, q, idx)
+        t.rel.replace(idx[keep], n[keep], e[keep], sens[keep])
 
     def done(self, name: str) -> None:
         """Every element of tensor ``name`` was added: its scale is known, and what the stream keeps shrinks."""
@@ -826,23 +899,29 @@ class ComparisonStream:
                 self._resift(u)
 
     def _resift(self, t: _TensorStream) -> None:
-        """Sift what ``t`` keeps again at the (higher) lowest scales now known."""
-        idx, n, e, sens = t.must.arrays()
-        t.must.replace(*(x[:0] for x in (idx, n, e, sens)))
-        for i in range(0, idx.size, _STREAM_CHUNK):
-            sl = slice(i, i + _STREAM_CHUNK)
-            a64 = _take(t.a, idx[sl]).astype(np.float64)
-            gap = np.abs(a64 - n[sl])
-            tb, tol = self._tolerances(t, n[sl], e[sl], sens[sl])
-            finite = np.isfinite(gap) & np.isfinite(n[sl]) & np.isfinite(tol)
-            with np.errstate(invalid="ignore"):
-                must = ~finite | (gap > tb) | (idx[sl] == 0)
-            t.must.append(idx[sl][must], n[sl][must], e[sl][must], sens[sl][must])
-        # the candidates for the worst element, compared at the new scales (those beaten stay beaten above them)
-        wi, wn, we, ws = t.worst.arrays()
-        t.worst.replace(*(x[:0] for x in (wi, wn, we, ws)))
-        if wi.size:
-            self._candidates(t, wi, wn, we, ws)
+        """Sift what ``t`` keeps again at the (higher) lowest scales now known.
+
+        The elements that may fail are judged again, a part at a time; the
+        candidates for the worst element are compared again (one beaten
+        stays beaten at any higher scale, and every element met them when
+        it arrived).
+        """
+        parts, t.must.parts, t.must.count = t.must.parts, [], 0
+        while parts:
+            idx, n, e, sens = parts.pop(0)
+            for i in range(0, idx.size, t.block):
+                sl = slice(i, i + t.block)
+                gap = np.abs(_take(t.a, idx[sl]).astype(np.float64) - n[sl])
+                tb, tol = self._tolerances(t, n[sl], e[sl], sens[sl])
+                finite = np.isfinite(gap) & np.isfinite(n[sl]) & np.isfinite(tol)
+                with np.errstate(invalid="ignore"):
+                    must = ~finite | (gap > tb) | (idx[sl] == 0)
+                t.must.append(idx[sl][must], n[sl][must], e[sl][must], sens[sl][must])
+        idx, n, e, sens = t.worst.arrays()
+        if idx.size:
+            t.worst.replace(*(x[:0] for x in (idx, n, e, sens)))
+            gap = np.abs(_take(t.a, idx).astype(np.float64) - n)
+            self._worst(t, idx, n, e, sens, gap, self._tolerances(t, n, e, sens)[1])
 
     def result(self, *, kind: str, reference: str = "fd", constants: Mapping[str, np.ndarray] | None = None,
                warnings: tuple[str, ...] = (), flat_scale: float = 0.0, **meta) -> CheckResult:
@@ -855,45 +934,40 @@ class ComparisonStream:
         glob = comp._glob(scales, flat_scale)
         tally = _Tally()
         for name, t in self.tensors.items():
-            # the elements kept (each once), in index order as the whole array has them
-            idx, n, e, sens = (np.concatenate(c) for c in zip(t.must.arrays(), t.worst.arrays(), t.rel.arrays()))
-            idx, first = np.unique(idx, return_index=True)
-            n, e, sens = n[first], e[first], sens[first]
-            ki, kn, ke, ks, kl, kr, kslack = t.kinks.arrays()
-            nk = ki.size
-            order = np.argsort(np.concatenate((ki, idx)), kind="stable")
-            idx = np.concatenate((ki, idx))[order]
-            n, e = np.concatenate((kn, n))[order], np.concatenate((ke, e))[order]
-            sens = np.concatenate((ks, sens))[order] if self.use_sensitivity else 0.0
-            kink = None
-            if nk:
-                is_kink = np.zeros(idx.size, dtype=bool)
-                is_kink[:nk] = True
-                nan = np.full(idx.size - nk, np.nan)
-                kink = (is_kink[order], np.concatenate((kl, nan))[order], np.concatenate((kr, nan))[order],
-                        np.concatenate((kslack, np.zeros(idx.size - nk)))[order] if t.has_slack else None)
-            a64 = _take(t.a, idx).astype(np.float64)
-            el = comp._elements(name, a64, n, e, sens, scales[name], glob, kink)
-            tally.tensor(name, t.a, idx, a64, e, el, kink, lost=(t.lost, t.lost_first),
-                         gap_seen=(t.gap_max, t.gap_nan))
+            tt = _TensorTally(name, t.a)
+            scale = scales[name]
+            # every element that may fail, pass within noise only, or sit on a kink: counted
+            for idx, n, e, sens in t.must.chunks():
+                a64 = _take(t.a, idx).astype(np.float64)
+                tt.part(idx, a64, e, comp._elements(name, a64, n, e, sens if self.use_sensitivity else 0.0, scale,
+                                                    glob))
+            for idx, n, e, sens, left, right, slack in t.kinks.chunks():
+                a64 = _take(t.a, idx).astype(np.float64)
+                kink = (np.ones(idx.size, dtype=bool), left, right, slack if t.has_slack else None)
+                tt.part(idx, a64, e, comp._elements(name, a64, n, e, sens if self.use_sensitivity else 0.0, scale,
+                                                    glob, kink), (left, right))
+            # the candidates for the worst element and the largest relative error (counted above if at all)
+            for held in (t.worst, t.rel):
+                for idx, n, e, sens in held.chunks():
+                    a64 = _take(t.a, idx).astype(np.float64)
+                    tt.part(idx, a64, e, comp._elements(name, a64, n, e, sens if self.use_sensitivity else 0.0,
+                                                        scale, glob), counts=False)
+            tally.tensor(tt, lost=(t.lost, t.lost_first), gap_seen=(t.gap_max, t.gap_nan))
         return tally.result(comp.tol, constants, warnings, kind=kind, reference=reference, **meta)
 
 
 def _maxabs(a) -> float:
-    """``max |a|`` (0 where ``a`` is empty or holds a non-finite value), a chunk at a time for a contiguous ``a``."""
+    """``max |a|`` (0 where ``a`` is empty or holds a non-finite value), a 64th of a contiguous ``a`` at a time."""
     a = np.asarray(a)
     if a.size == 0:
         return 0.0
-    if a.flags.c_contiguous and a.size > _STREAM_CHUNK:
-        flat = a.reshape(-1)
-        m = float(np.max([np.max(np.abs(flat[i:i + _STREAM_CHUNK])) for i in range(0, flat.size, _STREAM_CHUNK)]))
+    if a.flags.c_contiguous and a.size > 1 << 10:
+        flat, step = a.reshape(-1), max(1 << 10, a.size // 64)
+        m = float(np.max([np.max(np.abs(flat[i:i + step])) for i in range(0, flat.size, step)]))
     else:
         m = float(np.max(np.abs(a)))
     return m if np.isfinite(m) else 0.0
 
-
-#: Elements a pass over a tensor (the largest magnitude, a stream's re-sift) reads at a time.
-_STREAM_CHUNK = 1 << 14
 
 
 def compare_gradients(
