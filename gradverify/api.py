@@ -719,13 +719,18 @@ def _choose_mode(c: _Check) -> str:
     return "full"
 
 
-#: Bytes a full check holds per element checked, measured (benchmarks/memory.py: about 17 float64 values of
-#: results, scales, steps, screen rows and the comparison's arrays), with a margin.
-FULL_BYTES_PER_ELEMENT = 24 * 8
+#: Bytes a full check may hold per element checked, per comparison (two where low-precision code also runs in
+#: float64), measured (benchmarks/memory.py, tests/test_memory.py): where every element fails (a formula wrong
+#: everywhere), the comparison keeps index, reference, error and sensitivity of each until the scales of the
+#: tolerance are known: 4 numbers, 4x the float64 inputs; the screen's parts (a 128th of a tensor) and the
+#: permutation its sample is drawn from (two or four bytes an element) add a fraction of one. Where the
+#: gradient is right it keeps a handful: the check then adds about 1x its inputs (rows of outputs, the sample's
+#: permutation), 2.7x with the gradient under test and its second run.
+FULL_BYTES_PER_ELEMENT = 5 * 8
 
 
 def _full_fits(c: _Check) -> bool:
-    """Whether a full check's per-element arrays fit the memory available (estimated before allocating).
+    """Whether a full check's comparisons fit the memory available, at worst (estimated before allocating).
 
     ``mode="auto"`` falls back to fast mode (leaner: its memory does not
     grow with the number of elements beyond one saved tensor), with a
@@ -735,7 +740,7 @@ def _full_fits(c: _Check) -> bool:
     from .memory import budget, mib
 
     size = sum(a.size for a in c.target.point.values())
-    need = FULL_BYTES_PER_ELEMENT * size
+    need = FULL_BYTES_PER_ELEMENT * size * (1 if c.analytic64 is None else 2)
     if c.mode == "full":
         budget(0, least=need, what=f"a full check of {size} elements",
                instead="mode='fast' checks random projections and needs about a copy of the largest tensor")

@@ -207,3 +207,91 @@ def test_a_passing_tensor_leaves_a_handful_of_elements_held():
     # worst ratio and the largest relative error: far fewer than the 200,000 elements
     assert held < 500, (t.must.count, t.worst.count, t.rel.count)
     assert stream.result(kind="function").passed
+
+
+class _Recorder:
+    """A sink keeping every record ``projected_gradients`` hands over (to compare with its whole arrays)."""
+
+    def __init__(self):
+        self.seen, self.finished = {}, []
+
+    def add(self, name, idx, value, error, sensitivity, *, kink=None, left=None, right=None, slack=None):
+        k = np.zeros(len(idx), dtype=bool) if kink is None else np.asarray(kink)
+        for j, i in enumerate(np.asarray(idx).tolist()):
+            assert (name, i) not in self.seen  # every element once
+            self.seen[name, i] = (value[j], error[j], sensitivity[j], bool(k[j]),
+                                  left[j] if k[j] else None, right[j] if k[j] else None, slack[j] if k[j] else None)
+
+    def done(self, name):
+        self.finished.append(name)
+
+
+def _kinky(batched: bool):
+    """tanh(x W) plus |x| and a relu kink at exactly 0 (kinks named), a +inf coordinate (taken as 0), a judge."""
+    from gradverify.compare import Comparison
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 40))
+    x[0, :5] = 0.0  # |x| and relu(x) at their kinks
+    W = rng.standard_normal((40, 30)) / 6
+    b = rng.standard_normal(7)
+    b[2] = np.inf  # does not move under a perturbation
+    u = rng.standard_normal((3, 30 + 40 + 7))
+    point = {"x": x, "W": W, "b": b}
+
+    def f(x, W, b):
+        return np.concatenate([np.tanh(x @ W), np.abs(x) + np.maximum(x, 0)[:1], np.where(np.isfinite(b), b, 0.0)[
+            None].repeat(3, 0) * 0.5], axis=1)
+
+    def evaluate():
+        return f(point["x"], point["W"], point["b"])
+
+    def evaluate_batch(name, flat, values):
+        rows = []
+        for i, v in zip(flat, values):
+            p = {k: a.copy() for k, a in point.items()}
+            p[name].reshape(-1)[i] = v
+            rows.append(f(p["x"], p["W"], p["b"]))
+        return np.stack(rows)
+
+    d = 1e-9
+    grads = {"x": rng.standard_normal(x.shape) * d, "W": rng.standard_normal(W.shape) * d, "b": np.zeros(7)}
+    comp = Comparison(grads, tolerance_for(np.float64))
+    kw = dict(judge=comp.judge, judge_many=comp.judge_many, tolerance=comp.base_tolerance,
+              evaluate_batch=evaluate_batch if batched else None, batch_bytes=8 * u.size * 4 * 37)
+    return evaluate, point, u, kw
+
+
+def test_a_sink_receives_the_numbers_the_whole_arrays_hold():
+    """``projected_gradients(sink=...)``: every element once, the same value, error, sensitivity and kink."""
+    from gradverify.references.elementwise import projected_gradients
+
+    for batched in (False, True):
+        evaluate, point, u, kw = _kinky(batched)
+        before = {k: v.copy() for k, v in point.items()}
+        whole, n_whole = projected_gradients(evaluate, point, u, **kw)
+        rec = _Recorder()
+        none, n_sunk = projected_gradients(evaluate, point, u, sink=rec, **kw)
+        assert none == {} and n_sunk == n_whole and rec.finished == list(point)
+        assert all(np.array_equal(point[k], before[k]) for k in point)
+        kinks = 0
+        for name, d in whole.items():
+            for i in range(d.value.size):
+                v, e, s, k, left, right, slack = rec.seen[name, i]
+                assert (v, e, s, k) == (d.value.flat[i], d.error.flat[i], d.sensitivity.flat[i], d.kink.flat[i]), \
+                    (batched, name, i)
+                if k:
+                    kinks += 1
+                    assert (left, right, slack) == (d.left.flat[i], d.right.flat[i], d.side_error.flat[i])
+        assert len(rec.seen) == sum(a.size for a in point.values())
+        assert kinks >= 5  # the kinks at x = 0 were diagnosed, and handed over with their sides
+
+
+def test_the_screen_samples_the_elements_it_always_sampled():
+    """The sample is drawn from a permutation of narrow integers: the positions ``permutation`` gives."""
+    from gradverify.references.elementwise import _sample_positions
+    from gradverify.references.screen import SCREEN_SAMPLES
+
+    for n in (64, 100, 255, 256, 257, 40_000, 65_536, 65_537, 300_007):
+        want = np.sort(np.random.default_rng(n).permutation(n)[:SCREEN_SAMPLES])
+        assert np.array_equal(_sample_positions(n), want), n

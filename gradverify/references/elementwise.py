@@ -347,8 +347,7 @@ def projected_gradients(
                     sc["settled"] |= sc["flat"] & (np.asarray(many(idx, zero, zero)) == OK)
                 return sc
 
-            # (the permutation of every position, a tensor's worth of int64, lives only for this line)
-            pick = np.sort(np.random.default_rng(len(order)).permutation(len(order))[:_screens.SCREEN_SAMPLES])
+            pick = _sample_positions(len(order))
             sample = [int(order[k]) for k in pick]
             sc = screened(sample)
             results.watch(sample)
@@ -411,8 +410,24 @@ def _pieces(arr: np.ndarray):
 
 def _block(size: int) -> int:
     """Elements evaluated one by one whose steps are computed together, and settled elements a sink receives
-    together: a 256th of the tensor, between 16 and 1024 (their records stay small beside the tensor)."""
-    return max(16, min(_BLOCK, size // 256))
+    together (four times as many the screen settled): a 256th of the tensor, between 64 and 1024 (their
+    records stay small beside the tensor)."""
+    return max(64, min(_BLOCK, size // 256))
+
+
+def _sample_positions(n: int) -> np.ndarray:
+    """The screen's sample: the first :data:`~gradverify.references.screen.SCREEN_SAMPLES` positions of
+    ``default_rng(n).permutation(n)``, sorted.
+
+    Shuffled as the narrowest unsigned integers that hold ``n`` positions
+    (two bytes each below 65,536 elements, not eight): a shuffle moves
+    items whatever their width, so the permutation is the same (a test
+    holds it to ``permutation``), and lives only here.
+    """
+    dtype = next(d for d in (np.uint8, np.uint16, np.uint32, np.int64) if n <= int(np.iinfo(d).max) + 1)
+    perm = np.arange(n, dtype=dtype)
+    np.random.default_rng(n).shuffle(perm)
+    return np.sort(perm[:_screens.SCREEN_SAMPLES].astype(np.int64))
 
 
 class _Rest:
@@ -464,9 +479,18 @@ class _Steps:
         rms = float(np.sqrt(ss / count)) if count else 0.0
         self.floor = 0.1 * rms if rms > 0 else 1.0
         self.scale, self.first = _StepIndex(self, 0), _StepIndex(self, 1)
+        self._last: tuple = (None, None)
 
     def at(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Scales and first steps of elements ``idx`` (flat indices)."""
+        """Scales and first steps of elements ``idx`` (flat indices; the last answer kept for the same array,
+        which the callers read for both)."""
+        if idx is self._last[0]:
+            return self._last[1]
+        out = self._compute(idx)
+        self._last = (idx, out)
+        return out
+
+    def _compute(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = _screens._take(self.arr, idx)
         x64 = x.astype(np.float64)
         s = np.maximum(np.abs(x64), self.floor)
@@ -487,9 +511,11 @@ class _StepIndex:
         self.steps, self.which = steps, which
 
     def __getitem__(self, i):
+        if isinstance(i, np.ndarray) and i.dtype == np.int64:
+            return self.steps.at(i)[self.which]
         if np.ndim(i):
             return self.steps.at(np.asarray(i, dtype=np.int64))[self.which]
-        return self.steps.at(np.array([int(i)], dtype=np.int64))[self.which][0]
+        return self.steps._compute(np.array([int(i)], dtype=np.int64))[self.which][0]
 
 
 class _Whole:
@@ -530,24 +556,36 @@ class _Sunk:
 
     def __init__(self, name: str, sink, block: int = _BLOCK):
         self.name, self.sink, self.block = name, sink, block
-        self.pending: list = []
+        self.pending: tuple[list, ...] = tuple([] for _ in range(8))  # index, then a record's columns
+        self.screened: list[tuple] = []  # arrays of elements the screen settled
+        self.screened_count = 0
         self.watched: dict[int, tuple] = {}
 
     def put(self, i: int, rec) -> None:
         if i in self.watched:
             self.watched[i] = (rec[0], rec[1])
-        self.pending.append((i, *rec))
-        if len(self.pending) >= self.block:
+        # (columns, not a tuple per element: CPython keeps freed small tuples on a free list, still allocated)
+        for col, v in zip(self.pending, (i, *rec)):
+            col.append(v)
+        if len(self.pending[0]) >= self.block:
             self.flush()
 
     def put_many(self, idx, value, error, sensitivity, left, right) -> None:
-        """Elements settled by the screen (no kink there)."""
-        self.sink.add(self.name, idx, value, error, sensitivity)
+        """Elements settled by the screen (no kink there): handed over a few screened parts at a time."""
+        self.screened.append((idx, value, error, sensitivity))
+        self.screened_count += len(idx)
+        if self.screened_count >= 4 * self.block:
+            self.flush()
 
     def flush(self) -> None:
-        if self.pending:
-            i, value, error, sens, left, right, kink, side = (np.array(c) for c in zip(*self.pending))
-            self.pending = []
+        if self.screened:
+            idx, value, error, sens = (np.concatenate(c) for c in zip(*self.screened))
+            self.screened, self.screened_count = [], 0
+            self.sink.add(self.name, idx, value, error, sens)
+        if self.pending[0]:
+            i, value, error, sens, left, right, kink, side = (np.array(c) for c in self.pending)
+            for col in self.pending:
+                col.clear()
             self.sink.add(self.name, i.astype(np.int64), value.astype(np.float64), error.astype(np.float64),
                           sens.astype(np.float64), kink=kink.astype(bool), left=left.astype(np.float64),
                           right=right.astype(np.float64), slack=side.astype(np.float64))

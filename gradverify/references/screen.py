@@ -121,6 +121,7 @@ def screen(evaluate_batch, name, arr, order, first_steps, proj, y0, batch_bytes,
     idx_all = np.asarray(order, dtype=np.int64)
     x0 = _take(arr, idx_all).astype(np.float64)
     h = np.asarray(first_steps[idx_all], dtype=np.float64) / SCREEN_STEP_DIVISOR
+    scales = np.asarray(scale[idx_all], dtype=np.float64)
     if arr.dtype.kind == "f":
         h = np.fmax(h, 8.0 * np.spacing(np.abs(x0).astype(arr.dtype)).astype(np.float64))  # inf: no spacing
     values = np.stack([x0 + h, x0 - h], axis=1).astype(arr.dtype)  # (n, 2) as stored
@@ -155,7 +156,7 @@ def screen(evaluate_batch, name, arr, order, first_steps, proj, y0, batch_bytes,
                         arr[where] = keep
         a = actual[sl]
         out["value"][sl], out["noise"][sl], mags, _ = proj.diff_many(ys[:, 0], ys[:, 1], a[:, 0] - a[:, 1])
-        out["sensitivity"][sl] = mags / scale[idx_all[sl]]
+        out["sensitivity"][sl] = mags / scales[sl]
         out["right"][sl] = ((ys[:, 0] - base) @ u) / a[:, 0]
         out["left"][sl] = ((base - ys[:, 1]) @ u) / -a[:, 1]
         out["flat"][sl] = ~np.any(ys != base[None, None, :], axis=(1, 2))
