@@ -720,13 +720,14 @@ def _choose_mode(c: _Check) -> str:
 
 
 #: Bytes a full check may hold per element checked, per comparison (two where low-precision code also runs in
-#: float64), measured (benchmarks/memory.py, tests/test_memory.py): where every element fails (a formula wrong
-#: everywhere), the comparison keeps index, reference, error and sensitivity of each until the scales of the
-#: tolerance are known: 4 numbers, 4x the float64 inputs; the screen's parts (a 128th of a tensor) and the
-#: permutation its sample is drawn from (two or four bytes an element) add a fraction of one. Where the
-#: gradient is right it keeps a handful: the check then adds about 1x its inputs (rows of outputs, the sample's
-#: permutation), 2.7x with the gradient under test and its second run.
-FULL_BYTES_PER_ELEMENT = 5 * 8
+#: float64), at worst: where every element fails (a formula wrong everywhere) the comparison keeps index,
+#: reference, error and sensitivity of each until the scales of the tolerance are known (4 numbers), and the
+#: screen's parts, the permutation its sample is drawn from and the outputs of a step walk add about one more;
+#: measured 44 bytes an element above the gradient under test (benchmarks/memory.py, every element of W wrong,
+#: n = 200). Where the gradient is right the comparison keeps a handful of elements: a passing check adds about
+#: 1x its float64 inputs (the sample's permutation, rows of outputs), 2.7x with the gradient under test and its
+#: second run.
+FULL_BYTES_PER_ELEMENT = 6 * 8
 
 
 def _full_fits(c: _Check) -> bool:
@@ -823,11 +824,13 @@ def _fd_run(c: _Check, noise: float, used: str, cross: bool = False) -> tuple[Ch
             mode="full", evaluations=evaluations, seed=seed, seconds=time.perf_counter() - start, dtype="float64",
         )
         if not hi.passed:
+            streams.clear()  # (what the comparisons kept, freed before the second opinion runs)
             return _second_opinion(hi, target, comp64, u64, eval_dtype, start, noise), crossed
         lo = streams[0].result(
             kind=target.kind, reference="fd", constants=target.constants, mode="full", evaluations=evaluations,
             seed=seed, dtype=grad_dtype.name,
         )
+        streams.clear()
         if lo.passed:
             return dataclasses.replace(lo, warnings=hi.warnings[:-1], seconds=time.perf_counter() - start), crossed
         # The formula is right (float64 run, float64 tolerance); the
@@ -853,6 +856,7 @@ def _fd_run(c: _Check, noise: float, used: str, cross: bool = False) -> tuple[Ch
         seconds=time.perf_counter() - start,
         dtype=grad_dtype.name,
     )
+    streams.clear()
     if widened and not result.passed:
         # The code's own forward is already percents away from the float64
         # function: at its precision the function is ill-conditioned and its

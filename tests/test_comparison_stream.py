@@ -114,6 +114,8 @@ def _case(seed: int, shapes, *, fail: float, lost: float, kinky: float, nonfinit
             n[rng.integers(0, size)] = rng.choice([np.nan, np.inf])
             e[rng.integers(0, size)] = np.nan
         analytic[name] = a.astype(dtype).reshape(shape)
+        if len(shape) == 2 and seed % 2:
+            analytic[name] = np.asfortranarray(analytic[name])  # (not C-contiguous: read by index, not reshaped)
         numeric[name], error[name] = n.reshape(shape), e.reshape(shape)
         sens[name] = (np.abs(rng.standard_normal(size)) * scale * 10.0 ** rng.integers(-2, 8, size=size)).reshape(shape)
         mask = rng.random(size) < kinky

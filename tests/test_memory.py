@@ -362,7 +362,7 @@ def memory_share(available: int) -> float:
 
 def test_a_full_check_that_would_not_fit_says_how_much_it_needs(little_memory):
     xs = _inputs(20)
-    # the full check of 560 elements may need 22 kB (FULL_BYTES_PER_ELEMENT, 5 numbers each where every element
+    # the full check of 560 elements may need 27 kB (FULL_BYTES_PER_ELEMENT: 6 numbers each where every element
     # fails), more than half of what is available
     little_memory(40_000)
     assert api.FULL_BYTES_PER_ELEMENT * 560 > memory_share(40_000)

@@ -56,6 +56,10 @@ class ElementDerivative:
 #: A settled element's record before it is stored: value, error, sensitivity, left, right, kink, side error.
 _UNSET = (0.0, 0.0, 0.0, np.nan, np.nan, False, 0.0)
 
+#: The screen takes the rest of a tensor (after its sample) in this many parts where elements are evaluated one
+#: by one (16 where calls are batched: rows enough to vectorise).
+_SCREEN_PARTS = 128
+
 #: At most this many elements evaluated one by one have their steps computed together, and a sink receives
 #: together (:func:`_block`).
 _BLOCK = 1024
@@ -227,18 +231,26 @@ def projected_gradients(
                     arr[idx] = x0
                 return y, ta
 
+            held = []  # the levels whose outputs are still kept: the two newest (a walk's outputs, not forty)
+
             def level(h):
                 yp, tp = at(h)
                 ym, tm = at(-h)
                 d, n, mag = diff(yp, ym, tp, tm)
-                return (yp, tp, ym, tm, d, n, mag, not np.array_equal(yp, ym))
+                rows = _Rows(yp, ym)
+                held.append((rows, tp, tm))
+                if len(held) > 2:  # the oldest keeps only what the kink diagnosis would read of it
+                    old, otp, otm = held.pop(0)
+                    old.release(diff, y0, otp, otm)
+                return (rows, tp, None, tm, d, n, mag, not np.array_equal(yp, ym))
 
             def first_levels_settle(levels):
                 """A jump beside the point (a kink, settled) or a locally constant function (zero, settled).
 
                 The same rules as the batched first pass (:func:`~gradverify.references.screen.first_pass_batched`).
                 """
-                (yp1, _, ym1, _), (yp2, tp2, ym2, tm2) = levels[0][:4], levels[1][:4]
+                (yp1, ym1), (yp2, ym2) = _outputs(levels[0]), _outputs(levels[1])
+                tp2, tm2 = levels[1][1], levels[1][3]
                 r2, _, _ = diff(yp2, y0, tp2, 0.0)
                 l2, _, _ = diff(y0, ym2, 0.0, tm2)
                 flat_y0 = y0.reshape(-1)
@@ -263,9 +275,7 @@ def projected_gradients(
                 # gap halves with the step (where nothing is stable, no kink).
                 gaps = []
                 for lv in levels[-2:]:
-                    yp, tp, ym, tm = lv[:4]
-                    r, rn, _ = diff(yp, y0, tp, 0.0)
-                    lft, ln, _ = diff(y0, ym, 0.0, tm)
+                    r, rn, lft, ln = _one_sided(lv, diff, y0)
                     gaps.append((r, lft, rn + ln))
                 (r1, l1, _), (r2, l2, n2) = gaps
                 rec[3], rec[4] = l2, r2
@@ -367,7 +377,7 @@ def projected_gradients(
                 # there). Elements it does not settle run Richardson: after each part, or all at once after
                 # the last where calls are batched.
                 batched = evaluate_batch is not None
-                part = max(_screens.SCREEN_MIN_SIZE, len(rest) // (16 if batched else 128))
+                part = max(_screens.SCREEN_MIN_SIZE, len(rest) // (16 if batched else _SCREEN_PARTS))
                 unsettled = []
                 for lo, hi in _ranges(len(rest), part):
                     seg = rest[lo:hi]
@@ -428,6 +438,39 @@ def _sample_positions(n: int) -> np.ndarray:
     perm = np.arange(n, dtype=dtype)
     np.random.default_rng(n).shuffle(perm)
     return np.sort(perm[:_screens.SCREEN_SAMPLES].astype(np.int64))
+
+
+class _Rows:
+    """The outputs at ``x + h`` and ``x - h`` of one level of an element's step walk.
+
+    Released once two newer levels exist: the walk itself reads a level's
+    quotients only, and the kink diagnosis reads the one-sided quotients of
+    the two smallest steps, computed here before the outputs go.
+    """
+
+    __slots__ = ("yp", "ym", "sided")
+
+    def __init__(self, yp, ym):
+        self.yp, self.ym, self.sided = yp, ym, None
+
+    def release(self, diff, y0, tp, tm) -> None:
+        self.sided = _one_sided((self, tp, None, tm), diff, y0)
+        self.yp = self.ym = None
+
+
+def _outputs(lv) -> tuple:
+    """The outputs at ``x + h`` and ``x - h`` of a level (a walk's, or the batched first pass's arrays)."""
+    return (lv[0].yp, lv[0].ym) if isinstance(lv[0], _Rows) else (lv[0], lv[2])
+
+
+def _one_sided(lv, diff, y0) -> tuple:
+    """A level's one-sided quotients and their noise: ``(right, its noise, left, its noise)``."""
+    if isinstance(lv[0], _Rows) and lv[0].sided is not None:
+        return lv[0].sided
+    (yp, ym), tp, tm = _outputs(lv), lv[1], lv[3]
+    r, rn, _ = diff(yp, y0, tp, 0.0)
+    lft, ln, _ = diff(y0, ym, 0.0, tm)
+    return r, rn, lft, ln
 
 
 class _Rest:
