@@ -722,11 +722,11 @@ def _choose_mode(c: _Check) -> str:
 #: Bytes a full check may hold per element checked, per comparison (two where low-precision code also runs in
 #: float64), at worst: where every element fails (a formula wrong everywhere) the comparison keeps index,
 #: reference, error and sensitivity of each until the scales of the tolerance are known (4 numbers), and the
-#: screen's parts, the permutation its sample is drawn from and the outputs of a step walk add about one more;
-#: measured 44 bytes an element above the gradient under test (benchmarks/memory.py, every element of W wrong,
-#: n = 200). Where the gradient is right the comparison keeps a handful of elements: a passing check adds about
-#: 1x its float64 inputs (the sample's permutation, rows of outputs), 2.7x with the gradient under test and its
-#: second run.
+#: screen's parts, the permutation its sample is drawn from and the outputs of a step walk add a little more:
+#: measured 40 bytes an element above the gradient under test (benchmarks/memory.py, every element of W wrong,
+#: n = 200: 6.0x the inputs in all), 48 with a margin. Where the gradient is right the comparison keeps a
+#: handful of elements: a passing check adds under 1x its float64 inputs (the sample's permutation, rows of
+#: outputs), 2.7x with the gradient under test and its second run.
 FULL_BYTES_PER_ELEMENT = 6 * 8
 
 

@@ -33,6 +33,11 @@ a float64 reference, so its tolerance reflects float32 rounding only):
 The reported ``rel_err`` is ``|a - n| / max(|n|, floor * S_T)``, which stays
 meaningful for tiny and huge gradients alike. The worst element is the one
 with the largest ``|a - n| / tolerance``.
+
+A reference given whole is compared by :meth:`Comparison.result`; one that
+arrives element by element (full mode's finite differences, as each
+settles) by a :class:`ComparisonStream`, which gives the same verdict while
+holding only the elements it may turn on.
 """
 
 from __future__ import annotations
@@ -123,11 +128,11 @@ def tolerance_for(dtype, *, rtol: float | None = None, atol: float | None = None
 class Comparison:
     """Element-wise comparison of gradients under test with a reference.
 
-    Build it with the analytic gradients and the tolerance; feed the
-    reference tensor by tensor (:meth:`base_tolerance` is available before
-    the reference is complete, for adaptive finite differences); then
-    :meth:`result` gives the :class:`CheckResult`. Cost: O(number of
-    elements).
+    Build it with the analytic gradients and the tolerance; :meth:`result`
+    compares a whole reference and gives the :class:`CheckResult`, or
+    :meth:`stream` takes one element by element (:meth:`base_tolerance`
+    and :meth:`judge` are available before the reference is complete, for
+    adaptive finite differences). Cost: O(number of elements).
     """
 
     def __init__(self, analytic: Mapping[str, np.ndarray], tol: Tolerance):
@@ -749,9 +754,9 @@ class ComparisonStream:
     * those whose gap exceeds the base tolerance there (they may fail, or
       pass only within the reference's noise), any with a non-finite
       number, element 0 (the worst where every gap is zero), and kinks;
-    * those that may be the worst element: one whose gap and ratio an
-      earlier element's exceed by a margin never is
-      (:func:`_not_beaten_earlier`);
+    * those that may be the worst element (one beaten by a margin in both
+      gap and ratio by an element of lower index never is:
+      :func:`_not_beaten_earlier`);
     * those that may have the largest relative error (:func:`_not_matched`).
 
     The rest pass at every scale still possible and leave only their gap

@@ -5,8 +5,10 @@ numpy allocations are traced by tracemalloc, so a numpy function with a
 what each finite-difference stage adds on top, above the bytes held before
 the call (the caller's inputs). Size: a 0.7 MiB input (``W`` 300 x 300
 and ``x`` 8 x 300), ``W`` over the size above which fast mode stops
-holding its probe directions (:data:`gradverify.api.KEEP_DIRECTION_BYTES`).
-``benchmarks/memory.py`` prints the same peaks per stage and per path.
+holding its probe directions (:data:`gradverify.api.KEEP_DIRECTION_BYTES`);
+full mode, which evaluates every element, at 0.32 MiB (``W`` 200 x 200,
+:data:`FULL_N`). ``benchmarks/memory.py`` prints the same peaks per stage
+and per path.
 """
 
 from __future__ import annotations
