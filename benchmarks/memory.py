@@ -4,29 +4,35 @@ Each path checks a numpy function with ``vjp=`` (numpy allocations are
 what tracemalloc sees): ``tanh(x @ W)`` at ``W`` n x n, ``x`` 8 x n.
 Paths: fast mode, full mode, a planted bug in fast mode (probe
 confirmation and bisection) and in full mode (the Taylor second opinion),
-a function that draws random numbers (RNG replay), and a function that
-writes into its input (the mutation probe's fallback). For each, the
-whole check's peak above the bytes held before the call (the caller's
-inputs already allocated) and each stage's peak above the same base.
+a function that draws random numbers (RNG replay) and a function that
+writes into its input (the mutation probe's fallback) in both modes, and
+a full check where every element of ``W`` is wrong (the comparison then
+keeps every element until the end). For each, the whole check's peak
+above the bytes held before the call (the caller's inputs already
+allocated) and each stage's peak above the same base.
 
-Run from the repository root: ``PYTHONPATH=. python benchmarks/memory.py [--n 300] [--full-n 100]``.
+Run from the repository root: ``python benchmarks/memory.py [--n 300] [--full-n 200] [--paths ...]`` (full mode
+at n = 200 takes about 30 s a path under tracemalloc).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 
-import gradverify as gv
-from gradverify import api
-from gradverify.references import elementwise, noise, projections
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the gradverify of this checkout
+import gradverify as gv  # noqa: E402
+from gradverify import api, compare  # noqa: E402
+from gradverify.references import elementwise, noise, projections  # noqa: E402
 
 STAGES = [(api, "_first_evaluation"), (api, "_analytic_pass"), (api, "_fd_verdict"), (api, "_fast"),
           (api, "_second_opinion"), (api, "function_noise"), (projections, "directional_mismatches"),
           (projections, "taylor_test"), (api, "projected_gradients"), (elementwise, "projected_gradients"),
-          (noise, "_table")]
+          (noise, "_table"), (compare.ComparisonStream, "result")]
 
 
 def _inputs(n):
@@ -47,6 +53,11 @@ def vjp_bug(dy, x, w):
     dx, dw = vjp(dy, x, w)
     dw[1, 2] += 0.5  # (in place: dw is the vjp's own new array)
     return dx, dw
+
+
+def vjp_all_wrong(dy, x, w):
+    dx, dw = vjp(dy, x, w)
+    return dx, dw * 1.01  # every element of W 1% off
 
 
 _drop = np.random.default_rng(5)
@@ -79,6 +90,9 @@ PATHS = {
     "full, planted bug (Taylor)": (f, vjp_bug, "full"),
     "fast, RNG replay": (f_random, vjp_random, "fast"),
     "fast, writes its input": (f_writes, vjp_writes, "fast"),
+    "full, RNG replay": (f_random, vjp_random, "full"),
+    "full, writes its input": (f_writes, vjp_writes, "full"),
+    "full, every element of W wrong": (f, vjp_all_wrong, "full"),
 }
 
 
@@ -117,7 +131,7 @@ def measure(name: str, n: int) -> dict:
         tracemalloc.reset_peak()
         top = ["check", base]
         active.append(top)
-        r = gv.check(fn, xs, vjp=jac, mode=mode, against="fd")
+        r = gv.check(fn, xs, vjp=jac, mode=mode, against="fd", budget=1e9)
         active.remove(top)
         peak = max(top[1], tracemalloc.get_traced_memory()[1]) - base
     finally:
@@ -131,7 +145,7 @@ def measure(name: str, n: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=300, help="W is n x n, x 8 x n in fast mode (default 300)")
-    ap.add_argument("--full-n", type=int, default=100, help="n of the full-mode paths (default 100)")
+    ap.add_argument("--full-n", type=int, default=200, help="n of the full-mode paths (default 200)")
     ap.add_argument("--paths", nargs="*", default=list(PATHS), help="paths to run (default all)")
     args = ap.parse_args()
     for name in args.paths:

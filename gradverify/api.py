@@ -210,8 +210,8 @@ def _pipeline(c: _Check, rng: np.random.Generator) -> CheckResult:
         if result is not None:
             break
     if result is None or "fd" in c.against:
-        fd_result, fd_values = _fd_verdict(c)
-        result = fd_result if result is None else _both(c, result, fd_result, fd_values)
+        fd_result, cross = _fd_verdict(c, cross=result is not None)
+        result = fd_result if result is None else _both(c, result, fd_result, cross)
     return result
 
 
@@ -490,7 +490,8 @@ def _predict_full(c: _Check) -> tuple[int, float]:
     About 2.25 evaluations per element of tensors the screen takes (64
     elements and more), 4 of smaller ones. Where the code evaluates
     perturbations in batches, one batched call of up to 64 rows of the
-    largest tensor is timed (and counted) for the cost of a row -- only
+    largest tensor (fewer where their outputs would exceed the target's
+    ``batch_output_bytes``) is timed (and counted) for the cost of a row -- only
     where the one-by-one estimate (an upper bound) exceeds the budget or
     the progress bar's threshold, so a small check spends nothing on it.
     """
@@ -506,7 +507,9 @@ def _predict_full(c: _Check) -> tuple[int, float]:
     matters = evals * per > min(c.budget, PROGRESS_AFTER if c.progress is not False else c.budget)
     if batch is not None and evals > 64 and matters:
         name, arr = max(c.target.point.items(), key=lambda kv: kv[1].size)
-        k = min(arr.size, 64)
+        # (its outputs within what the target allows a batched request: numpy code keeps to its inputs' size)
+        cap = getattr(c.target, "batch_output_bytes", None) or 64 * 2**20
+        k = min(arr.size, 64, max(1, cap // (8 * max(1, int(np.size(c.y0))))))
         idx = np.arange(k, dtype=np.int64)
         t = time.perf_counter()
         try:
@@ -653,21 +656,19 @@ def _check_reference(c: _Check, name: str, ref: dict, result: CheckResult) -> Ch
     return dataclasses.replace(result, seconds=time.perf_counter() - c.start)
 
 
-def _both(c: _Check, exact: CheckResult, fd: CheckResult, fd_values: dict | None) -> CheckResult:
+def _both(c: _Check, exact: CheckResult, fd: CheckResult, cross: CheckResult | None) -> CheckResult:
     """``against=(exact, "fd")``: the code against both, and the references against each other.
 
     The result is the failing verdict if either fails; references that
     disagree beyond finite differences' error make it ``"unverified"``
-    with both values named, never a silent pass.
+    with both values named, never a silent pass. ``cross``: the exact
+    reference's values compared with full mode's finite differences
+    (:func:`_fd_run`; None after fast mode).
     """
     result = exact if not exact.passed or fd.passed else fd
     notes = [f"also checked against {fd.reference if result is exact else exact.reference}: "
              f"{(fd if result is exact else exact).status}"]
-    if fd_values is not None:
-        ref_values = c.exact_values
-        cross = Comparison(ref_values, tolerance_for(np.float64)).result(
-            {k: d.value for k, d in fd_values.items()}, {k: d.error for k, d in fd_values.items()}, kind=c.target.kind,
-            kinks={k: (d.kink, d.left, d.right) for k, d in fd_values.items() if d.kink.any()})
+    if cross is not None:
         if not cross.passed:
             w = cross.worst
             return dataclasses.replace(result, status="unverified", passed=False, warnings=result.warnings + tuple(
@@ -678,15 +679,16 @@ def _both(c: _Check, exact: CheckResult, fd: CheckResult, fd_values: dict | None
                                evaluations=c.evaluations, seconds=time.perf_counter() - c.start)
 
 
-def _fd_verdict(c: _Check) -> tuple[CheckResult, dict | None]:
+def _fd_verdict(c: _Check, cross: bool = False) -> tuple[CheckResult, CheckResult | None]:
     """Finite differences: every element (full mode) or random projections (fast mode), and the verdict.
 
     The function's noise is measured (:meth:`_Check.noise`) before fast
     mode, and in full mode only when the verdict is not a clean pass: a
     noisy forward then gets its finite differences again with the noise in
     their error estimates, so a gap the noise explains is not reported as a
-    failure; a clean forward keeps its verdict (and 9 evaluations). Returns the result and, in full mode, the per-element finite
-    differences.
+    failure; a clean forward keeps its verdict (and 9 evaluations). Returns
+    the result and, with ``cross`` in full mode, the exact reference's
+    values (``c.exact_values``) compared with the same finite differences.
     """
     used = _choose_mode(c)
     if used == "fast":
@@ -694,10 +696,10 @@ def _fd_verdict(c: _Check) -> tuple[CheckResult, dict | None]:
         # where noise swamps the difference, and its error estimate would then hide a dropped term)
         c.noise()
     known = c._noise is not None
-    result, fd = _fd_run(c, c._noise.sigma if known else 0.0, used)
+    result, crossed = _fd_run(c, c._noise.sigma if known else 0.0, used, cross)
     if not known and result.status in ("fail", "unverified") and c.noise().sigma > 0 and c.noisy:
-        result, fd = _fd_run(c, c._noise.sigma, used)
-    return result, fd
+        result, crossed = _fd_run(c, c._noise.sigma, used, cross)
+    return result, crossed
 
 
 def _choose_mode(c: _Check) -> str:
@@ -724,13 +726,19 @@ def _choose_mode(c: _Check) -> str:
     return "full"
 
 
-#: Bytes a full check holds per element checked, measured (benchmarks/memory.py: about 17 float64 values of
-#: results, scales, steps, screen rows and the comparison's arrays), with a margin.
-FULL_BYTES_PER_ELEMENT = 24 * 8
+#: Bytes a full check may hold per element checked, per comparison (two where low-precision code also runs in
+#: float64), at worst: where every element fails (a formula wrong everywhere) the comparison keeps index,
+#: reference, error and sensitivity of each until the scales of the tolerance are known (4 numbers), and the
+#: screen's parts, the permutation its sample is drawn from and the outputs of a step walk add a little more:
+#: measured 40 bytes an element above the gradient under test (benchmarks/memory.py, every element of W wrong,
+#: n = 200: 6.0x the inputs in all), 48 with a margin. Where the gradient is right the comparison keeps a
+#: handful of elements: a passing check adds under 1x its float64 inputs (the sample's permutation, rows of
+#: outputs), 2.7x with the gradient under test and its second run.
+FULL_BYTES_PER_ELEMENT = 6 * 8
 
 
 def _full_fits(c: _Check) -> bool:
-    """Whether a full check's per-element arrays fit the memory available (estimated before allocating).
+    """Whether a full check's comparisons fit the memory available, at worst (estimated before allocating).
 
     ``mode="auto"`` falls back to fast mode (leaner: its memory does not
     grow with the number of elements beyond one saved tensor), with a
@@ -740,7 +748,7 @@ def _full_fits(c: _Check) -> bool:
     from .memory import budget, mib
 
     size = sum(a.size for a in c.target.point.values())
-    need = FULL_BYTES_PER_ELEMENT * size
+    need = FULL_BYTES_PER_ELEMENT * size * (1 if c.analytic64 is None else 2)
     if c.mode == "full":
         budget(0, least=need, what=f"a full check of {size} elements",
                instead="mode='fast' checks random projections and needs about a copy of the largest tensor")
@@ -752,8 +760,15 @@ def _full_fits(c: _Check) -> bool:
     return False
 
 
-def _fd_run(c: _Check, noise: float, used: str) -> tuple[CheckResult, dict | None]:
-    """One finite-difference verdict with ``noise`` (the measured noise of ``<u, f>``) in the error estimates."""
+def _fd_run(c: _Check, noise: float, used: str, cross: bool = False) -> tuple[CheckResult, CheckResult | None]:
+    """One finite-difference verdict with ``noise`` (the measured noise of ``<u, f>``) in the error estimates.
+
+    Full mode hands each element's finite difference, once settled, to the
+    comparisons (:class:`~gradverify.compare.ComparisonStream`: the caller's
+    dtype, its float64 run where the code has one, and with ``cross`` the
+    exact reference's values), which keep only the elements a verdict may
+    turn on: no per-element array the size of the inputs is held.
+    """
     target, tol, u64, eval_dtype, rtol, atol = c.target, c.tol, c.u64, c.eval_dtype, c.rtol, c.atol
     grad_dtype, start, seed, mode = c.grad_dtype, c.start, c.seed, c.mode
     analytic, analytic64, widened = c.analytic, c.analytic64, c.widened
@@ -796,35 +811,37 @@ def _fd_run(c: _Check, noise: float, used: str) -> tuple[CheckResult, dict | Non
     row = 8 * 4 * max(1, int(np.size(c.y0)))
     batch_bytes = budget(min(64 * 2**20, getattr(target, "batch_output_bytes", None) or 64 * 2**20), least=row,
                          what="one batched row of outputs")
+    # the comparisons, fed element by element (a kink's one-sided derivatives are known to within their
+    # truncation error, no better: that is its slack)
+    streams = [comparison.stream(kink_slack=True)] + ([comp64.stream(kink_slack=True)] if comp64 else [])
+    if cross and c.exact_values is not None:
+        streams.append(Comparison(c.exact_values, tolerance_for(np.float64)).stream(sensitivity=False))
     with _progress_of(c, size) as (evaluate, evaluate_batch):
-        fd, n_fd = projected_gradients(evaluate, target.point, u64, eval_dtype=eval_dtype, judge=judge,
-                                       evaluate_batch=evaluate_batch, judge_many=judge_many,
-                                       tolerance=tolerance, noise=noise, batch_bytes=batch_bytes)
+        _, n_fd = projected_gradients(evaluate, target.point, u64, eval_dtype=eval_dtype, judge=judge,
+                                      evaluate_batch=evaluate_batch, judge_many=judge_many,
+                                      tolerance=tolerance, noise=noise, batch_bytes=batch_bytes,
+                                      sink=_Streams(streams))
     c.evaluations += n_fd
     evaluations = c.evaluations
-    kinks = {k: (d.kink, d.left, d.right) for k, d in fd.items() if d.kink.any()}
-    # the one-sided derivatives of a kink are known to within their truncation error, no better
-    slack = {k: d.side_error for k, d in fd.items() if d.kink.any() and d.side_error is not None} or None
+    crossed = streams[-1].result(kind=target.kind) if cross and c.exact_values is not None else None
     if comp64 is not None:
-        hi = comp64.result(
-            {k: d.value for k, d in fd.items()}, {k: d.error for k, d in fd.items()}, kind=target.kind,
-            reference="fd", kinks=kinks, kink_slack=slack, constants=target.constants,
-            sensitivity={k: d.sensitivity for k, d in fd.items()},
+        hi = streams[1].result(
+            kind=target.kind, reference="fd", constants=target.constants,
             warnings=warnings + tuple(w for w in target.warnings if w not in warnings) + (
                 f"the code computes in float64 when given float64 inputs, so its gradient formula was checked in "
                 f"float64 (this verdict); its {grad_dtype.name} gradients were checked too",),
             mode="full", evaluations=evaluations, seed=seed, seconds=time.perf_counter() - start, dtype="float64",
         )
         if not hi.passed:
-            return _second_opinion(hi, target, comp64, u64, eval_dtype, start, noise), fd
-        lo = comparison.result(
-            {k: d.value for k, d in fd.items()}, {k: d.error for k, d in fd.items()}, kind=target.kind,
-            reference="fd", kinks=kinks, kink_slack=slack, constants=target.constants,
-            sensitivity={k: d.sensitivity for k, d in fd.items()}, mode="full", evaluations=evaluations,
+            streams.clear()  # (what the comparisons kept, freed before the second opinion runs)
+            return _second_opinion(hi, target, comp64, u64, eval_dtype, start, noise), crossed
+        lo = streams[0].result(
+            kind=target.kind, reference="fd", constants=target.constants, mode="full", evaluations=evaluations,
             seed=seed, dtype=grad_dtype.name,
         )
+        streams.clear()
         if lo.passed:
-            return dataclasses.replace(lo, warnings=hi.warnings[:-1], seconds=time.perf_counter() - start), fd
+            return dataclasses.replace(lo, warnings=hi.warnings[:-1], seconds=time.perf_counter() - start), crossed
         # The formula is right (float64 run, float64 tolerance); the
         # low-precision numbers of the same code deviate further than the
         # dtype's table allows. That is the precision of the code, not its
@@ -835,16 +852,11 @@ def _fd_run(c: _Check, noise: float, used: str) -> tuple[CheckResult, dict | Non
             f"its {grad_dtype.name} gradients deviate from the finite differences by up to {w.rel_err:.2g} relative "
             f"(at {w.input!r}{list(w.index)}: {w.analytic:.6g} vs {w.numeric:.6g}), beyond the {grad_dtype.name} "
             "tolerance: saturated or cancelling terms lose that much precision in this dtype",),
-            seconds=time.perf_counter() - start), fd
-    result = comparison.result(
-        {k: d.value for k, d in fd.items()},
-        {k: d.error for k, d in fd.items()},
+            seconds=time.perf_counter() - start), crossed
+    result = streams[0].result(
         kind=target.kind,
         reference="fd",
-        kinks=kinks,
-        kink_slack=slack,
         constants=target.constants,
-        sensitivity={k: d.sensitivity for k, d in fd.items()},
         flat_scale=4 * tol.ulps * tol.eps * float(np.max(np.abs(u64))) if u64.size else 0.0,
         warnings=warnings + tuple(w for w in target.warnings if w not in warnings),
         mode="full",
@@ -853,6 +865,7 @@ def _fd_run(c: _Check, noise: float, used: str) -> tuple[CheckResult, dict | Non
         seconds=time.perf_counter() - start,
         dtype=grad_dtype.name,
     )
+    streams.clear()
     if widened and not result.passed:
         # The code's own forward is already percents away from the float64
         # function: at its precision the function is ill-conditioned and its
@@ -860,8 +873,23 @@ def _fd_run(c: _Check, noise: float, used: str) -> tuple[CheckResult, dict | Non
         # gradient bug either.
         return dataclasses.replace(result, status="unverified", warnings=result.warnings + (
             f"could not verify: the {grad_dtype.name} forward deviates from the float64 function too much for its "
-            "gradients to be checked in this dtype; check it in float64",)), fd
-    return _second_opinion(result, target, comparison, u64, eval_dtype, start, noise), fd
+            "gradients to be checked in this dtype; check it in float64",)), crossed
+    return _second_opinion(result, target, comparison, u64, eval_dtype, start, noise), crossed
+
+
+class _Streams:
+    """One sink for several comparison streams (:func:`~gradverify.references.elementwise.projected_gradients`)."""
+
+    def __init__(self, streams):
+        self.streams = streams
+
+    def add(self, *args, **kwargs) -> None:
+        for s in self.streams:
+            s.add(*args, **kwargs)
+
+    def done(self, name: str) -> None:
+        for s in self.streams:
+            s.done(name)
 
 
 #: Verdicts whose worst element uses more than this share of its tolerance
@@ -939,13 +967,20 @@ def _check_backward_reproducible(target: Target, first: dict, second: dict, grad
 
 
 def _max_gap(a: np.ndarray, b: np.ndarray) -> float:
-    """``max |a - b|`` in float64, a chunk at a time (no temporary the size of the gradients)."""
+    """``max |a - b|`` in float64, a chunk at a time (one temporary of at most a 64th of the gradients, or 1024
+    elements: the check holds both runs of the backward here, and little more)."""
     from .memory import chunk_for
 
     fa, fb = np.asarray(a).reshape(-1), np.asarray(b).reshape(-1)
-    step = chunk_for(fa.size)
-    return max(float(np.max(np.abs(fa[i:i + step].astype(np.float64) - fb[i:i + step].astype(np.float64))))
-               for i in range(0, fa.size, step))
+    step = min(chunk_for(fa.size), max(1 << 10, fa.size // 64))
+
+    def gaps():
+        for i in range(0, fa.size, step):
+            x, y = fa[i:i + step], fb[i:i + step]
+            d = x - y if x.dtype == y.dtype == np.float64 else x.astype(np.float64) - y.astype(np.float64)
+            yield float(np.max(np.abs(d, out=d)))
+
+    return max(gaps())
 
 
 #: Low-precision code whose own forward deviates from the float64

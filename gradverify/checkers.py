@@ -1066,10 +1066,10 @@ STAGES = (
     ("_check_reference", "exact reference checked by finite differences"),
     ("_predict_full", "prediction of a full check (one batched call timed)"),
     ("function_noise", "noise measurement"),
-    ("projected_gradients", "finite differences (screens, Richardson, step walks)"),
+    ("projected_gradients", "finite differences (screens, Richardson, step walks; full mode's comparison fed)"),
     ("_fast", "fast mode (projections, localisation)"),
     ("_second_opinion", "second opinion (Taylor test)"),
-    ("_fd_run", "verdict (comparison, result)"),
+    ("_fd_run", "verdict (comparison, result)"),  # (full mode compares as the differences settle: above)
 )
 
 

@@ -969,9 +969,10 @@ class FunctionTarget(BatchedEvaluation, Target):
     the code accepts (the tensor given a leading axis of rows, the other
     inputs as one evaluation gets them), each call verified against
     one-by-one evaluations, else one by one. The rows and outputs of a
-    batch take about the inputs' size (at least :attr:`batch_memory_floor`):
-    a full check of numpy code holds its per-element results and nothing
-    much larger. Fast mode's probes run one at a time.
+    batch take about half the inputs' size (at least
+    :attr:`batch_memory_floor`, see :attr:`batch_output_bytes`), so a full
+    check of numpy code stays within 3x its inputs. Fast mode's probes run
+    one at a time.
     """
 
     kind = "function"
@@ -1192,25 +1193,30 @@ class FunctionTarget(BatchedEvaluation, Target):
     #: keeps to (about three copies of its inputs), for at most 16 calls saved.
     evaluate_rows = None
     #: Bytes a batch may take whatever the inputs' size (see :attr:`batch_output_bytes`).
-    batch_memory_floor = 128 * 2**10
+    batch_memory_floor = 64 * 2**10
 
     @property
     def batch_output_bytes(self) -> int:
-        """Bytes of outputs a full check's batched request holds: the inputs' size, at least :attr:`batch_memory_floor`.
+        """Bytes of outputs a full check's batched request holds: a quarter of the inputs' size, at least
+        :attr:`batch_memory_floor`.
 
-        A full check of numpy code holds its per-element results (about 17
-        float64 per element, ``tests/test_memory.py`` holds it under 20) and
-        otherwise nothing the size of the point; its batches keep to the
-        inputs' size, so they add about one or two copies of it (a floor of
-        a few hundred KiB already costs a 10,000-element check several).
+        A full check holds the gradient under test and, above it, what its
+        comparisons keep (little for a passing check) and under a copy of
+        the inputs for the rest (``tests/test_memory.py``: under 1.5x). A
+        batch holds the request's outputs, and within one call its rows,
+        their outputs and whatever the code computes on the way (at least
+        as large again as the outputs): a quarter of the inputs for the
+        request and half that for a call's rows and outputs keep all of it
+        to about half the inputs' size. The floor keeps a batch of a small
+        function large enough to pay for a call's overhead.
         """
-        return max(self.batch_memory_floor, sum(a.nbytes for a in self.point.values()))
+        return max(self.batch_memory_floor, sum(a.nbytes for a in self.point.values()) // 4)
 
     def _axis_rows_per_call(self, name: str) -> int:
-        """Rows of one call along the batch axis: its copies of the tensor and outputs within :attr:`batch_output_bytes`."""
-        cap = self.batch_output_bytes
-        rows = min(cap // max(1, self.point[name].nbytes), cap // max(1, getattr(self, "_batch_row_bytes", 1)))
-        return int(min(self.batch_max_rows, max(1, rows)))
+        """Rows of one call along the batch axis: their copies of the tensor and their outputs within half of
+        :attr:`batch_output_bytes` (see there)."""
+        per_row = self.point[name].nbytes + getattr(self, "_batch_row_bytes", 0)
+        return int(min(self.batch_max_rows, max(1, (self.batch_output_bytes // 2) // max(1, per_row))))
 
     def _output_row_shapes(self, want: np.ndarray) -> list[tuple]:
         return list(self.structure.shapes) if self.structure is not None else [tuple(want.shape[1:])]

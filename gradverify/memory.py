@@ -3,10 +3,12 @@
 A check adds to the caller's memory: the gradient under test (the size of
 the inputs), and what its finite-difference stages hold while they run (a
 saved copy of one tensor, chunks of :func:`chunk_for` elements, rows of
-outputs). The stages that allocate in proportion to the
-point or to its number of elements -- rows evaluated together by a
-vectorised call, chunks of batched outputs, full mode's per-element
-results -- ask :func:`budget` before allocating: it bounds what they want
+outputs; full mode hands each element's result to the comparison as it
+settles, which keeps only the elements a verdict may turn on). The stages
+that allocate in proportion to the point or to its number of elements --
+rows evaluated together by a vectorised call, chunks of batched outputs,
+full mode's comparison at worst (every element failing: four numbers kept
+per element) -- ask :func:`budget` before allocating: it bounds what they want
 by a share (:data:`SAFETY`) of the memory the machine has available
 (``MemAvailable`` of ``/proc/meminfo``, else ``sysconf``), so they pick
 smaller chunks (slower, leaner) rather than run the machine out of memory,

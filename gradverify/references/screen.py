@@ -113,14 +113,15 @@ def screen(evaluate_batch, name, arr, order, first_steps, proj, y0, batch_bytes,
     ``noise`` (its rounding noise), ``left``/``right`` (the one-sided
     quotients), ``sensitivity`` (as in :class:`ElementDerivative`),
     ``flat`` (no output moved on either side: locally constant).
-    Evaluations go through ``evaluate_batch`` in chunks where given, else
-    ``arr`` is moved in place; they are counted on ``proj``.
+    ``first_steps`` and ``scale`` are read by flat index (arrays, or
+    anything indexed by an index array). Evaluations go through
+    ``evaluate_batch`` in chunks where given, else ``arr`` is moved in
+    place; they are counted on ``proj``.
     """
     idx_all = np.asarray(order, dtype=np.int64)
-    flat_arr = arr.reshape(-1) if arr.flags.c_contiguous else np.ravel(arr)
-    x0 = flat_arr[idx_all].astype(np.float64)
-    h = (first_steps[idx_all] if isinstance(first_steps, np.ndarray) else
-         np.array([first_steps[int(i)] for i in order])) / SCREEN_STEP_DIVISOR
+    x0 = _take(arr, idx_all).astype(np.float64)
+    h = np.asarray(first_steps[idx_all], dtype=np.float64) / SCREEN_STEP_DIVISOR
+    scales = np.asarray(scale[idx_all], dtype=np.float64)
     if arr.dtype.kind == "f":
         h = np.fmax(h, 8.0 * np.spacing(np.abs(x0).astype(arr.dtype)).astype(np.float64))  # inf: no spacing
     values = np.stack([x0 + h, x0 - h], axis=1).astype(arr.dtype)  # (n, 2) as stored
@@ -155,7 +156,7 @@ def screen(evaluate_batch, name, arr, order, first_steps, proj, y0, batch_bytes,
                         arr[where] = keep
         a = actual[sl]
         out["value"][sl], out["noise"][sl], mags, _ = proj.diff_many(ys[:, 0], ys[:, 1], a[:, 0] - a[:, 1])
-        out["sensitivity"][sl] = mags / scale[idx_all[sl]]
+        out["sensitivity"][sl] = mags / scales[sl]
         out["right"][sl] = ((ys[:, 0] - base) @ u) / a[:, 0]
         out["left"][sl] = ((base - ys[:, 1]) @ u) / -a[:, 1]
         out["flat"][sl] = ~np.any(ys != base[None, None, :], axis=(1, 2))
@@ -179,31 +180,31 @@ def one_sided_extrapolated(l1, l2, r1, r2, q, noise):
 
 def first_pass_batched(evaluate_batch, name, arr, order, first_steps, out_shape, batch_bytes, proj, scale, judge,
                         y0):
-    """The first two levels of every element from batched evaluations, as array arithmetic.
+    """The first two levels of every element from batched evaluations, as array arithmetic, a chunk at a time.
 
     Row ``b`` of each batch sets one element to ``x0 +- h`` or ``x0 +- h/2``
-    (the stored value fixes the step actually taken). Returns flat index ->
-    ``(value, error, sensitivity, levels, (left, right, kink))`` where ``levels`` (the tuples of
+    (the stored value fixes the step actually taken). Yields, per chunk of
+    at most ``batch_bytes`` of outputs, a dict flat index ->
+    ``(value, error, sensitivity, levels, (left, right, kink, side_error))`` where ``levels`` (the tuples of
     :func:`projected_gradients`) is kept only for elements that ``judge(i,
     value, error)`` does not settle as OK, so memory stays one chunk of
-    outputs. Counts the evaluations on ``proj``.
+    outputs (the caller walks a chunk's unsettled elements before asking
+    for the next). Counts the evaluations on ``proj``.
     """
     per_element = 4
     out_size = int(np.prod(out_shape))
     chunk = max(1, batch_bytes // max(1, 8 * out_size * per_element))
-    flat_arr = arr.reshape(-1) if arr.flags.c_contiguous else np.ravel(arr)
     u = proj.u.reshape(-1)
     absu = proj.absu.reshape(-1)
     signs = np.array([1.0, -1.0, 0.5, -0.5])
     shape = tuple(out_shape)
-    out = {}
     for start in range(0, len(order), chunk):
+        out = {}
         part = np.asarray(order[start:start + chunk], dtype=np.int64)
         n = len(part)
         idx = np.repeat(part, per_element)
-        x0 = flat_arr[idx].astype(np.float64)
-        h = np.repeat(first_steps[part] if isinstance(first_steps, np.ndarray) else
-                      [first_steps[int(i)] for i in part], per_element)
+        x0 = _take(arr, idx).astype(np.float64)
+        h = np.repeat(np.asarray(first_steps[part], dtype=np.float64), per_element)
         values = (x0 + np.tile(signs, n) * h).astype(arr.dtype)
         actual = (values.astype(np.float64) - x0).reshape(n, per_element)
         ys = np.asarray(evaluate_batch(name, idx, values), dtype=np.float64).reshape(n, per_element, out_size)
@@ -258,5 +259,13 @@ def first_pass_batched(evaluate_batch, name, arr, order, first_steps, out_shape,
                 ]
             out[i] = (float(val[k]), float(err[k]), float(sens[k]), levels,
                       (float(l2[k]), float(r2[k]), bool(kinks[k]), float(side_err[k])))
-    return out
+        del ys
+        yield out
+
+
+def _take(arr: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``arr.reshape(-1)[idx]`` without copying a non-contiguous ``arr`` whole."""
+    if arr.flags.c_contiguous:
+        return arr.reshape(-1)[idx]
+    return arr[np.unravel_index(idx, arr.shape)]
 
