@@ -256,15 +256,19 @@ class Comparison:
             tally.tensor(tt, lost=(nlost, first_lost))
         return tally.result(self.tol, constants, warnings, kind=kind, reference=reference, **meta)
 
-    def stream(self, *, sensitivity: bool = True, kink_slack: bool = False) -> "ComparisonStream":
+    def stream(self, *, sensitivity: bool = True, kink_slack: bool = False,
+               dense_elements: int | None = None) -> "ComparisonStream":
         """A :class:`ComparisonStream` against this comparison's gradients and tolerance.
 
         ``sensitivity``: whether the elements' sensitivities (given to
         :meth:`ComparisonStream.add`) widen the rounding allowance;
         ``kink_slack``: whether a kink's slack (its one-sided differences'
-        error) widens the interval its analytic value may lie in.
+        error) widens the interval its analytic value may lie in;
+        ``dense_elements``: up to how many elements the stream holds them
+        and judges the whole arrays (default
+        :attr:`ComparisonStream.dense_elements`; 0: sift from the first).
         """
-        return ComparisonStream(self, sensitivity=sensitivity, kink_slack=kink_slack)
+        return ComparisonStream(self, sensitivity=sensitivity, kink_slack=kink_slack, dense_elements=dense_elements)
 
     def _glob(self, scales: Mapping[str, float], flat_scale: float) -> float:
         """``S``, the largest ``S_T`` of the check (from ``flat_scale`` where every reference value is zero)."""
@@ -764,14 +768,29 @@ class ComparisonStream:
     :meth:`Comparison.result` judges every element. Memory: the kept
     elements (4 numbers each: a handful where the gradient is right, every
     element where every element is wrong) and one batch's temporaries.
+
+    A small check (at most :attr:`dense_elements` elements in all) is held
+    as given and judged on its whole arrays by :meth:`Comparison.result`
+    (the same verdict, without the sifting's fixed cost per batch, which
+    exceeds the comparison itself there); past that size what was held is
+    fed to the sifting and the stream goes on as above.
     """
 
-    def __init__(self, comparison: "Comparison", *, sensitivity: bool = True, kink_slack: bool = False):
+    #: Elements, over all tensors, held as given and judged whole (a few hundred KiB at most).
+    dense_elements = 4096
+
+    def __init__(self, comparison: "Comparison", *, sensitivity: bool = True, kink_slack: bool = False,
+                 dense_elements: int | None = None):
+        if dense_elements is not None:
+            self.dense_elements = int(dense_elements)
         self.comparison = comparison
         self.use_sensitivity = sensitivity
         self.use_slack = kink_slack
         self.tensors = {name: _TensorStream(name, a) for name, a in comparison.analytic.items()}
         self.glob_lo = 0.0  # the largest S_T of the complete tensors: S is at least this
+        # while the check is small: what add() and done() were given, in order (None once sifting)
+        self.held: list[tuple] | None = [] if self.dense_elements > 0 else None
+        self.held_count = 0
 
     def add(self, name: str, idx, n, e=None, sensitivity=None, *, kink=None, left=None, right=None,
             slack=None) -> None:
@@ -788,6 +807,30 @@ class ComparisonStream:
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
         if not idx.size:
             return
+        if self.held is not None:
+            self.held_count += idx.size
+            if self.held_count <= self.dense_elements:
+                t.received += idx.size
+                own = lambda v: None if v is None else np.array(v).reshape(-1)  # noqa: E731 (the caller's may change)
+                self.held.append(("add", name, idx.copy(), *(own(v) for v in (n, e, sensitivity, kink, left, right,
+                                                                               slack))))
+                return
+            self._sift_held()
+        self._add(name, idx, n, e, sensitivity, kink, left, right, slack)
+
+    def _sift_held(self) -> None:
+        """Past :attr:`dense_elements`: what was held, fed to the sifting in the order it came."""
+        held, self.held = self.held, None
+        for t in self.tensors.values():
+            t.received, t.scale = 0, None
+        for event in held:
+            if event[0] == "add":
+                self._add(*event[1:])
+            else:
+                self._done(event[1])
+
+    def _add(self, name: str, idx, n, e, sensitivity, kink, left, right, slack) -> None:
+        t = self.tensors[name]
         n = np.asarray(n, dtype=np.float64).reshape(-1)
         e = np.zeros(idx.size) if e is None else np.asarray(e, dtype=np.float64).reshape(-1)
         sens = np.zeros(idx.size) if sensitivity is None or not self.use_sensitivity else \
@@ -897,6 +940,14 @@ class ComparisonStream:
         t = self.tensors[name]
         if t.received != t.size:
             raise RuntimeError(f"the stream of {name!r} received {t.received} of its {t.size} elements")
+        if self.held is not None:
+            t.scale = 0.0  # (complete; its scale is computed on the whole arrays)
+            self.held.append(("done", name))
+            return
+        self._done(name)
+
+    def _done(self, name: str) -> None:
+        t = self.tensors[name]
         t.scale = 0.0 if t.raw_nonfinite else t.raw_max
         self.glob_lo = max(self.glob_lo, t.scale)
         for u in self.tensors.values():  # (S rose for every complete tensor)
@@ -935,6 +986,9 @@ class ComparisonStream:
         for t in self.tensors.values():
             if t.scale is None:
                 raise RuntimeError(f"the stream of {t.name!r} is not done")
+        if self.held is not None:
+            return self._whole(kind=kind, reference=reference, constants=constants, warnings=warnings,
+                               flat_scale=flat_scale, **meta)
         scales = {k: t.scale for k, t in self.tensors.items()}
         glob = comp._glob(scales, flat_scale)
         tally = _Tally()
@@ -959,6 +1013,36 @@ class ComparisonStream:
                                                         scale, glob), counts=False)
             tally.tensor(tt, lost=(t.lost, t.lost_first), gap_seen=(t.gap_max, t.gap_nan))
         return tally.result(comp.tol, constants, warnings, kind=kind, reference=reference, **meta)
+
+    def _whole(self, **kw) -> CheckResult:
+        """The verdict of a small check: what was held, as whole arrays, to :meth:`Comparison.result`."""
+        numeric, error, sens, kinks, slack = {}, {}, {}, {}, {}
+        for name, t in self.tensors.items():
+            numeric[name], error[name], sens[name] = np.zeros(t.size), np.zeros(t.size), np.zeros(t.size)
+        for event in self.held:
+            if event[0] != "add":
+                continue
+            name, idx, n, e, s, kink, left, right, sl = event[1:]
+            numeric[name][idx] = np.asarray(n, dtype=np.float64).reshape(-1)
+            if e is not None:
+                error[name][idx] = np.asarray(e, dtype=np.float64).reshape(-1)
+            if s is not None and self.use_sensitivity:
+                sens[name][idx] = np.asarray(s, dtype=np.float64).reshape(-1)
+            k = None if kink is None else np.asarray(kink, dtype=bool).reshape(-1)
+            if k is not None and k.any():
+                size = self.tensors[name].size
+                mask, lft, rgt = kinks.setdefault(name, (np.zeros(size, dtype=bool), np.zeros(size), np.zeros(size)))
+                mask[idx[k]] = True
+                lft[idx[k]] = np.asarray(left, dtype=np.float64).reshape(-1)[k]
+                rgt[idx[k]] = np.asarray(right, dtype=np.float64).reshape(-1)[k]
+                if sl is not None and self.use_slack:
+                    slack.setdefault(name, np.zeros(size))[idx[k]] = np.asarray(sl, dtype=np.float64).reshape(-1)[k]
+        shapes = {name: t.a.shape for name, t in self.tensors.items()}
+        shaped = lambda d: {k: v.reshape(shapes[k]) for k, v in d.items()}  # noqa: E731
+        return self.comparison.result(
+            shaped(numeric), shaped(error), kinks={k: tuple(v.reshape(shapes[k]) for v in m) for k, m in kinks.items()}
+            or None, sensitivity=shaped(sens) if self.use_sensitivity else None, kink_slack=shaped(slack) or None,
+            **kw)
 
 
 def _maxabs(a) -> float:

@@ -12,6 +12,7 @@ the failure and within-noise counts, the kinks named, the largest errors).
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -130,9 +131,13 @@ def _case(seed: int, shapes, *, fail: float, lost: float, kinky: float, nonfinit
             slacks if slack and kinks else None)
 
 
-def _streamed(comp, numeric, error, kinks, sens, slack, rng):
-    """The stream fed in a random order, in batches of random sizes, as full mode feeds it."""
-    stream = comp.stream(sensitivity=sens is not None, kink_slack=slack is not None)
+def _streamed(comp, numeric, error, kinks, sens, slack, rng, dense=None):
+    """The stream fed in a random order, in batches of random sizes, as full mode feeds it.
+
+    ``dense``: the stream's :attr:`~ComparisonStream.dense_elements` (0: every batch sifted as it comes; a few:
+    held, then sifted from a batch on; the default: a small check judged whole).
+    """
+    stream = comp.stream(sensitivity=sens is not None, kink_slack=slack is not None, dense_elements=dense)
     for name, a in comp.analytic.items():
         order = rng.permutation(a.size)
         cuts = np.sort(rng.choice(np.arange(1, max(a.size, 2)), size=min(4, max(a.size - 1, 0)), replace=False))
@@ -155,9 +160,11 @@ shapes = st.lists(st.sampled_from([(), (0,), (1,), (7,), (3, 5), (40, 30), (257,
 @given(seed=st.integers(0, 2**32 - 1), shapes=shapes, fail=st.sampled_from([0.0, 0.01, 1.0]),
        lost=st.sampled_from([0.0, 0.05]), kinky=st.sampled_from([0.0, 0.05, 0.5]), nonfinite=st.booleans(),
        quantized=st.booleans(), zeros=st.sampled_from([0.0, 0.2, 1.0]), sensitivity=st.booleans(),
-       slack=st.booleans(), dtype=st.sampled_from([np.float64, np.float32]), flat=st.booleans())
+       slack=st.booleans(), dtype=st.sampled_from([np.float64, np.float32]), flat=st.booleans(),
+       dense=st.sampled_from([0, 1, 50, None]))
 def test_the_streamed_verdict_is_the_verdict_of_the_whole_arrays(seed, shapes, fail, lost, kinky, nonfinite,
-                                                                 quantized, zeros, sensitivity, slack, dtype, flat):
+                                                                 quantized, zeros, sensitivity, slack, dtype, flat,
+                                                                 dense):
     analytic, numeric, error, sens, kinks, slacks = _case(
         seed, shapes, fail=fail, lost=lost, kinky=kinky, nonfinite=nonfinite, quantized=quantized, zeros=zeros,
         sensitivity=sensitivity, slack=slack, dtype=dtype)
@@ -170,8 +177,8 @@ def test_the_streamed_verdict_is_the_verdict_of_the_whole_arrays(seed, shapes, f
                           flat_scale=flat_scale, kink_slack=slacks).to_dict()
         assert got == want  # Comparison.result streams the whole arrays in index order
         if not flat:
-            got = _streamed(comp, numeric, error, kinks, sens, slacks, np.random.default_rng(seed)).to_dict()
-            assert got == want  # ...and any order, any batches, gives the same verdict
+            got = _streamed(comp, numeric, error, kinks, sens, slacks, np.random.default_rng(seed), dense).to_dict()
+            assert got == want  # ...and any order, any batches, sifted, held or held then sifted: the same verdict
 
 
 def test_where_every_gap_is_zero_the_worst_is_the_first_element():
@@ -180,12 +187,13 @@ def test_where_every_gap_is_zero_the_worst_is_the_first_element():
     assert r.worst.input == "x" and r.worst.index == (0, 0) and r.worst.abs_err == 0.0  # as argmax of zeros has it
 
 
-def test_equal_ratios_name_the_first_element_whichever_arrived_first():
+@pytest.mark.parametrize("dense", [0, None])
+def test_equal_ratios_name_the_first_element_whichever_arrived_first(dense):
     n = np.ones(1000)
     a = n.copy()
     a[[100, 500, 900]] += 1e-3  # three identical failures
     comp = Comparison({"w": a}, tolerance_for(np.float64))
-    stream = comp.stream()
+    stream = comp.stream(dense_elements=dense)  # sifted, or (1000 elements) held and judged whole
     for part in np.array_split(np.arange(1000)[::-1], 7):  # the later elements first
         stream.add("w", part, n[part])
     stream.done("w")
@@ -208,7 +216,26 @@ def test_a_passing_tensor_leaves_a_handful_of_elements_held():
     # within 1e-9 of a value below 1e-4 of the largest, about 1e-4 of them), and the few candidates for the
     # worst ratio and the largest relative error: far fewer than the 200,000 elements
     assert held < 500, (t.must.count, t.worst.count, t.rel.count)
+    assert stream.held is None  # (past dense_elements: sifted)
     assert stream.result(kind="function").passed
+
+
+def test_a_small_check_is_held_whole_and_a_larger_one_sifted_from_where_it_outgrew_that():
+    rng = np.random.default_rng(1)
+    n = rng.standard_normal(600)
+    a = n.copy()
+    a[37] += 1e-3
+    comp = Comparison({"w": a}, tolerance_for(np.float64))
+    want = comp.result({"w": n}, kind="function").to_dict()
+    for dense, held in ((1000, True), (250, False)):
+        stream = comp.stream(dense_elements=dense)
+        for part in np.array_split(rng.permutation(600), 5):
+            values = n[part]  # a buffer the caller reuses: the stream must not keep a view of it
+            stream.add("w", part, values)
+            values[:] = np.nan
+        assert (stream.held is not None) == held
+        stream.done("w")
+        assert stream.result(kind="function").to_dict() == want
 
 
 class _Recorder:
