@@ -212,8 +212,9 @@ def test_a_full_check_stays_within_three_copies_of_its_inputs(traced, monkeypatc
     # What full mode adds to what the check holds when it starts (the gradient under test): each element's
     # finite difference goes to the comparison as it settles, and the comparison keeps only the elements a
     # verdict may turn on (a handful here); what remains is a random permutation of W's flat indices while
-    # the screen draws its sample (uint16: 0.25x), a 128th of a tensor's screen arrays, and rows of outputs
-    # (the outputs a step walk compares, 4% of the inputs each): about 1.0x. (Before: value, error, both
+    # the screen draws its sample (uint16: 0.25x), a part of a tensor's screen arrays, and batches of rows and
+    # outputs (numpy code along its batch axis: FunctionTarget.batch_output_bytes, 64 KiB here), or the rows a
+    # step walk compares (4% of the inputs each): about 1.3x. (Before: value, error, both
     # one-sided slopes, sensitivity, side error, scale and first step per element, then a dozen comparison
     # arrays per element, twice where a float64 run of the code exists: about 17x.)
     start, high = stages["_fd_verdict"]
