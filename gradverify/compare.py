@@ -508,12 +508,14 @@ class _TensorTally:
         noise and kinks (each element counted once; parts that only
         compete for the worst element or the largest errors do not).
         """
-        flat = {k: np.reshape(v, -1) for k, v in el.items()}
+        shape = np.shape(el["gap"])
+        flat = {k: np.asarray(v).reshape(-1) for k, v in el.items()}
         gap = flat["gap"]
         if not gap.size:
             return
         where = np.arange(gap.size) if idx is None else np.asarray(idx).reshape(-1)
-        a64, e = np.reshape(a64, -1), np.reshape(np.broadcast_to(e, np.shape(el["gap"])), -1)
+        a64 = np.asarray(a64).reshape(-1)
+        e = (e if np.shape(e) == shape else np.broadcast_to(e, shape)).reshape(-1)
         ok, kink_mask = flat["ok"], flat["kink"]
         if counts:
             if kink is not None:
