@@ -202,6 +202,37 @@ def test_torch_function_is_checked_against_autograd_of_its_forward():
     assert r.status == "fail" and r.reference == "torch" and r.worst.input == "w", r
 
 
+def test_a_torch_function_changed_between_checks_is_checked_as_it_is_now():
+    # The exact reference's patch of a Function class is made once and reused (primal_functions): a class
+    # whose backward or forward the user replaced since must be checked, and left, as it is now.
+    torch, fn = _torch_tanh_function(1.0)
+    x, w = torch.randn(4, 3, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
+    right_backward, right_forward = fn.backward, fn.forward
+    assert gv.check(fn.apply, (x, w)).passed
+
+    def wrong_backward(ctx, g):
+        gx, gw = right_backward(ctx, g)
+        return gx, gw * (1 + 1e-6)
+
+    fn.backward = staticmethod(wrong_backward)
+    r = gv.check(fn.apply, (x, w))
+    assert r.status == "fail" and r.reference == "torch" and r.worst.input == "w", r
+    assert fn.__dict__["backward"].__func__ is wrong_backward  # restored as the user set it
+
+    def doubled_forward(ctx, x, w):
+        return 2 * right_forward(ctx, x, w)
+
+    def doubled_backward(ctx, g):
+        return right_backward(ctx, 2 * g)
+
+    fn.forward, fn.backward = staticmethod(doubled_forward), staticmethod(doubled_backward)
+    r = gv.check(fn.apply, (x, w))  # right for the new forward; against the old forward it would fail by 2x
+    assert r.passed and r.reference == "torch", r
+    fn.forward = staticmethod(right_forward)
+    r = gv.check(fn.apply, (x, w))  # the doubled backward against the original forward: off by 2x
+    assert r.status == "fail" and r.reference == "torch", r
+
+
 def test_jax_custom_vjp_is_checked_against_jax_of_its_primal():
     jax = pytest.importorskip("jax")
     import jax.numpy as jnp

@@ -52,6 +52,7 @@ perturbed through numpy views and nothing is copied). bfloat16 is refused
 from __future__ import annotations
 
 import contextlib
+import weakref
 import copy
 import functools
 from typing import Any, Callable, Mapping
@@ -418,11 +419,14 @@ class _FunctionPrimal:
 
 def _user_functions() -> list[type]:
     """Every ``torch.autograd.Function`` subclass defined outside torch (user and third-party code)."""
-    out, stack = [], list(torch.autograd.Function.__subclasses__())
+    out, met, stack = [], set(), list(torch.autograd.Function.__subclasses__())
     while stack:
         cls = stack.pop()
+        if cls in met:  # (a class with several Function bases is met once per base)
+            continue
+        met.add(cls)
         stack.extend(cls.__subclasses__())
-        if cls.__module__.split(".")[0] != "torch" and cls not in out:
+        if cls.__module__.split(".")[0] != "torch":
             out.append(cls)
     return out
 
@@ -438,28 +442,52 @@ def primal_functions(seen: list):
     ``backward``, whatever way the code reaches ``apply`` (a bound
     ``MyFunction.apply`` kept in a variable included). The classes whose
     backward ran are appended to ``seen``.
+
+    Cost: two attributes set and restored per user Function class alive in
+    the process; the replacements are made once per class (and again only
+    where the class's own ``forward``/``backward`` changed since).
     """
     saved = []
-    for cls in _user_functions():
-        for attr in ("forward", "setup_context", "backward", "vjp"):
-            saved.append((cls, attr, cls.__dict__.get(attr, _MISSING)))
-        primal = _FunctionPrimal(cls)
-        if primal.takes_ctx:
-            cls.forward = staticmethod(_stashing_forward(cls.forward))
-        else:
-            cls.setup_context = staticmethod(_stashing_setup(cls.setup_context))
-        # one of backward/vjp is the user's (torch refuses a class defining both)
-        user = "vjp" if cls.vjp is not torch.autograd.Function.vjp else "backward"
-        setattr(cls, user, staticmethod(_exact_backward(primal, seen)))
+    _SEEN.append(seen)
     try:
+        for cls in _user_functions():
+            patch = _patch_of(cls)
+            for attr, original, replacement in patch:
+                saved.append((cls, attr, original))
+                setattr(cls, attr, replacement)
         yield seen
     finally:
+        _SEEN.pop()
         for cls, attr, value in reversed(saved):
             if value is _MISSING:
                 if attr in cls.__dict__:
                     delattr(cls, attr)
             else:
                 setattr(cls, attr, value)
+
+
+#: The ``seen`` lists of the :func:`primal_functions` contexts open, innermost last (a patched backward notes
+#: its class in the innermost one).
+_SEEN: list[list] = []
+#: cls -> its patch: ((attribute, the class's own value or _MISSING, the replacement), ...)
+_PATCHES: "weakref.WeakKeyDictionary[type, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _patch_of(cls: type) -> tuple:
+    """What :func:`primal_functions` sets on ``cls``: made once, again where the class's own methods changed."""
+    patch = _PATCHES.get(cls)
+    if patch is not None and all(cls.__dict__.get(attr, _MISSING) is original for attr, original, _ in patch):
+        return patch
+    primal = _FunctionPrimal(cls)
+    stash = "forward" if primal.takes_ctx else "setup_context"
+    # one of backward/vjp is the user's (torch refuses a class defining both)
+    user = "vjp" if cls.vjp is not torch.autograd.Function.vjp else "backward"
+    stashing = _stashing_forward(cls.forward) if primal.takes_ctx else _stashing_setup(cls.setup_context)
+    patch = _PATCHES[cls] = (
+        (stash, cls.__dict__.get(stash, _MISSING), staticmethod(stashing)),
+        (user, cls.__dict__.get(user, _MISSING), staticmethod(_exact_backward(primal))),
+    )
+    return patch
 
 
 _MISSING = object()
@@ -479,8 +507,9 @@ def _stashing_setup(setup: Callable) -> Callable:
     return stash
 
 
-def _exact_backward(primal: "_FunctionPrimal", seen: list) -> Callable:
+def _exact_backward(primal: "_FunctionPrimal") -> Callable:
     def backward(ctx, *grads):
+        seen = _SEEN[-1] if _SEEN else []
         if primal.cls not in seen:
             seen.append(primal.cls)
         args, kwargs = ctx._gradverify_inputs
