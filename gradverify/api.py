@@ -1131,28 +1131,24 @@ def _fast(target: Target, comparison: Comparison, u64: np.ndarray, eval_dtype, r
 
 
 class _Direction:
-    """A fast-mode probe: a standard normal direction drawn from the check's stream, held only while small.
+    """A fast-mode probe: a standard normal direction from a stream of its own, held only while small.
 
-    Drawing it advances ``rng`` exactly as ``rng.standard_normal(shape)``
-    (the probes of a seed are the same whatever their size); a direction
-    over :data:`KEEP_DIRECTION_BYTES` is not kept but drawn again from the
-    saved generator state whenever it is read: whole by ``np.asarray``, or
-    a chunk at a time by :meth:`blocks` (sequential draws continue one
-    stream, so the chunks are those of the whole draw), so the probes of a
-    large tensor never hold ``FAST_PROBES`` copies of it, nor need one.
+    Its stream is seeded by one draw from the check's ``rng`` (so the
+    check's stream advances by one number per probe, whatever the size,
+    and the probes of a seed are the same whatever their size); a
+    direction over :data:`KEEP_DIRECTION_BYTES` is not kept but drawn again
+    from the start of its stream whenever it is read: whole by
+    ``np.asarray``, or a chunk at a time by :meth:`blocks` (sequential
+    draws continue one stream, so the chunks are those of the whole draw),
+    so the probes of a large tensor never hold ``FAST_PROBES`` copies of
+    it, nor need one, nor a draw of it only to advance the check's stream.
     """
 
     def __init__(self, rng: np.random.Generator, shape: tuple):
         self.shape = tuple(shape)
         self.size = int(np.prod(self.shape))
-        self._kind = type(rng.bit_generator)
-        self._state = rng.bit_generator.state
-        if 8 * self.size <= KEEP_DIRECTION_BYTES:
-            self._v = rng.standard_normal(self.shape)
-        else:  # advance the stream as the whole draw would, a chunk at a time (never held whole)
-            self._v = None
-            for _ in self._draw(rng):
-                pass
+        self._seed = int(rng.integers(2**63))
+        self._v = self._generator().standard_normal(self.shape) if 8 * self.size <= KEEP_DIRECTION_BYTES else None
 
     def _draw(self, gen: np.random.Generator):
         from .references.projections import _chunks
@@ -1161,9 +1157,7 @@ class _Direction:
             yield sl.start, gen.standard_normal(sl.stop - sl.start)
 
     def _generator(self) -> np.random.Generator:
-        gen = np.random.Generator(self._kind())
-        gen.bit_generator.state = self._state
-        return gen
+        return np.random.default_rng(self._seed)
 
     def blocks(self):
         """``(start, float64 chunk)`` of the flat direction (see :func:`~gradverify.references.projections.direction_blocks`)."""

@@ -252,3 +252,32 @@ def test_failing_verdict_carries_the_taylor_second_opinion():
     assert r.taylor["rate"] == pytest.approx(1.0, abs=0.15)
     assert "Taylor" in str(r) and r.to_dict()["taylor"]["where"] == "'x'[0, 1]"
     assert gv.check_layer(Tanh(), (2, 3)).taylor is None  # clear passes need no second opinion
+
+
+@pytest.mark.parametrize("bug", [0.0, 1e-3], ids=["right", "one weight wrong"])
+def test_fast_mode_probes_are_the_same_held_or_drawn_again(monkeypatch, bug):
+    # A probe direction over KEEP_DIRECTION_BYTES is drawn again from its own stream whenever it is read; a
+    # small one is held. Either way a seed gives the same directions, so the same verdict number for number
+    # (and, with a wrong weight, the same element located by bisection).
+    rng = np.random.default_rng(2)
+    x, w = rng.standard_normal((5, 20)), rng.standard_normal((20, 30)) / 4
+
+    def f(x, w):
+        return np.tanh(x @ w)
+
+    def vjp(dy, x, w):
+        d = dy * (1 - np.tanh(x @ w) ** 2)
+        gw = x.T @ d
+        gw[3, 17] += bug * abs(gw).max()
+        return d @ w.T, gw
+
+    got = []
+    for keep in (0, 2**30):
+        monkeypatch.setattr("gradverify.api.KEEP_DIRECTION_BYTES", keep)
+        d = gv.check(f, [x, w], vjp=vjp, mode="fast", against="fd", seed=7).to_dict()
+        d.pop("seconds", None)
+        got.append(d)
+    assert got[0] == got[1]
+    assert got[0]["passed"] == (bug == 0.0), got[0]
+    if bug:
+        assert got[0]["worst"]["input"] == "w" and tuple(got[0]["worst"]["index"]) == (3, 17), got[0]
