@@ -188,12 +188,18 @@ def directional_mismatches(
         tensor); the chunks written are recorded in ``touched``.
         """
         dv = dg = 0.0
+        in_place = flat.flat is not None and arr.dtype == np.float64
         for sl, vb in blocks(direction):
             touched.append(sl)
             x = x0[sl].astype(np.float64, copy=False)
-            flat.set(sl, vb * step + x)
-            stored = flat.get(sl)
-            d = stored.astype(np.float64) - x if all_finite else _moved(stored, x0[sl])
+            if in_place:  # (the same float64 operations, written straight into the tensor: no temporaries)
+                stored = flat.get(sl)
+                np.multiply(vb, step, out=stored)
+                np.add(stored, x, out=stored)
+            else:
+                flat.set(sl, vb * step + x)
+                stored = flat.get(sl)
+            d = (stored - x if in_place else stored.astype(np.float64) - x) if all_finite else _moved(stored, x0[sl])
             dv += float(np.dot(vb, d))
             dg += float(np.dot(g[sl].astype(np.float64, copy=False), d))
         return dv, dg
