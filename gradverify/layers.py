@@ -981,7 +981,8 @@ class FunctionTarget(BatchedEvaluation, Target):
     allow_nonfinite = False
 
     def __init__(self, fn: Callable, vjp: Callable, inputs: Any, *, kind: str = "function",
-                 names_from: Callable | None = None, what: str = "vjp", constants: Sequence[Any] = ()):
+                 names_from: Callable | None = None, what: str = "vjp", constants: Sequence[Any] = (),
+                 random_roots: Sequence[Any] | None = None):
         super().__init__()
         if not callable(fn):
             raise ProtocolError(f"the function to check is a {type(fn).__name__}, not a callable")
@@ -1031,7 +1032,10 @@ class FunctionTarget(BatchedEvaluation, Target):
         self._written: dict[str, set] = {"fn": set(), "vjp": set()}
         #: whether a call of fn / vjp raised on views and ran again on copies (copies from then on)
         self._refused = {"fn": False, "vjp": False}
-        self.random = RandomGuard(fn, vjp, names_from, [c.value for c in self.constants.values() if isinstance(c, Opaque)])
+        # where random state the code consumes may be found: the callables and the opaque inputs (an adapter
+        # names the user's own callables and arguments instead of its wrappers, whose attributes are its own)
+        self.random = RandomGuard(*(random_roots if random_roots is not None else (fn, vjp, names_from)),
+                                  [c.value for c in self.constants.values() if isinstance(c, Opaque)])
 
     def _args(self, source: Mapping[str, np.ndarray], views: bool = False, copied: set = frozenset()) -> list[Any]:
         """The arguments of one call: copies of ``source`` and the constants, or read-only views (copies of ``copied``)."""

@@ -253,7 +253,12 @@ class FrameworkFunctionTarget(FunctionTarget):
                 "passed through as constants); pass at least one floating-point tensor to differentiate"
             )
         what = "vjp" if vjp is not None else f"{self.framework} autodiff of {_name(fn)}"
-        super().__init__(self._np_fn, self._np_vjp, flat, kind="function", what=what, constants=constants)
+        # random state the code may draw from: the user's callables, its opaque arguments and the non-array
+        # leaves of its trees (not this adapter's own attributes: arrays and bookkeeping)
+        passed = [a.obj for a in self.args if a.kind == "opaque"]
+        passed += [leaf for a in self.args if a.kind == "tree" for leaf, n in zip(a.leaves, a.flat) if n is None]
+        super().__init__(self._np_fn, self._np_vjp, flat, kind="function", what=what, constants=constants,
+                         random_roots=(fn, vjp, names_from, passed))
 
     def faithful_float64(self) -> None:
         """Fall back to the caller's dtype where the float64 evaluation computes a different function.
