@@ -529,3 +529,19 @@ def test_numpy_pair_whose_forward_returns_a_tensor_is_a_protocol_error():
 
     with pytest.raises(gv.ProtocolError, match=r"forward returned a torch.Tensor; numpy code must return numpy"):
         gv.check_pair(forward, lambda d, c: (2 * d,), [np.ones(3)])
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["argument", "in a dict argument"])
+def test_a_numpy_generator_passed_to_torch_code_is_replayed_and_left_as_it_was(wrapped):
+    # dropout drawn from a numpy Generator the caller passes in: every evaluation must see the same mask
+    # (else the check is nondeterministic), and the caller's stream must be where it was
+    def f(x, r):
+        rng = r["rng"] if wrapped else r
+        return x * torch.from_numpy((rng.random(tuple(x.shape)) > 0.5) * 2.0)
+
+    rng = np.random.default_rng(3)
+    state = rng.bit_generator.state
+    x = torch.tensor(np.random.default_rng(4).standard_normal((4, 5)))
+    r = gv.check(f, (x, {"rng": rng} if wrapped else rng))
+    assert r.passed and any("random" in w for w in r.warnings), r
+    assert rng.bit_generator.state == state
