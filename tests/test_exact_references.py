@@ -233,6 +233,28 @@ def test_a_torch_function_changed_between_checks_is_checked_as_it_is_now():
     assert r.status == "fail" and r.reference == "torch", r
 
 
+def test_a_torch_function_inheriting_a_changed_forward_is_checked_against_it():
+    # the patch of a subclass is made from its bases' methods too: a base changed between checks changes it
+    torch, base = _torch_tanh_function(1.0)
+
+    class Sub(base):
+        pass
+
+    x, w = torch.randn(4, 3, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
+    right_backward, right_forward = base.backward, base.forward
+    assert gv.check(Sub.apply, (x, w)).passed
+
+    def doubled_forward(ctx, x, w):
+        return 2 * right_forward(ctx, x, w)
+
+    base.forward = staticmethod(doubled_forward)
+    r = gv.check(Sub.apply, (x, w))  # the inherited backward against the doubled forward: off by 2x
+    assert r.status == "fail" and r.reference == "torch", r
+    base.backward = staticmethod(lambda ctx, g: right_backward(ctx, 2 * g))
+    r = gv.check(Sub.apply, (x, w))
+    assert r.passed and r.reference == "torch", r
+
+
 def test_jax_custom_vjp_is_checked_against_jax_of_its_primal():
     jax = pytest.importorskip("jax")
     import jax.numpy as jnp

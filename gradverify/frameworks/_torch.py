@@ -52,9 +52,9 @@ perturbed through numpy views and nothing is copied). bfloat16 is refused
 from __future__ import annotations
 
 import contextlib
-import weakref
 import copy
 import functools
+import weakref
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -445,13 +445,13 @@ def primal_functions(seen: list):
 
     Cost: two attributes set and restored per user Function class alive in
     the process; the replacements are made once per class (and again only
-    where the class's own ``forward``/``backward`` changed since).
+    where its ``forward``/``backward``, or a Function base's, changed since).
     """
     saved = []
     _SEEN.append(seen)
     try:
-        for cls in _user_functions():
-            patch = _patch_of(cls)
+        # (every patch made or found before any is set: a class's patch is read off classes not yet patched)
+        for cls, patch in [(cls, _patch_of(cls)) for cls in _user_functions()]:
             for attr, original, replacement in patch:
                 saved.append((cls, attr, original))
                 setattr(cls, attr, replacement)
@@ -469,24 +469,38 @@ def primal_functions(seen: list):
 #: The ``seen`` lists of the :func:`primal_functions` contexts open, innermost last (a patched backward notes
 #: its class in the innermost one).
 _SEEN: list[list] = []
-#: cls -> its patch: ((attribute, the class's own value or _MISSING, the replacement), ...)
+#: cls -> (the methods it was made from, its patch: ((attribute, the class's own value or _MISSING, the
+#: replacement), ...))
 _PATCHES: "weakref.WeakKeyDictionary[type, tuple]" = weakref.WeakKeyDictionary()
 
 
+def _methods_of(cls: type) -> list:
+    """The methods a class's patch is made from: those it and its bases before ``torch.autograd.Function`` define."""
+    out = []
+    for c in cls.__mro__:
+        if c is torch.autograd.Function:
+            break
+        d = c.__dict__
+        out += (d.get("forward"), d.get("setup_context"), d.get("backward"), d.get("vjp"))
+    return out
+
+
 def _patch_of(cls: type) -> tuple:
-    """What :func:`primal_functions` sets on ``cls``: made once, again where the class's own methods changed."""
-    patch = _PATCHES.get(cls)
-    if patch is not None and all(cls.__dict__.get(attr, _MISSING) is original for attr, original, _ in patch):
-        return patch
+    """What :func:`primal_functions` sets on ``cls``: made once, again where its methods (or a base's) changed."""
+    methods = _methods_of(cls)
+    known = _PATCHES.get(cls)
+    if known is not None and len(known[0]) == len(methods) and all(a is b for a, b in zip(known[0], methods)):
+        return known[1]
     primal = _FunctionPrimal(cls)
     stash = "forward" if primal.takes_ctx else "setup_context"
     # one of backward/vjp is the user's (torch refuses a class defining both)
     user = "vjp" if cls.vjp is not torch.autograd.Function.vjp else "backward"
     stashing = _stashing_forward(cls.forward) if primal.takes_ctx else _stashing_setup(cls.setup_context)
-    patch = _PATCHES[cls] = (
+    patch = (
         (stash, cls.__dict__.get(stash, _MISSING), staticmethod(stashing)),
         (user, cls.__dict__.get(user, _MISSING), staticmethod(_exact_backward(primal))),
     )
+    _PATCHES[cls] = (methods, patch)
     return patch
 
 
