@@ -484,7 +484,6 @@ class Comparison:
         )
 
 
-
 class _TensorTally:
     """One tensor's share of a verdict, from :meth:`Comparison._elements` over its elements, a part at a time.
 
@@ -519,7 +518,7 @@ class _TensorTally:
         ok, kink_mask = flat["ok"], flat["kink"]
         if counts:
             if kink is not None:
-                left, right = (np.reshape(np.broadcast_to(v, np.shape(el["gap"])), -1) for v in kink)
+                left, right = (np.broadcast_to(v, shape).reshape(-1) for v in kink)
                 for k in np.flatnonzero(kink_mask):
                     self.locations.append((int(where[k]), float(left[k]), float(right[k]), float(a64[k])))
             self.nbad += int(np.count_nonzero(~ok))
@@ -1058,7 +1057,6 @@ def _maxabs(a) -> float:
     else:
         m = float(np.max(np.abs(a)))
     return m if np.isfinite(m) else 0.0
-
 
 
 def compare_gradients(
