@@ -1028,9 +1028,11 @@ def _fast(target: Target, comparison: Comparison, u64: np.ndarray, eval_dtype, r
 
     Each input or parameter gets ``probes`` signed Gaussian directions
     ``v``; ``<g, v>`` is compared with the Richardson directional derivative
-    (:func:`~gradverify.numeric.directional_mismatches`: the probes of one
-    tensor evaluated in one vectorised call where the target offers
-    ``evaluate_rows``). Failing probes are
+    (:func:`~gradverify.references.projections.directional_mismatches_together`:
+    the probes of one tensor evaluated in one vectorised call where the
+    target offers ``evaluate_rows``, those of several small tensors in one
+    where it vectorises calls moving several, ``evaluate_points``). Failing
+    probes are
     confirmed with the full step walk, worst first; the tensor of the first
     confirmed one is bisected with its direction restricted to halves of
     its elements: the mismatch is linear in the direction, so one probe per
@@ -1038,7 +1040,7 @@ def _fast(target: Target, comparison: Comparison, u64: np.ndarray, eval_dtype, r
     input, plus, after a failure, its confirmation, ``4 * ceil(log2(size))``
     and one element check.
     """
-    from .references.projections import directional_mismatch, directional_mismatches
+    from .references.projections import directional_mismatch, directional_mismatches_together
     from .references.stencils import OK
 
     total = 0
@@ -1059,26 +1061,30 @@ def _fast(target: Target, comparison: Comparison, u64: np.ndarray, eval_dtype, r
     budget(0, least=2 * largest, what="fast mode (a saved copy of the largest tensor, to restore it)",
            instead="check on a machine with more memory free")
     rows_bytes = _rows_budget(size)
+    # (each tensor's share below, max(KEEP_DIRECTION_BYTES, size - its bytes), bounded by what this grants)
+    hold = budget(max(KEEP_DIRECTION_BYTES, size), what="a fast-mode probe")
+    tensors = []
     for name, arr in target.point.items():
         vs = [_Direction(rng, arr.shape) for _ in range(probes)]
-        # A probe's direction is held while its levels run where it and the tensor's saved copy take at most
-        # the inputs' size (a tensor of at most half of them), or where it is small (KEEP_DIRECTION_BYTES: a
-        # few hundred KiB are not worth redrawing a direction for every chunk read, which made fast mode
-        # 2x slower on a 20,000-weight MLP), and the memory available allows; the probes of a larger one
-        # are drawn again chunk by chunk (slower, leaner).
-        hold = budget(max(KEEP_DIRECTION_BYTES, size - arr.nbytes), what="a fast-mode probe")
         for v in vs:  # each probe's tolerance now, one direction drawn at a time (then cached by direction)
             comparison.projection_tolerance(name, v)
-        # Scanning: all probes of a tensor in one batch where the target
-        # vectorises; a clear failure is not refined here (the worst one is
-        # confirmed below with the full step walk).
-        ps = directional_mismatches(
-            target.evaluate, arr, vs, comparison.analytic[name], u64, eval_dtype=eval_dtype, y0=y0,
-            judge=lambda k, m, e, name=name, vs=vs: (lambda j: OK if j == FAIL else j)(
-                comparison.projection_judge(name, vs[k], m, e)),
-            evaluate_rows=None if rows is None else (lambda r, name=name: rows(name, r)), noise=noise,
-            rows_bytes=rows_bytes, hold_bytes=hold,
-        )
+        # Scanning: all probes of a tensor in one batch where the target vectorises (those of small tensors
+        # together, in one call); a clear failure is not refined here (the worst one is confirmed below with the
+        # full step walk).
+        tensors.append((name, arr, vs, comparison.analytic[name],
+                        lambda k, m, e, name=name, vs=vs: (lambda j: OK if j == FAIL else j)(
+                            comparison.projection_judge(name, vs[k], m, e))))
+    # A probe's direction is held while its levels run where it and the tensor's saved copy take at most the
+    # inputs' size (a tensor of at most half of them), or where it is small (KEEP_DIRECTION_BYTES: a few hundred
+    # KiB are not worth redrawing a direction for every chunk read, which made fast mode 2x slower on a
+    # 20,000-weight MLP), and the memory available allows; the probes of a larger one are drawn again chunk by
+    # chunk (slower, leaner).
+    together = directional_mismatches_together(
+        target.evaluate, None if rows is None else rows,
+        target.evaluate_points if getattr(target, "points_batched", False) else None, tensors, u64,
+        eval_dtype=eval_dtype, y0=y0, noise=noise, rows_bytes=rows_bytes,
+        hold_bytes=lambda arr: min(max(KEEP_DIRECTION_BYTES, size - arr.nbytes), hold))
+    for (name, _, vs, _, _), ps in zip(tensors, together):
         for v, p in zip(vs, ps):
             total += p.evaluations
             results.append((name, v, p))

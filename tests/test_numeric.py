@@ -155,3 +155,53 @@ def test_batched_first_pass_gives_the_same_derivatives():
     # same evaluations, grouped: identical arithmetic up to einsum vs matmul rounding (1e-12)
     np.testing.assert_allclose(batched["W"].value, plain["W"].value, rtol=1e-9, atol=1e-12)
     assert n_batched == n_plain and sum(calls) == 4 * W.size and len(calls) == 3
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_small_tensors_probed_in_one_call_give_the_same_projections(grouped):
+    """directional_mismatches_together: the small tensors' first levels in one call, each projection the one
+    directional_mismatches gives for its tensor alone (same rows, same arithmetic: equal, not close)."""
+    from gradverify.references.projections import directional_mismatches_together
+
+    rng = np.random.default_rng(7)
+    point = {"W": rng.standard_normal((6, 5)), "b": rng.standard_normal(5), "s": rng.standard_normal(1)}
+    before = {k: v.copy() for k, v in point.items()}
+    x, u = rng.standard_normal((3, 6)), rng.standard_normal((3, 5))
+
+    def f(W, b, s):
+        return np.tanh(x @ W + b) * s
+
+    z = np.tanh(x @ point["W"] + point["b"])
+    gz = u * point["s"] * (1 - z ** 2)
+    grads = {"W": x.T @ gz, "b": gz.sum(0), "s": np.array([np.sum(u * z)])}
+    grads["b"][2] += 0.5  # one wrong element: its projections are off by -0.5 * v[2]
+    dirs = {k: [rng.standard_normal(v.shape) for _ in range(2)] for k, v in point.items()}
+    calls = []
+
+    def rows(name, r):
+        calls.append((name,))
+        return np.stack([f(**{**point, name: row}) for row in r])
+
+    def points(given):
+        calls.append(tuple(sorted(given)))
+        n = len(next(iter(given.values())))
+        return np.stack([f(**{**point, **{k: r[i] for k, r in given.items()}}) for i in range(n)])
+
+    def evaluate():
+        return f(**point)
+
+    y0 = evaluate()
+    alone = {k: nd.directional_mismatches(evaluate, point[k], dirs[k], grads[k], u, y0=y0,
+                                          evaluate_rows=lambda r, k=k: rows(k, r)) for k in point}
+    calls.clear()
+    # 4,000 bytes: b's and s's rows and their group's fit (1,440 bytes), W's own (3,360) but not W with them
+    got = directional_mismatches_together(evaluate, rows, points if grouped else None,
+                                          [(k, point[k], dirs[k], grads[k], None) for k in point], u, y0=y0,
+                                          rows_bytes=4000)
+    assert got == [alone[k] for k in point]
+    assert sorted(calls) == ([("W",), ("b", "s")] if grouped else [("W",), ("b",), ("s",)])
+    assert all(np.array_equal(point[k], before[k]) for k in point)  # left bit for bit as it was
+    # the projections measure what they should: b's mismatch is -0.5 v[2] (Richardson on tanh at steps
+    # ~1e-3: error far below 1e-6), the correct tensors' are rounding
+    np.testing.assert_allclose([p.mismatch for p in alone["b"]], [-0.5 * v[2] for v in dirs["b"]], atol=1e-6)
+    assert max(abs(p.mismatch) for k in ("W", "s") for p in alone[k]) < 1e-6

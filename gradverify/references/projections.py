@@ -20,7 +20,8 @@ from .screen import jumps as jump_pair
 from .stencils import OK, Projector, _eps, default_step
 from .stepwalk import richardson, settle
 
-__all__ = ["Projection", "directional_mismatch", "directional_mismatches", "TaylorTest", "taylor_test",
+__all__ = ["Projection", "directional_mismatch", "directional_mismatches", "directional_mismatches_together",
+           "TaylorTest", "taylor_test",
            "direction_blocks", "UnitDirection", "ROWS_BYTES"]
 
 
@@ -133,6 +134,123 @@ def directional_mismatches(
     ``rows_bytes`` (default :data:`ROWS_BYTES`), counting the directions and
     displacements that path holds; otherwise one point at a time, in place.
     """
+    scan = _scan(evaluate, arr, directions, grad, cotangent, eval_dtype=eval_dtype, y0=y0, judge=judge,
+                 max_refinements=max_refinements, together=evaluate_rows is not None, noise=noise,
+                 rows_bytes=rows_bytes, hold_bytes=hold_bytes)
+    rows = next(scan)
+    return _finish(scan, None if rows is None else evaluate_rows(rows))
+
+
+def directional_mismatches_together(
+    evaluate: Callable[[], np.ndarray],
+    evaluate_rows: Callable[[str, np.ndarray], np.ndarray] | None,
+    evaluate_points: Callable[[dict], np.ndarray] | None,
+    probes: Sequence[tuple],
+    cotangent: np.ndarray,
+    *,
+    eval_dtype=np.float64,
+    y0: np.ndarray,
+    max_refinements: int = 20,
+    noise: float = 0.0,
+    rows_bytes: int | None = None,
+    hold_bytes: Callable[[np.ndarray], int] | int = 0,
+) -> list[list[Projection]]:
+    """:func:`directional_mismatches` for several tensors, the first levels of small ones in one call.
+
+    ``probes`` holds ``(name, arr, directions, grad, judge)`` per tensor;
+    the result, the projections of each, in that order. The tensors are
+    taken smallest first and gathered while the rows of the whole group
+    (every row carries each of the group's tensors: at the point, or
+    displaced for its own probes) and each member's own rows fit
+    ``rows_bytes``; ``evaluate_points(rows)`` (``rows[name]`` of shape ``(B,
+    *arr.shape)``, one ``B`` for all: a vectorised call moving several
+    tensors, see :meth:`~gradverify.batching.BatchedEvaluation.evaluate_points`)
+    evaluates a group's rows at once; without it, every tensor is a group
+    of its own. A tensor alone is evaluated as :func:`directional_mismatches`
+    does it (``evaluate_rows(name, rows)``; None: one point at a time), a
+    tensor whose rows do not fit one point at a time. So a
+    network's biases and small weights cost one call, not one each. The
+    verdicts are those of :func:`directional_mismatches` per tensor: the
+    same rows, the same arithmetic on their outputs.
+    """
+    limit = ROWS_BYTES if rows_bytes is None else rows_bytes
+    order = sorted(range(len(probes)), key=lambda i: probes[i][1].nbytes)
+    groups: list[list[int]] = []
+    for i in order:
+        arr, k = probes[i][1], len(probes[i][2])
+        own = rows_bytes_of(arr, k)
+        g = groups[-1] if groups else None
+        if g is not None and evaluate_points is not None and own <= limit:
+            members = g + [i]
+            width = sum(probes[j][1].nbytes for j in members)
+            rows = 4 * sum(len(probes[j][2]) for j in members)
+            if sum(rows_bytes_of(probes[j][1], len(probes[j][2])) for j in members) + rows * width <= limit:
+                g.append(i)
+                continue
+        groups.append([i])
+    out: list = [None] * len(probes)
+    for g in groups:
+        scans = []
+        for i in g:
+            name, arr, directions, grad, judge = probes[i]
+            hold = hold_bytes(arr) if callable(hold_bytes) else hold_bytes
+            scans.append(_scan(evaluate, arr, directions, grad, cotangent, eval_dtype=eval_dtype, y0=y0, judge=judge,
+                               max_refinements=max_refinements, together=evaluate_rows is not None, noise=noise,
+                               rows_bytes=limit, hold_bytes=hold, limit_checked=len(g) > 1))
+        asked = [next(scan) for scan in scans]
+        ys = _group_outputs(evaluate_rows, evaluate_points, [probes[i] for i in g], asked)
+        for i, scan, y in zip(g, scans, ys):
+            out[i] = _finish(scan, y)
+    return out
+
+
+def _group_outputs(evaluate_rows, evaluate_points, members, asked) -> list:
+    """The outputs of each member's rows (None where it asked none), from one call moving every member's tensor."""
+    given = [(m, r) for m, r in zip(members, asked) if r is not None]
+    if not given:
+        return [None] * len(asked)
+    if len(given) == 1:
+        (m, r), = given
+        ys = [np.asarray(evaluate_rows(m[0], r))]
+    else:
+        total = sum(len(r) for _, r in given)
+        rows, start, spans = {}, 0, []
+        for m, r in given:
+            name, arr = m[0], m[1]
+            block = np.empty((total,) + arr.shape, dtype=arr.dtype)
+            block[...] = arr  # the point, but for this member's own rows
+            block[start:start + len(r)] = r
+            rows[name] = block
+            spans.append(slice(start, start + len(r)))
+            start += len(r)
+        every = np.asarray(evaluate_points(rows))
+        del rows
+        ys = [every[sl] for sl in spans]
+    it = iter(ys)
+    return [None if r is None else next(it) for r in asked]
+
+
+def _finish(scan, outputs):
+    """Hand a :func:`_scan` the outputs of the rows it yielded (None: it evaluates one point at a time); its result."""
+    try:
+        scan.send(outputs)
+    except StopIteration as done:
+        return done.value
+    raise RuntimeError("a directional scan asked for a second batch of rows")  # pragma: no cover - a bug here
+
+
+def _scan(evaluate, arr, directions, grad, cotangent, *, eval_dtype, y0, judge, max_refinements, together, noise,
+          rows_bytes, hold_bytes, limit_checked: bool = False):
+    """:func:`directional_mismatches` as a generator: it yields the rows of its first levels (or None), then is sent
+    their outputs (row for row; None where it yielded None) and returns the projections.
+
+    So the rows of several tensors' scans can be evaluated in one call
+    (:func:`directional_mismatches_together`). The scan moves ``arr`` in
+    place only after its outputs are sent, never before it yields.
+    ``limit_checked``: the caller has already counted these rows within its
+    memory (a group's); otherwise they go together only within
+    ``rows_bytes``.
+    """
     proj = Projector(evaluate, cotangent, eval_dtype, noise)
     if y0 is None:
         y0 = proj.output()
@@ -227,26 +345,30 @@ def directional_mismatches(
         return (None, s, None, -s, num - ana, noise_, mag, not np.array_equal(yp, ym))
 
     limit = ROWS_BYTES if rows_bytes is None else rows_bytes
-    # the rows (4 per direction, in arr's dtype), the directions and the displacements in float64
-    together = evaluate_rows is not None and 4 * len(directions) * max(arr.nbytes, 8 * size) + \
-        3 * len(directions) * 8 * size <= limit
+    together = together and (limit_checked or rows_bytes_of(arr, len(directions)) <= limit)
     first_levels = {}  # direction -> its levels at t and t/2
     jumps = {}  # direction -> whether its first steps straddle a jump
     seen: list = []  # the outputs (y+, y-) of levels computed one at a time, while ``collect`` is set
     collect = False
     base = np.asarray(y0, dtype=np.float64).reshape(-1)
     plans = []
+    steps_asked = False
     if together:
         plans = [plan(np.asarray(d, dtype=np.float64)) for d in directions]
         steps = [(k, s) for k, p in enumerate(plans) if p is not None
                  for s in (p[2], -p[2], p[2] / 2, -p[2] / 2)]
         if steps:
+            steps_asked = True
             x064 = x0.astype(np.float64, copy=False).reshape(arr.shape)
             vs = [None if p is None else (p[0] if all_finite else np.where(np.isfinite(x064), p[0], 0.0))
                   for p in plans]
-            first_levels, jumps = _first_levels_together(arr, x064, np.asarray(grad, dtype=np.float64), vs, plans,
-                                                         steps, evaluate_rows, proj, y0)
-            del x064, vs
+            stored = _first_rows(arr, x064, vs, steps)
+            ys = yield stored
+            first_levels, jumps = _first_levels_from(stored, ys, np.asarray(grad, dtype=np.float64), vs, plans,
+                                                     steps, proj, y0)
+            del x064, vs, stored, ys
+    if not steps_asked:
+        yield None  # (no rows: the caller sends None)
     out = []
     for k, direction in enumerate(directions):
         before = proj.evaluations
@@ -359,10 +481,17 @@ class _Flat:
             self.arr[np.unravel_index(np.arange(sl.start, sl.stop), self.arr.shape)] = values
 
 
-def _first_levels_together(arr, x064, g, vs, plans, steps, evaluate_rows, proj, y0) -> dict:
-    """The first two levels of every direction from one vectorised call, and which directions straddle a jump."""
-    # Every displaced point x + s v at once, as stored in arr's dtype (in
-    # place: large temporaries cost more than the arithmetic).
+def rows_bytes_of(arr: np.ndarray, directions: int) -> int:
+    """Bytes the first levels of ``directions`` probes of ``arr`` take when evaluated together: their rows (4 per
+    direction, in ``arr``'s dtype), the directions and the displacements in float64."""
+    return 4 * directions * max(arr.nbytes, 8 * arr.size) + 3 * directions * 8 * arr.size
+
+
+def _first_rows(arr, x064, vs, steps) -> np.ndarray:
+    """Every displaced point ``x + s v`` of the first levels at once, as stored in ``arr``'s dtype.
+
+    (In place: large temporaries cost more than the arithmetic.)
+    """
     stored = np.empty((len(steps),) + arr.shape, dtype=arr.dtype)
     row = np.empty(arr.shape) if arr.dtype != np.float64 else None
     for b, (k, st) in enumerate(steps):
@@ -371,7 +500,13 @@ def _first_levels_together(arr, x064, g, vs, plans, steps, evaluate_rows, proj, 
         np.add(out_row, x064, out=out_row)
         if row is not None:
             stored[b] = row
-    ys = np.asarray(evaluate_rows(stored)).astype(np.float64).reshape((len(stored),) + y0.shape)
+    return stored
+
+
+def _first_levels_from(stored, ys, g, vs, plans, steps, proj, y0) -> tuple[dict, dict]:
+    """The first two levels of every direction from the outputs ``ys`` of its rows ``stored``, and which
+    directions straddle a jump."""
+    ys = np.asarray(ys).astype(np.float64).reshape((len(stored),) + y0.shape)
     proj.evaluations += len(stored)
     # The first two levels of every direction as array arithmetic: the
     # displacement actually stored (float32 storage rounds x + s v) of
