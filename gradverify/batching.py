@@ -173,7 +173,7 @@ class BatchedEvaluation:
         """Whether :meth:`evaluate_points` may vectorise (vmap: the batch axis serves one tensor at a time)."""
         return "vmap" in self.batch_strategies and getattr(self, "evaluate_rows", None) is not None
 
-    def evaluate_points(self, rows) -> np.ndarray:
+    def evaluate_points(self, rows, moved=None) -> np.ndarray:
         """Outputs with every ``point[name]`` of ``rows`` replaced by its row ``b`` at once (row ``b`` of the result).
 
         ``rows[name]`` has shape ``(B, *point[name].shape)``, one ``B`` for
@@ -182,7 +182,12 @@ class BatchedEvaluation:
         direction over every input), verified and memoised per set of names
         (kept in :attr:`batch_fallbacks` under the tuple of names); one
         tensor is :meth:`evaluate_rows`. Where the target does not vmap
-        (:attr:`points_batched`), a loop.
+        (:attr:`points_batched`) or the call is refused, a loop; but where
+        ``moved`` (one name per row) says that each row moves that tensor
+        only (the others at the point: fast mode's probes of several small
+        tensors), :meth:`evaluate_rows` per tensor instead, each by its own
+        strategy (code that vmaps while one tensor is batched, not while
+        two are, keeps its batched calls).
         """
         given = {}
         for name, r in rows.items():
@@ -194,15 +199,32 @@ class BatchedEvaluation:
         counts = {len(r) for r in given.values()}
         if len(counts) != 1:
             raise ValueError(f"rows of different lengths: {sorted(counts)}")
+        n = counts.pop()
+        if moved is not None:
+            moved = np.asarray(moved)
+            if moved.shape != (n,) or not set(moved.tolist()) <= set(given):
+                raise ValueError(f"moved must name one of the tensors given for each of the {n} rows")
+
+        def loop(sel):
+            if moved is None or not isinstance(sel, slice):  # (a vmap call's verification: one by one)
+                return self._loop_rows({k: r[sel] for k, r in given.items()})
+            out = None
+            for name in dict.fromkeys(moved.tolist()):
+                mine = moved == name
+                ys = self.evaluate_rows(name, given[name][mine])
+                if out is None:
+                    out = np.empty((n,) + ys.shape[1:], dtype=ys.dtype)
+                out[mine] = ys
+            return out
+
         if not self.points_batched:
-            return self._loop_rows(given)
+            return loop(slice(None))
         if len(given) == 1:
             return self.evaluate_rows(*next(iter(given.items())))
         size = max(1, sum(self.point[k].size * self.point[k].itemsize for k in given))
         step = int(min(self.batch_max_rows, max(1, self.batch_rows_bytes // size)))
-        return self._batched(tuple(given), counts.pop(),
-                             lambda s: self._vectorised_rows({k: r[s] for k, r in given.items()}), None,
-                             lambda sel: self._loop_rows({k: r[sel] for k, r in given.items()}), step=step)
+        return self._batched(tuple(given), n, lambda s: self._vectorised_rows({k: r[s] for k, r in given.items()}),
+                             None, loop, step=step)
 
     # -- choosing and running a strategy -------------------------------------
     def _batched(self, name, n: int, vectorised, rows, loop, step: int | None = None) -> np.ndarray:

@@ -235,6 +235,33 @@ def test_torch_points_moving_every_input_match_the_loop(tt):
     assert t.batch_fallbacks == {}
 
 
+def test_torch_points_each_moving_one_tensor_fall_back_per_tensor_not_to_the_loop(tt):
+    """Code that vmaps while x is batched but not while b is (it reads b as a Python float): fast mode's rows
+    of small tensors, each moving one of them, refused as one call, are served per tensor by each tensor's
+    own strategy rather than one by one -- the same outputs either way."""
+    def f(x, b):
+        scale = 1.0 + 0.0 * float(b.abs().max())  # .item() under vmap: refused once b is batched
+        return torch.tanh(x @ x.T + b) * scale
+
+    t = callable_target(f, [_t(0, 4, 3), _t(1, 4)], None)
+    rng = np.random.default_rng(9)
+    owner = ["x"] * 8 + ["b"] * 8
+    rows = {k: np.stack([a] * len(owner)) for k, a in t.point.items()}
+    for j, k in enumerate(owner):
+        rows[k][j] += 1e-3 * rng.standard_normal(t.point[k].shape)
+    before = {k: a.copy() for k, a in t.point.items()}
+    served = []
+    plain = t.evaluate_rows
+    t.evaluate_rows = lambda name, r: served.append((name, len(r))) or plain(name, r)
+    out = t.evaluate_points(rows, owner)
+    _assert_rows_equal(out, t._loop_rows(rows))
+    assert all(np.array_equal(t.point[k], before[k]) for k in before)
+    assert served == [("x", 8), ("b", 8)]  # the refused call's rows, per tensor
+    assert t.batch_strategy[("x", "b")] == "loop" and t.batch_strategy["x"] == "vmap"
+    with pytest.raises(ValueError, match="moved must name"):
+        t.evaluate_points(rows, ["W"] * len(owner))
+
+
 def test_torch_module_points_move_parameters_and_inputs_together(tt):
     m = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2)).double()
     t = module_target(m, None, inputs=_t(0, 3, 4), dtype=None, rng=np.random.default_rng(0))

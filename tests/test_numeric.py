@@ -182,7 +182,7 @@ def test_small_tensors_probed_in_one_call_give_the_same_projections(grouped):
         calls.append((name,))
         return np.stack([f(**{**point, name: row}) for row in r])
 
-    def points(given):
+    def points(given, moved=None):
         calls.append(tuple(sorted(given)))
         n = len(next(iter(given.values())))
         return np.stack([f(**{**point, **{k: r[i] for k, r in given.items()}}) for i in range(n)])

@@ -162,9 +162,10 @@ def directional_mismatches_together(
     taken smallest first and gathered while the rows of the whole group
     (every row carries each of the group's tensors: at the point, or
     displaced for its own probes) and each member's own rows fit
-    ``rows_bytes``; ``evaluate_points(rows)`` (``rows[name]`` of shape ``(B,
-    *arr.shape)``, one ``B`` for all: a vectorised call moving several
-    tensors, see :meth:`~gradverify.batching.BatchedEvaluation.evaluate_points`)
+    ``rows_bytes``; ``evaluate_points(rows, moved)`` (``rows[name]`` of shape
+    ``(B, *arr.shape)``, one ``B`` for all, ``moved`` the name each row
+    moves: a vectorised call moving several tensors, see
+    :meth:`~gradverify.batching.BatchedEvaluation.evaluate_points`)
     evaluates a group's rows at once; without it, every tensor is a group
     of its own. A tensor alone is evaluated as :func:`directional_mismatches`
     does it (``evaluate_rows(name, rows)``; None: one point at a time), a
@@ -214,7 +215,7 @@ def _group_outputs(evaluate_rows, evaluate_points, members, asked) -> list:
         ys = [np.asarray(evaluate_rows(m[0], r))]
     else:
         total = sum(len(r) for _, r in given)
-        rows, start, spans = {}, 0, []
+        rows, start, spans, moved = {}, 0, [], []
         for m, r in given:
             name, arr = m[0], m[1]
             block = np.empty((total,) + arr.shape, dtype=arr.dtype)
@@ -222,8 +223,9 @@ def _group_outputs(evaluate_rows, evaluate_points, members, asked) -> list:
             block[start:start + len(r)] = r
             rows[name] = block
             spans.append(slice(start, start + len(r)))
+            moved += [name] * len(r)
             start += len(r)
-        every = np.asarray(evaluate_points(rows))
+        every = np.asarray(evaluate_points(rows, moved))
         del rows
         ys = [every[sl] for sl in spans]
     it = iter(ys)
