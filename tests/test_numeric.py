@@ -157,8 +157,8 @@ def test_batched_first_pass_gives_the_same_derivatives():
     assert n_batched == n_plain and sum(calls) == 4 * W.size and len(calls) == 3
 
 
-@pytest.mark.parametrize("grouped", [True, False])
-def test_small_tensors_probed_in_one_call_give_the_same_projections(grouped):
+@pytest.mark.parametrize("grouped, group_bytes", [(True, 0), (True, 47), (False, 0)])
+def test_small_tensors_probed_in_one_call_give_the_same_projections(grouped, group_bytes):
     """directional_mismatches_together: the small tensors' first levels in one call, each projection the one
     directional_mismatches gives for its tensor alone (same rows, same arithmetic: equal, not close)."""
     from gradverify.references.projections import directional_mismatches_together
@@ -197,9 +197,10 @@ def test_small_tensors_probed_in_one_call_give_the_same_projections(grouped):
     # 4,000 bytes: b's and s's rows and their group's fit (1,440 bytes), W's own (3,360) but not W with them
     got = directional_mismatches_together(evaluate, rows, points if grouped else None,
                                           [(k, point[k], dirs[k], grads[k], None) for k in point], u, y0=y0,
-                                          rows_bytes=4000)
+                                          rows_bytes=4000, group_bytes=group_bytes)
     assert got == [alone[k] for k in point]
-    assert sorted(calls) == ([("W",), ("b", "s")] if grouped else [("W",), ("b",), ("s",)])
+    # (b and s take 48 bytes together: a group of at most 47 leaves them apart)
+    assert sorted(calls) == ([("W",), ("b", "s")] if grouped and group_bytes != 47 else [("W",), ("b",), ("s",)])
     assert all(np.array_equal(point[k], before[k]) for k in point)  # left bit for bit as it was
     # the projections measure what they should: b's mismatch is -0.5 v[2] (Richardson on tanh at steps
     # ~1e-3: error far below 1e-6), the correct tensors' are rounding

@@ -22,7 +22,7 @@ from .stepwalk import richardson, settle
 
 __all__ = ["Projection", "directional_mismatch", "directional_mismatches", "directional_mismatches_together",
            "TaylorTest", "taylor_test",
-           "direction_blocks", "UnitDirection", "ROWS_BYTES"]
+           "direction_blocks", "UnitDirection", "ROWS_BYTES", "GROUP_BYTES"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,14 +154,16 @@ def directional_mismatches_together(
     noise: float = 0.0,
     rows_bytes: int | None = None,
     hold_bytes: Callable[[np.ndarray], int] | int = 0,
+    group_bytes: int = 0,
 ) -> list[list[Projection]]:
     """:func:`directional_mismatches` for several tensors, the first levels of small ones in one call.
 
     ``probes`` holds ``(name, arr, directions, grad, judge)`` per tensor;
     the result, the projections of each, in that order. The tensors are
-    taken smallest first and gathered while the rows of the whole group
-    (every row carries each of the group's tensors: at the point, or
-    displaced for its own probes) and each member's own rows fit
+    taken smallest first and gathered while the group's tensors take at
+    most ``group_bytes`` (default :data:`GROUP_BYTES`) and the rows of the
+    whole group (every row carries each of the group's tensors: at the
+    point, or displaced for its own probes) and each member's own rows fit
     ``rows_bytes``; ``evaluate_points(rows, moved)`` (``rows[name]`` of shape
     ``(B, *arr.shape)``, one ``B`` for all, ``moved`` the name each row
     moves: a vectorised call moving several tensors, see
@@ -175,6 +177,7 @@ def directional_mismatches_together(
     same rows, the same arithmetic on their outputs.
     """
     limit = ROWS_BYTES if rows_bytes is None else rows_bytes
+    group_bytes = group_bytes or GROUP_BYTES
     order = sorted(range(len(probes)), key=lambda i: probes[i][1].nbytes)
     groups: list[list[int]] = []
     for i in order:
@@ -185,7 +188,8 @@ def directional_mismatches_together(
             members = g + [i]
             width = sum(probes[j][1].nbytes for j in members)
             rows = 4 * sum(len(probes[j][2]) for j in members)
-            if sum(rows_bytes_of(probes[j][1], len(probes[j][2])) for j in members) + rows * width <= limit:
+            if sum(rows_bytes_of(probes[j][1], len(probes[j][2])) for j in members) + rows * width <= limit and \
+                    width <= group_bytes:
                 g.append(i)
                 continue
         groups.append([i])
@@ -413,6 +417,21 @@ def _scan(evaluate, arr, directions, grad, cotangent, *, eval_dtype, y0, judge, 
             del p
     return out
 
+
+#: Fast mode gathers the probes of tensors taking at most this many bytes
+#: together into one vectorised call. A call batches every operation
+#: downstream of any tensor it moves, for all its rows: a network's last
+#: bias alone batches one addition, grouped with the first layer's bias the
+#: whole network. So a group pays where its tensors are small enough that
+#: this work stays under a call's fixed cost (a vmap call, its
+#: verification, the Python around it). Fast checks of the benchmark's
+#: tanh MLPs of 5,000 and 20,000 parameters, both shapes (median of 11,
+#: policies interleaved in one process, two rounds): with groups up to
+#: 16 KiB, 0-18% faster than without groups, never slower, under torch and
+#: JAX; with groups bounded by the rows' memory only, a JAX check of the
+#: 5,000-parameter MLP (every tensor in one group) was 20-31% slower than
+#: without groups.
+GROUP_BYTES = 16 * 2**10
 
 #: The displaced points of all directions are formed and evaluated in one
 #: vectorised call while they take at most this many bytes; beyond, one
