@@ -1066,8 +1066,8 @@ def _fast(target: Target, comparison: Comparison, u64: np.ndarray, eval_dtype, r
     tensors = []
     for name, arr in target.point.items():
         vs = [_Direction(rng, arr.shape) for _ in range(probes)]
-        for v in vs:  # each probe's tolerance now, one direction drawn at a time (then cached by direction)
-            comparison.projection_tolerance(name, v)
+        # (each probe's tolerance is computed when the scan first judges it, while the scan holds the direction
+        # where it may: a large direction is not drawn once more for it; then cached by direction)
         # Scanning: all probes of a tensor in one batch where the target vectorises (those of small tensors
         # together, in one call); a clear failure is not refined here (the worst one is confirmed below with the
         # full step walk).
@@ -1155,6 +1155,19 @@ class _Direction:
         self.size = int(np.prod(self.shape))
         self._seed = int(rng.integers(2**63))
         self._v = self._generator().standard_normal(self.shape) if 8 * self.size <= KEEP_DIRECTION_BYTES else None
+        self._held = False
+
+    def hold(self) -> np.ndarray:
+        """The direction, drawn now and kept until :meth:`release` (while a probe's levels run, where memory allows)."""
+        if self._v is None:
+            self._v = self._generator().standard_normal(self.shape)
+            self._held = True
+        return self._v
+
+    def release(self) -> None:
+        """Forget values :meth:`hold` drew (a small direction, kept from the start, stays)."""
+        if self._held:
+            self._v, self._held = None, False
 
     def _draw(self, gen: np.random.Generator):
         from .references.projections import _chunks

@@ -256,6 +256,31 @@ def test_failing_verdict_carries_the_taylor_second_opinion():
     assert gv.check_layer(Tanh(), (2, 3)).taylor is None  # clear passes need no second opinion
 
 
+def test_a_probe_direction_held_while_its_levels_run_is_drawn_once(monkeypatch):
+    # Directions are not kept (KEEP_DIRECTION_BYTES 0); x's fit the memory a probe may hold while its levels
+    # run, w's do not. A held direction serves its tolerance too: one draw per probe of x (there were two: the
+    # tolerance read it first), while each probe of w is drawn again for every read, chunk by chunk.
+    from gradverify import api
+
+    rng = np.random.default_rng(3)
+    x, w = rng.standard_normal((5, 20)), rng.standard_normal((20, 30)) / 4
+    draws = {}
+    plain = api._Direction._generator
+
+    def counted(self):
+        draws[self.shape] = draws.get(self.shape, 0) + 1
+        return plain(self)
+
+    monkeypatch.setattr("gradverify.api.KEEP_DIRECTION_BYTES", 0)
+    monkeypatch.setattr(api._Direction, "_generator", counted)
+    r = gv.check(lambda x, w: np.tanh(x @ w), [x, w], vjp=lambda dy, x, w: (
+        (dy * (1 - np.tanh(x @ w) ** 2)) @ w.T, x.T @ (dy * (1 - np.tanh(x @ w) ** 2))),
+        mode="fast", against="fd", seed=1)
+    assert r.passed
+    assert draws[x.shape] == api.FAST_PROBES  # held: once each
+    assert draws[w.shape] > 2 * api.FAST_PROBES  # drawn on demand: its plan, its tolerance, each displaced point
+
+
 @pytest.mark.parametrize("bug", [0.0, 1e-3], ids=["right", "one weight wrong"])
 def test_fast_mode_probes_are_the_same_held_or_drawn_again(monkeypatch, bug):
     # A probe direction over KEEP_DIRECTION_BYTES is drawn again from its own stream whenever it is read; a

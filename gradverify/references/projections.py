@@ -292,7 +292,10 @@ def _scan(evaluate, arr, directions, grad, cotangent, *, eval_dtype, y0, judge, 
 
     def plan(direction):
         if 0 < size and 8 * size <= hold_bytes and not isinstance(direction, np.ndarray):
-            direction = np.asarray(direction, dtype=np.float64)  # held while its levels run: drawn once
+            # held while its levels run: drawn once (a direction drawn on demand that can hold its values keeps
+            # them until the next direction's turn, so what else reads it, its tolerance, draws nothing either)
+            keep = getattr(direction, "hold", None)
+            direction = keep() if keep is not None else np.asarray(direction, dtype=np.float64)
         vv = gv = vmax = 0.0
         for sl, vb in blocks(direction):
             vv += float(np.dot(vb, vb))
@@ -376,7 +379,7 @@ def _scan(evaluate, arr, directions, grad, cotangent, *, eval_dtype, y0, judge, 
     if not steps_asked:
         yield None  # (no rows: the caller sends None)
     out = []
-    for k, direction in enumerate(directions):
+    for k, direction in _in_turn(directions):
         before = proj.evaluations
         p = plans[k] if together else plan(direction)  # one direction at a time
         if p is None:
@@ -500,6 +503,18 @@ class _Flat:
             self.flat[sl] = values
         else:
             self.arr[np.unravel_index(np.arange(sl.start, sl.stop), self.arr.shape)] = values
+
+
+def _in_turn(directions):
+    """``(k, direction)`` in turn; a direction that was asked to hold its values (``hold()``) releases them when
+    the next one is asked for, or when the loop ends."""
+    for k, d in enumerate(directions):
+        try:
+            yield k, d
+        finally:
+            release = getattr(d, "release", None)
+            if release is not None:
+                release()
 
 
 def rows_bytes_of(arr: np.ndarray, directions: int) -> int:
