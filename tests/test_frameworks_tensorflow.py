@@ -117,6 +117,37 @@ def test_keras_layer_with_a_wrong_custom_gradient_is_caught():
     assert r.status == "fail" and r.worst.input == "w", r
 
 
+def test_vectorised_calls_are_traced_once_per_set_of_inputs_and_read_the_point_as_it_is():
+    """tf.vectorized_map traces the function on every call; the check keeps each set of inputs' traced call
+    (any number of rows), so the function's Python body runs at the first vectorised request only, requests
+    smaller than the first one's threshold are vectorised once traced, and the point is an argument of the
+    traced call, not baked into it: a later point gives the loop's outputs at that point (to the rows' 64 ulps)."""
+    from gradverify.batching import rows_disagree
+    from gradverify.frameworks import callable_target
+
+    traced = []
+
+    def f(x, W):
+        traced.append(1)  # Python runs here only while tracing, or in an eager call
+        return tf.tanh(x @ W)
+
+    t = callable_target(f, [_np(0, 5, 3), _np(1, 3, 4)], None)
+    rng = np.random.default_rng(2)
+
+    def rows(name, n):
+        return t.point[name][None] + 1e-3 * rng.standard_normal((n,) + t.point[name].shape)
+
+    first = rows("W", t.batch_min_rows)
+    assert rows_disagree(t.evaluate_rows("W", first), t._loop_rows({"W": first})) is None
+    assert t.batch_strategy["W"] == "vmap"
+    before = len(traced)
+    small = rows("W", 8)  # under batch_min_rows: vectorised now that W's call is traced
+    t.point["x"][...] += 0.5  # a new point: the traced call reads it
+    got = t.evaluate_rows("W", small)
+    assert len(traced) == before  # no trace, no eager call
+    assert rows_disagree(got, t._loop_rows({"W": small})) is None
+
+
 def test_missing_tensorflow_is_a_clear_error(monkeypatch):
     import importlib.util
 
