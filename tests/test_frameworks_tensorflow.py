@@ -148,6 +148,24 @@ def test_vectorised_calls_are_traced_once_per_set_of_inputs_and_read_the_point_a
     assert rows_disagree(got, t._loop_rows({"W": small})) is None
 
 
+def test_code_tensorflow_cannot_vectorise_falls_back_without_logging_errors(caplog):
+    """tf.vectorized_map logs every op pfor cannot convert (a convolution with a batched kernel) at ERROR
+    before it raises; the check takes the loop and keeps the reason in batch_fallbacks, and the user's log
+    stays clean."""
+    from gradverify.frameworks import callable_target
+
+    def f(x, k):
+        return tf.tanh(tf.nn.conv1d(x, k, 1, "VALID"))
+
+    t = callable_target(f, [_np(0, 2, 10, 6), _np(1, 3, 6, 8)], None)
+    rows = t.point["k"][None] + 1e-3 * np.random.default_rng(2).standard_normal((t.batch_min_rows, 3, 6, 8))
+    with caplog.at_level("DEBUG", logger="tensorflow"):
+        got = t.evaluate_rows("k", rows)
+    assert t.batch_strategy["k"] == "loop" and "vmap" in t.batch_fallbacks["k"]
+    assert not [r for r in caplog.records if r.name == "tensorflow" and r.levelno >= 40], caplog.text[:500]
+    np.testing.assert_array_equal(got, t._loop_rows({"k": rows}))  # (the loop: the same calls, bit for bit)
+
+
 def test_missing_tensorflow_is_a_clear_error(monkeypatch):
     import importlib.util
 

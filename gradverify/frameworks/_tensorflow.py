@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from typing import Any, Callable
 
 import numpy as np
@@ -248,7 +249,8 @@ class TensorFlowFunctionTarget(FrameworkFunctionTarget):
                          tuple(tf.TensorSpec(v.shape, v.dtype) for v in base.values()))
             # (autograph as tf.vectorized_map has it in eager mode: its own tf.function converts the function)
             call = tf.function(mapped, input_signature=signature)
-        out = np.asarray(call(batched, tuple(base.values())))
+        with _quiet_tensorflow_log():
+            out = np.asarray(call(batched, tuple(base.values())))
         traced[names] = call  # (kept once it ran: a call that raised is not reused)
         return out
 
@@ -258,6 +260,20 @@ class TensorFlowFunctionTarget(FrameworkFunctionTarget):
         if names in self.__dict__.get("_traced_rows", {}):
             return min(self.warm_batch_min_rows, self.batch_min_rows)
         return self.batch_min_rows
+
+
+@contextlib.contextmanager
+def _quiet_tensorflow_log():
+    """TensorFlow's logger above ERROR for the duration: pfor logs every op it cannot vectorise (a convolution
+    with a batched kernel: 180 lines) before it raises, and the check then takes the loop, saying why in
+    ``batch_fallbacks``; the refusal is not the user's error."""
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _names_source(fn: Callable) -> Callable:
