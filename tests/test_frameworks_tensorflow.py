@@ -184,3 +184,28 @@ def test_import_gradverify_and_plugin_import_no_framework():
             "print(sorted(m for m in ('tensorflow', 'keras', 'pytensor') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_vectorised_float64_calls_leave_stderr_and_the_optimizer_options_as_they_were():
+    """Grappler's remapper logs "Not handling type DT_DOUBLE" from C++ on float64 graphs (seen where torch
+    was imported first); the check turns it off while its traced calls run and puts the user's option back.
+    In a fresh process, so the import order and the options are this test's."""
+    code = ("import importlib.util, numpy as np\n"
+            "if importlib.util.find_spec('torch'): import torch\n"
+            "import tensorflow as tf\n"
+            "tf.config.optimizer.set_experimental_options({'constant_folding': False})\n"
+            "from gradverify.frameworks import callable_target\n"
+            "rng = np.random.default_rng(0)\n"
+            "x = tf.constant(rng.standard_normal((8, 30)))\n"
+            "def f(W1, b1, W2, b2):\n"
+            "    return tf.reduce_mean(tf.tanh(tf.tanh(x @ W1 + b1) @ W2 + b2))\n"
+            "t = callable_target(f, [rng.standard_normal((30, 30)), rng.standard_normal(30),\n"
+            "                        rng.standard_normal((30, 20)), rng.standard_normal(20)], None)\n"
+            "for name in t.point:\n"
+            "    for n in (t.batch_min_rows, 8):\n"
+            "        t.evaluate_rows(name, np.repeat(t.point[name][None], n, axis=0))\n"
+            "print(sorted(set(t.batch_strategy.values())), tf.config.optimizer.get_experimental_options())\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("['vmap']"), out.stdout + out.stderr[-2000:]
+    assert "'constant_folding': False" in out.stdout and "'remapping': False" not in out.stdout, out.stdout
+    assert "DT_DOUBLE" not in out.stderr, out.stderr[-2000:]

@@ -249,7 +249,7 @@ class TensorFlowFunctionTarget(FrameworkFunctionTarget):
                          tuple(tf.TensorSpec(v.shape, v.dtype) for v in base.values()))
             # (autograph as tf.vectorized_map has it in eager mode: its own tf.function converts the function)
             call = tf.function(mapped, input_signature=signature)
-        with _quiet_tensorflow_log():
+        with _quiet_tensorflow_log(), _float64_graph():
             out = np.asarray(call(batched, tuple(base.values())))
         traced[names] = call  # (kept once it ran: a call that raised is not reused)
         return out
@@ -274,6 +274,20 @@ def _quiet_tensorflow_log():
         yield
     finally:
         logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def _float64_graph():
+    """Grappler's remapper off while a traced call runs: its fusions are for float32 and bfloat16 kernels, and
+    on float64 graphs, where torch was imported first, it logs "Not handling type DT_DOUBLE" for ops it looks
+    at. (Every call: a function is optimised again for each configuration it runs under.) The user's setting
+    is put back after (on, the default, where none was set)."""
+    options = tf.config.optimizer.get_experimental_options()
+    tf.config.optimizer.set_experimental_options({"remapping": False})
+    try:
+        yield
+    finally:
+        tf.config.optimizer.set_experimental_options({"remapping": options.get("remapping", True)})
 
 
 def _names_source(fn: Callable) -> Callable:
